@@ -1,0 +1,1 @@
+# Dense and elementwise op wrappers. Owner: ops work.

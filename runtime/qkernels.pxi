@@ -1,0 +1,1 @@
+# Product-quantized (LUT) conv / fc kernel wrappers. Owner: kernels work.

@@ -1,0 +1,1 @@
+# Index unpacking. Owner: runtime/format work.
