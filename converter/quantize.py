@@ -359,12 +359,8 @@ def ec_solve(F: np.ndarray, Y: np.ndarray, codebooks: np.ndarray, assign: np.nda
 
     cols = [geom.subspace_columns(m) for m in range(M)]
     Fm_cache = [np.ascontiguousarray(F[:, c]) for c in cols]
-    Hs = []
-    for m in range(M):
-        H = Fm_cache[m].T @ Fm_cache[m]
-        if mu:
-            H = H + mu * np.eye(len(H))
-        Hs.append(H)
+    H0s = [Fm.T @ Fm for Fm in Fm_cache]  # data part of the subspace metric
+    Hs = [H + mu * np.eye(len(H)) if mu else H for H in H0s]
     history: List[float] = []
     drift: List[float] = []
     record()
@@ -372,8 +368,9 @@ def ec_solve(F: np.ndarray, Y: np.ndarray, codebooks: np.ndarray, assign: np.nda
         for m in range(M):
             Fm, c = Fm_cache[m], cols[m]
             Um = W[c]
-            Rm = R + Fm @ Um
-            L = Fm.T @ Rm
+            # L = F_m^T (R + F_m U_m): the residual target of subspace m, without forming R + F_m U_m
+            L = Fm.T @ R
+            L += H0s[m] @ Um
             if mu:
                 L += mu * W0[c]
             Am = A[:, m, :]
@@ -382,7 +379,7 @@ def ec_solve(F: np.ndarray, Y: np.ndarray, codebooks: np.ndarray, assign: np.nda
                 Am = update_assignment(Hs[m], L, Am, cb[m])
             A[:, m, :] = Am
             Unew = cb[m][Am].transpose(0, 2, 1).reshape(P * C, -1)
-            R = Rm - Fm @ Unew
+            R -= Fm @ (Unew - Um)  # in place: R is the largest array of the solver
             W[c] = Unew
             if progress:
                 progress()
