@@ -154,6 +154,9 @@ FC_CASES = [
     (1024, 64, 1, 64, False, True),
     (50, 200, 7, 128, True, True),
     (2048, 96, 8, 100, False, True),
+    (40, 50, 2, 40, True, True),     # AVX2: 3, 5 and 6 vpshufb chunks
+    (30, 33, 3, 70, False, True),
+    (20, 40, 1, 90, False, False),
 ]
 
 

@@ -56,7 +56,6 @@ qcnn_qconv_prepared *qcnn_qconv_prepare(const qcnn_qconv_params *p, qcnn_isa isa
     }
     qcnn_isa best = qcnn_isa_detect();
     if (isa > best) isa = best;
-    isa = QCNN_ISA_GENERIC; /* TEMPORARY: SIMD kernels land in the next commit */
     if (mode != QCNN_LUT_INT8) isa = QCNN_ISA_GENERIC;
 
     qcnn_qconv_prepared *q = calloc(1, sizeof *q);
@@ -295,7 +294,7 @@ void qcnn_qconv_run(const qcnn_qconv_prepared *q, const float *x, int h, int w, 
     qlut_build_fn build = qlut_build_generic;
     qlut_quant_fn quant = qlut_quant_generic;
     qlut_conv_fn conv = qlut_conv_generic;
-#if QLUT_X86 && 0
+#if QLUT_X86
     if (q->isa == QCNN_ISA_AVX2) {
         build = qlut_build_avx2;
         quant = qlut_quant_avx2;
