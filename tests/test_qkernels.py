@@ -157,6 +157,7 @@ FC_CASES = [
     (40, 50, 2, 40, True, True),     # AVX2: 3, 5 and 6 vpshufb chunks
     (30, 33, 3, 70, False, True),
     (20, 40, 1, 90, False, False),
+    (300, 1100, 3, 32, True, True),  # several chunks of channel blocks + a partial one
 ]
 
 

@@ -209,17 +209,67 @@ INLINE T2 void conv_all(const qlut_run *r, const int NC, const int HALVES) {
             }
 }
 
+/* ------------------------------------------------------------------ fully connected */
+
+/* One chunk of NB 32-channel blocks; indices stream sequentially (chunked layout). */
+INLINE T2 void fc_chunk(const qlut_run *r, const uint8_t *ip, int ob0, const int NB, const int NC,
+                        const int HALVES) {
+    const int M = r->q->M, Kp = r->q->Kp;
+    const uint8_t *tab = r->lq;
+    __m256i a[4], b[4], c[4][4];
+    for (int i = 0; i < NB; i++) {
+        a[i] = b[i] = _mm256_setzero_si256();
+        for (int j = 0; j < 4; j++) c[i][j] = _mm256_setzero_si256();
+    }
+    int cnt = 0;
+    for (int m = 0; m < M; m++, tab += Kp, ip += NB * 32) {
+        for (int i = 0; i < NB; i++) {
+            const __m256i v = lookup(tab, _mm256_load_si256((const __m256i *)(ip + 32 * i)), NC, HALVES);
+            a[i] = _mm256_add_epi16(a[i], v);
+            b[i] = _mm256_add_epi16(b[i], _mm256_srli_epi16(v, 8));
+        }
+        if (++cnt == 256) {
+            for (int i = 0; i < NB; i++) flush(&a[i], &b[i], c[i]);
+            cnt = 0;
+        }
+    }
+    for (int i = 0; i < NB; i++) {
+        flush(&a[i], &b[i], c[i]);
+        epilogue(r, c[i], 0, 0, 0, ob0 + 32 * i);
+    }
+}
+
+INLINE T2 void fc_all(const qlut_run *r, const int NC, const int HALVES) {
+    const qcnn_qconv_prepared *q = r->q;
+    const int nblk = q->Ogp / 32, NB = q->fcnb; /* NB == 4 */
+    for (int ch = 0; ch * NB < nblk; ch++) {
+        const uint8_t *ip = q->idx + (size_t)ch * NB * 32 * q->M;
+        const int ob0 = ch * NB * 32;
+        switch (nblk - ch * NB < NB ? nblk - ch * NB : NB) {
+        case 1: fc_chunk(r, ip, ob0, 1, NC, HALVES); break;
+        case 2: fc_chunk(r, ip, ob0, 2, NC, HALVES); break;
+        case 3: fc_chunk(r, ip, ob0, 3, NC, HALVES); break;
+        default: fc_chunk(r, ip, ob0, 4, NC, HALVES); break;
+        }
+    }
+}
+
+INLINE T2 void run_all(const qlut_run *r, const int NC, const int HALVES) {
+    if (r->q->fcnb) fc_all(r, NC, HALVES);
+    else conv_all(r, NC, HALVES);
+}
+
 T2 void qlut_conv_avx2(const qlut_run *r) {
     switch (r->q->Kp) {
-    case 16: conv_all(r, 1, 1); break;
-    case 32: conv_all(r, 2, 1); break;
-    case 48: conv_all(r, 3, 1); break;
-    case 64: conv_all(r, 4, 1); break;
-    case 80: conv_all(r, 5, 1); break;
-    case 96: conv_all(r, 6, 1); break;
-    case 112: conv_all(r, 7, 1); break;
-    case 128: conv_all(r, 8, 1); break;
-    default: conv_all(r, 8, 2); break;
+    case 16: run_all(r, 1, 1); break;
+    case 32: run_all(r, 2, 1); break;
+    case 48: run_all(r, 3, 1); break;
+    case 64: run_all(r, 4, 1); break;
+    case 80: run_all(r, 5, 1); break;
+    case 96: run_all(r, 6, 1); break;
+    case 112: run_all(r, 7, 1); break;
+    case 128: run_all(r, 8, 1); break;
+    default: run_all(r, 8, 2); break;
     }
 }
 #endif

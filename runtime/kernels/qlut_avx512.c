@@ -187,7 +187,76 @@ INLINE T512 void conv_all(const qlut_run *r, const int KC) {
             }
 }
 
+/* ------------------------------------------------------------------ fully connected */
+
+/* One chunk of NB channel blocks: each table is loaded once per subspace and used for NB
+ * blocks; indices stream sequentially (chunked layout, see qcnn_qconv_prepared.fcnb). */
+INLINE T512 void fc_chunk(const qlut_run *r, const uint8_t *ip, int ob0, const int NB, const int KC) {
+    const int M = r->q->M, Kp = r->q->Kp;
+    const uint8_t *tab = r->lq;
+    __m512i a[8], b[8], c[8][4];
+    for (int i = 0; i < NB; i++) {
+        a[i] = b[i] = _mm512_setzero_si512();
+        for (int j = 0; j < 4; j++) c[i][j] = _mm512_setzero_si512();
+    }
+    int cnt = 0;
+    for (int m = 0; m < M; m++, tab += Kp, ip += NB * 64) {
+        const __m512i t0 = _mm512_load_si512(tab);
+        const __m512i t1 = KC >= 2 ? _mm512_load_si512(tab + 64) : t0;
+        const __m512i t2 = KC == 4 ? _mm512_load_si512(tab + 128) : t0;
+        const __m512i t3 = KC == 4 ? _mm512_load_si512(tab + 192) : t0;
+        for (int i = 0; i < NB; i++) {
+            const __m512i idx = _mm512_load_si512(ip + 64 * i);
+            __m512i v;
+            if (KC == 1) {
+                v = _mm512_permutexvar_epi8(idx, t0);
+            } else {
+                v = _mm512_permutex2var_epi8(t0, idx, t1);
+                if (KC == 4)
+                    v = _mm512_mask_blend_epi8(_mm512_movepi8_mask(idx), v,
+                                               _mm512_permutex2var_epi8(t2, idx, t3));
+            }
+            accumulate(&a[i], &b[i], v);
+        }
+        if (++cnt == 256) {
+            for (int i = 0; i < NB; i++) flush(&a[i], &b[i], c[i]);
+            cnt = 0;
+        }
+    }
+    for (int i = 0; i < NB; i++) {
+        flush(&a[i], &b[i], c[i]);
+        epilogue(r, c[i], 0, 0, 0, ob0 + 64 * i);
+    }
+}
+
+INLINE T512 void fc_all(const qlut_run *r, const int KC) {
+    const qcnn_qconv_prepared *q = r->q;
+    const int nblk = q->Ogp / 64, NB = q->fcnb; /* NB == 8 */
+    for (int ch = 0; ch * NB < nblk; ch++) {
+        const uint8_t *ip = q->idx + (size_t)ch * NB * 64 * q->M;
+        const int ob0 = ch * NB * 64;
+        switch (nblk - ch * NB < NB ? nblk - ch * NB : NB) {
+        case 1: fc_chunk(r, ip, ob0, 1, KC); break;
+        case 2: fc_chunk(r, ip, ob0, 2, KC); break;
+        case 3: fc_chunk(r, ip, ob0, 3, KC); break;
+        case 4: fc_chunk(r, ip, ob0, 4, KC); break;
+        case 5: fc_chunk(r, ip, ob0, 5, KC); break;
+        case 6: fc_chunk(r, ip, ob0, 6, KC); break;
+        case 7: fc_chunk(r, ip, ob0, 7, KC); break;
+        default: fc_chunk(r, ip, ob0, 8, KC); break;
+        }
+    }
+}
+
 T512 void qlut_conv_avx512(const qlut_run *r) {
+    if (r->q->fcnb) {
+        switch (r->q->Kp) {
+        case 64: fc_all(r, 1); break;
+        case 128: fc_all(r, 2); break;
+        default: fc_all(r, 4); break;
+        }
+        return;
+    }
     switch (r->q->Kp) {
     case 64: conv_all(r, 1); break;
     case 128: conv_all(r, 2); break;

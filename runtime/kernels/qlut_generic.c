@@ -36,8 +36,8 @@ static int table_entries(qcnn_isa isa, qcnn_lut_mode mode, int K) {
     return K <= 128 ? (K + 15) / 16 * 16 : 256;
 }
 
-qcnn_qconv_prepared *qcnn_qconv_prepare(const qcnn_qconv_params *p, qcnn_isa isa,
-                                        qcnn_lut_mode mode, const char **err) {
+static qcnn_qconv_prepared *prepare(const qcnn_qconv_params *p, qcnn_isa isa, qcnn_lut_mode mode,
+                                    int fc, const char **err) {
     const char *e = check_params(p);
     if (!e && mode != QCNN_LUT_REF && mode != QCNN_LUT_FLOAT && mode != QCNN_LUT_INT8)
         e = "unknown LUT mode";
@@ -61,6 +61,7 @@ qcnn_qconv_prepared *qcnn_qconv_prepare(const qcnn_qconv_params *p, qcnn_isa isa
     qcnn_qconv_prepared *q = calloc(1, sizeof *q);
     if (!q) goto oom;
     q->p = *p;
+    q->fc = fc;
     q->mode = mode;
     q->isa = isa;
     q->Cg = p->cin / p->groups;
@@ -90,11 +91,24 @@ qcnn_qconv_prepared *qcnn_qconv_prepare(const qcnn_qconv_params *p, qcnn_isa isa
     } else {
 #if QLUT_X86
         uint8_t *d = (uint8_t *)q->cbt + cb_bytes;
+        const int blk = q->cblk;
         memset(d, 0, idx_bytes);
-        for (size_t gt = 0; gt < (size_t)G * T; gt++)
-            for (int o = 0; o < q->Og; o++)
-                d[gt * q->Ogp + o / q->cblk * q->cblk + qlut_block_pos(o % q->cblk, q->cblk)] =
-                    p->indices[gt * q->Og + o];
+        if (fc) {
+            /* FC (1x1 conv, T = M): chunks of fcnb channel blocks, each chunk [M][blocks][blk]. */
+            const int nb = q->fcnb = isa == QCNN_ISA_AVX512VBMI ? 8 : 4, nblk = q->Ogp / blk;
+            for (int m = 0; m < M; m++)
+                for (int o = 0; o < q->Og; o++) {
+                    const int bk = o / blk, ch = bk / nb;
+                    const int nbc = nblk - ch * nb < nb ? nblk - ch * nb : nb;
+                    d[(size_t)ch * nb * blk * M + ((size_t)m * nbc + bk - ch * nb) * blk +
+                      qlut_block_pos(o % blk, blk)] = p->indices[(size_t)m * q->Og + o];
+                }
+        } else {
+            for (size_t gt = 0; gt < (size_t)G * T; gt++)
+                for (int o = 0; o < q->Og; o++)
+                    d[gt * q->Ogp + o / blk * blk + qlut_block_pos(o % blk, blk)] =
+                        p->indices[gt * q->Og + o];
+        }
         q->idx = d;
 #endif
     }
@@ -103,6 +117,11 @@ oom:
     qcnn_qconv_free(q);
     if (err) *err = "out of memory";
     return NULL;
+}
+
+qcnn_qconv_prepared *qcnn_qconv_prepare(const qcnn_qconv_params *p, qcnn_isa isa,
+                                        qcnn_lut_mode mode, const char **err) {
+    return prepare(p, isa, mode, 0, err);
 }
 
 void qcnn_qconv_free(qcnn_qconv_prepared *q) {
@@ -368,9 +387,7 @@ qcnn_qfc_prepared *qcnn_qfc_prepare(const qcnn_qfc_params *f, qcnn_isa isa, qcnn
                                     const char **err) {
     qcnn_qconv_params p = {f->in, f->out, 1, 1, 1, 1, 1, 0, 0, 0, 0, f->subvec, f->nsub,
                            f->ncode, f->codebooks, f->indices, f->bias, f->relu};
-    qcnn_qconv_prepared *q = qcnn_qconv_prepare(&p, isa, mode, err);
-    if (q) q->fc = 1;
-    return q;
+    return prepare(&p, isa, mode, 1, err);
 }
 
 size_t qcnn_qfc_scratch_bytes(const qcnn_qfc_prepared *q) { return qcnn_qconv_scratch_bytes(q, 1, 1); }

@@ -17,6 +17,8 @@ struct qcnn_qconv_prepared {
     float *cbt;       /* codebooks transposed [G][M][Cs][Kp]; entries k >= K copy entry 0 so
                        * they never widen a table's min/max */
     const uint8_t *idx; /* [G][KH][KW][M][Ogp]; SIMD layouts permute channels inside a block */
+    int fcnb;         /* FC on SIMD: blocks per chunk; idx is then [chunk][M][blocks of chunk][cblk]
+                       * so the kernel streams it sequentially, one table load per M per chunk */
     void *mem;        /* owned allocation behind cbt (and idx when it is a copy) */
 };
 
