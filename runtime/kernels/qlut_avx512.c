@@ -22,49 +22,70 @@
 
 /* ------------------------------------------------------------------ float tables */
 
-INLINE T512 float build_one(const float *xs, int nc, const float *cb, int Kp, float *L,
-                            float *mn_out, const int NV) {
-    __m512 acc[16];
-    for (int v = 0; v < NV; v++) acc[v] = _mm512_setzero_ps();
+/* P tables of the same (group, subspace) for P input pixels: the codebook slice loaded for
+ * each channel serves P pixels. Returns the largest range; writes tables and their minima. */
+INLINE T512 float build_px(const float *x, size_t xstride, int nc, const float *cb, int Kp,
+                           float *L, size_t Lstride, float *tmin, size_t tstride, const int NV,
+                           const int P) {
+    __m512 acc[4][16];
+    for (int i = 0; i < P; i++)
+        for (int v = 0; v < NV; v++) acc[i][v] = _mm512_setzero_ps();
     for (int c = 0; c < nc; c++) {
-        const __m512 xc = _mm512_set1_ps(xs[c]);
         const float *d = cb + (size_t)c * Kp;
-        for (int v = 0; v < NV; v++) acc[v] = _mm512_fmadd_ps(xc, _mm512_load_ps(d + 16 * v), acc[v]);
+        for (int v = 0; v < NV; v++) {
+            const __m512 dv = _mm512_load_ps(d + 16 * v);
+            for (int i = 0; i < P; i++)
+                acc[i][v] = _mm512_fmadd_ps(_mm512_set1_ps(x[i * xstride + c]), dv, acc[i][v]);
+        }
     }
-    __m512 mn = acc[0], mx = acc[0];
-    for (int v = 0; v < NV; v++) {
-        _mm512_store_ps(L + 16 * v, acc[v]);
-        mn = _mm512_min_ps(mn, acc[v]);
-        mx = _mm512_max_ps(mx, acc[v]);
+    float maxr = 0.0f;
+    for (int i = 0; i < P; i++) {
+        __m512 mn = acc[i][0], mx = acc[i][0];
+        for (int v = 0; v < NV; v++) {
+            _mm512_store_ps(L + i * Lstride + 16 * v, acc[i][v]);
+            mn = _mm512_min_ps(mn, acc[i][v]);
+            mx = _mm512_max_ps(mx, acc[i][v]);
+        }
+        const float lo = _mm512_reduce_min_ps(mn), r = _mm512_reduce_max_ps(mx) - lo;
+        tmin[i * tstride] = lo;
+        maxr = r > maxr ? r : maxr;
     }
-    float lo = _mm512_reduce_min_ps(mn), hi = _mm512_reduce_max_ps(mx);
-    *mn_out = lo;
-    return hi - lo;
+    return maxr;
 }
 
+/* (group, subspace) outer so its codebook (Cs x Kp floats) stays in L1 across all pixels. */
 INLINE T512 float build_all(const qcnn_qconv_prepared *q, const float *x, int h, int w, float *Lf,
-                            float *tmin, const int NV) {
+                            float *tmin, const int NV, const int P) {
     const int G = q->p.groups, M = q->M, Cs = q->Cs, Kp = q->Kp, Cg = q->Cg;
+    const size_t npix = (size_t)h * w, tstride = (size_t)G * M;
     float maxr = 0.0f;
-    for (size_t pix = 0; pix < (size_t)h * w; pix++)
-        for (int g = 0; g < G; g++)
-            for (int m = 0; m < M; m++) {
-                const size_t t = (pix * G + g) * M + m;
-                const int nc = Cg - m * Cs < Cs ? Cg - m * Cs : Cs;
-                float r = build_one(x + pix * q->p.cin + g * Cg + m * Cs, nc,
-                                    q->cbt + ((size_t)g * M + m) * Cs * Kp, Kp, Lf + t * Kp,
-                                    &tmin[t], NV);
+    for (int g = 0; g < G; g++)
+        for (int m = 0; m < M; m++) {
+            const int nc = Cg - m * Cs < Cs ? Cg - m * Cs : Cs;
+            const float *cb = q->cbt + ((size_t)g * M + m) * Cs * Kp;
+            const size_t t0 = (size_t)g * M + m;
+            const float *xs = x + g * Cg + m * Cs;
+            size_t pix = 0;
+            for (; pix + P <= npix; pix += P) {
+                float r = build_px(xs + pix * q->p.cin, q->p.cin, nc, cb, Kp, Lf + (pix * tstride + t0) * Kp,
+                                   tstride * Kp, tmin + pix * tstride + t0, tstride, NV, P);
                 maxr = r > maxr ? r : maxr;
             }
+            for (; pix < npix; pix++) {
+                float r = build_px(xs + pix * q->p.cin, q->p.cin, nc, cb, Kp, Lf + (pix * tstride + t0) * Kp,
+                                   tstride * Kp, tmin + pix * tstride + t0, tstride, NV, 1);
+                maxr = r > maxr ? r : maxr;
+            }
+        }
     return maxr;
 }
 
 T512 float qlut_build_avx512(const qcnn_qconv_prepared *q, const float *x, int h, int w, float *Lf,
                              float *tmin) {
     switch (q->Kp) {
-    case 64: return build_all(q, x, h, w, Lf, tmin, 4);
-    case 128: return build_all(q, x, h, w, Lf, tmin, 8);
-    default: return build_all(q, x, h, w, Lf, tmin, 16);
+    case 64: return build_all(q, x, h, w, Lf, tmin, 4, 4);
+    case 128: return build_all(q, x, h, w, Lf, tmin, 8, 3);
+    default: return build_all(q, x, h, w, Lf, tmin, 16, 1);
     }
 }
 
