@@ -129,6 +129,13 @@ INLINE T512 void flush(__m512i *a, __m512i *b, __m512i c[4]) {
     *b = _mm512_setzero_si512();
 }
 
+/* Out-of-line flush into 32-bit sums kept in memory: the sums are touched once per 256 terms,
+ * and keeping them out of registers leaves the 32 zmm to the hot loop (gcc otherwise tries to
+ * hold them in registers and spills the accumulators instead). */
+static __attribute__((noinline)) T512 void flush_mem(__m512i *a, __m512i *b, __m512i *c, int n) {
+    for (int i = 0; i < n; i++) flush(&a[i], &b[i], c + 4 * i);
+}
+
 INLINE T512 void accumulate(__m512i *a, __m512i *b, __m512i v) {
     *a = _mm512_add_epi16(*a, v);
     *b = _mm512_add_epi16(*b, _mm512_srli_epi16(v, 8));
@@ -190,7 +197,89 @@ INLINE T512 void conv_block(const qlut_run *r, int oy, int ox0, int g, int ob, c
     }
 }
 
+/* Stride-1 variant with the kernel width KW known at compile time: for each (kernel row,
+ * subspace) the KW index vectors stay in registers and each input pixel's table is loaded once
+ * and used for every (output pixel, kernel column) pair it meets, instead of once per pair. */
+INLINE T512 void conv_block_s1(const qlut_run *r, int oy, int ox0, int g, int ob, const int P,
+                               const int KW, const int KC) {
+    const qcnn_qconv_prepared *q = r->q;
+    const qcnn_qconv_params *p = &q->p;
+    const int M = q->M, Kp = q->Kp, Ogp = q->Ogp;
+    const size_t pixb = (size_t)p->groups * M * Kp;
+    const uint8_t *base = r->lq + ((size_t)oy * p->stride_h * r->PW + (size_t)ox0) * pixb +
+                          (size_t)g * M * Kp;
+    const uint8_t *ib = q->idx + (size_t)g * p->kh * KW * M * Ogp + ob;
+    __m512i a[8], b[8], c[8 * 4];
+    for (int i = 0; i < P; i++) a[i] = b[i] = _mm512_setzero_si512();
+    for (int j = 0; j < 4 * P; j++) c[j] = _mm512_setzero_si512();
+    int cnt = 0;
+    for (int ky = 0; ky < p->kh; ky++) {
+        const uint8_t *tp = base + (size_t)ky * r->PW * pixb;
+        const uint8_t *ip = ib + (size_t)ky * KW * M * Ogp;
+        for (int m = 0; m < M; m++) {
+            if (cnt + KW > 256) {
+                flush_mem(a, b, c, P);
+                cnt = 0;
+            }
+            cnt += KW;
+            __m512i idx[8];
+            for (int kx = 0; kx < KW; kx++)
+                idx[kx] = _mm512_loadu_si512(ip + ((size_t)kx * M + m) * Ogp);
+#pragma GCC unroll 16
+            for (int j = 0; j < P + KW - 1; j++) {
+                const uint8_t *t = tp + j * pixb + (size_t)m * Kp;
+                const __m512i t0 = _mm512_load_si512(t);
+                const __m512i t1 = KC >= 2 ? _mm512_load_si512(t + 64) : t0;
+                const __m512i t2 = KC == 4 ? _mm512_load_si512(t + 128) : t0;
+                const __m512i t3 = KC == 4 ? _mm512_load_si512(t + 192) : t0;
+#pragma GCC unroll 8
+                for (int kx = 0; kx < KW; kx++) {
+                    const int i = j - kx; /* output pixel this (input pixel, column) feeds */
+                    if (i < 0 || i >= P) continue;
+                    __m512i v;
+                    if (KC == 1) {
+                        v = _mm512_permutexvar_epi8(idx[kx], t0);
+                    } else {
+                        v = _mm512_permutex2var_epi8(t0, idx[kx], t1);
+                        if (KC == 4)
+                            v = _mm512_mask_blend_epi8(_mm512_movepi8_mask(idx[kx]), v,
+                                                       _mm512_permutex2var_epi8(t2, idx[kx], t3));
+                    }
+                    accumulate(&a[i], &b[i], v);
+                }
+            }
+        }
+    }
+    flush_mem(a, b, c, P);
+    for (int i = 0; i < P; i++) epilogue(r, c + 4 * i, oy, ox0 + i, g, ob);
+}
+
 #define PBLK 4
+#define PS1 8 /* output pixels per stride-1 block */
+
+INLINE T512 void conv_all_s1(const qlut_run *r, const int KW, const int KC) {
+    const qcnn_qconv_prepared *q = r->q;
+    for (int oy = 0; oy < r->oh; oy++)
+        for (int g = 0; g < q->p.groups; g++)
+            for (int ox = 0; ox < r->ow;) {
+                /* Split the rest of the row evenly into blocks of <= PS1 pixels (13 -> 7 + 6). */
+                const int left = r->ow - ox;
+                const int np = (left + (left + PS1 - 1) / PS1 - 1) / ((left + PS1 - 1) / PS1);
+                for (int ob = 0; ob < q->Ogp; ob += 64) {
+                    switch (np) {
+                    case 1: conv_block_s1(r, oy, ox, g, ob, 1, KW, KC); break;
+                    case 2: conv_block_s1(r, oy, ox, g, ob, 2, KW, KC); break;
+                    case 3: conv_block_s1(r, oy, ox, g, ob, 3, KW, KC); break;
+                    case 4: conv_block_s1(r, oy, ox, g, ob, 4, KW, KC); break;
+                    case 5: conv_block_s1(r, oy, ox, g, ob, 5, KW, KC); break;
+                    case 6: conv_block_s1(r, oy, ox, g, ob, 6, KW, KC); break;
+                    case 7: conv_block_s1(r, oy, ox, g, ob, 7, KW, KC); break;
+                    default: conv_block_s1(r, oy, ox, g, ob, 8, KW, KC); break;
+                    }
+                }
+                ox += np;
+            }
+}
 
 INLINE T512 void conv_all(const qlut_run *r, const int KC) {
     const qcnn_qconv_prepared *q = r->q;
@@ -278,10 +367,22 @@ T512 void qlut_conv_avx512(const qlut_run *r) {
         }
         return;
     }
-    switch (r->q->Kp) {
-    case 64: conv_all(r, 1); break;
-    case 128: conv_all(r, 2); break;
-    default: conv_all(r, 4); break;
+    const int KC = r->q->Kp == 64 ? 1 : r->q->Kp == 128 ? 2 : 4;
+    if (r->q->p.stride_w == 1 && (r->q->p.kw == 3 || r->q->p.kw == 5)) {
+        /* The common AlexNet/VGG shapes get the table-reusing kernel. */
+        if (r->q->p.kw == 3) {
+            if (KC == 1) conv_all_s1(r, 3, 1);
+            else if (KC == 2) conv_all_s1(r, 3, 2);
+            else conv_all_s1(r, 3, 4);
+        } else {
+            if (KC == 1) conv_all_s1(r, 5, 1);
+            else if (KC == 2) conv_all_s1(r, 5, 2);
+            else conv_all_s1(r, 5, 4);
+        }
+        return;
     }
+    if (KC == 1) conv_all(r, 1);
+    else if (KC == 2) conv_all(r, 2);
+    else conv_all(r, 4);
 }
 #endif
