@@ -160,6 +160,7 @@ FC_CASES = [
     (30, 33, 3, 70, False, True),
     (20, 40, 1, 90, False, False),
     (300, 1100, 3, 32, True, True),  # several chunks of channel blocks + a partial one
+    (7, 70, 1, 5, False, True),      # 7 subspaces: 4 share a table, then 3
 ]
 
 

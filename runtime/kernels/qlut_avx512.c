@@ -83,6 +83,8 @@ INLINE T512 float build_all(const qcnn_qconv_prepared *q, const float *x, int h,
 T512 float qlut_build_avx512(const qcnn_qconv_prepared *q, const float *x, int h, int w, float *Lf,
                              float *tmin) {
     switch (q->Kp) {
+    case 16: return build_all(q, x, h, w, Lf, tmin, 1, 4);
+    case 32: return build_all(q, x, h, w, Lf, tmin, 2, 4);
     case 64: return build_all(q, x, h, w, Lf, tmin, 4, 4);
     case 128: return build_all(q, x, h, w, Lf, tmin, 8, 3);
     default: return build_all(q, x, h, w, Lf, tmin, 16, 1);
@@ -311,7 +313,10 @@ INLINE T512 void fc_chunk(const qlut_run *r, const uint8_t *ip, int ob0, const i
     }
     int cnt = 0;
     for (int m = 0; m < M; m++, tab += Kp, ip += NB * 64) {
-        const __m512i t0 = _mm512_load_si512(tab);
+        /* Kp < 64: the 64-byte table holding subspace m also holds its 64/Kp - 1 neighbours
+         * (indices were offset at prepare time). The bytes past the last subspace are never
+         * selected. */
+        const __m512i t0 = _mm512_load_si512(Kp < 64 ? r->lq + (size_t)m * Kp / 64 * 64 : tab);
         const __m512i t1 = KC >= 2 ? _mm512_load_si512(tab + 64) : t0;
         const __m512i t2 = KC == 4 ? _mm512_load_si512(tab + 128) : t0;
         const __m512i t3 = KC == 4 ? _mm512_load_si512(tab + 192) : t0;
@@ -361,7 +366,7 @@ INLINE T512 void fc_all(const qlut_run *r, const int KC) {
 T512 void qlut_conv_avx512(const qlut_run *r) {
     if (r->q->fcnb) {
         switch (r->q->Kp) {
-        case 64: fc_all(r, 1); break;
+        case 16: case 32: case 64: fc_all(r, 1); break;
         case 128: fc_all(r, 2); break;
         default: fc_all(r, 4); break;
         }
