@@ -230,10 +230,13 @@ INLINE T512 void conv_block_s1(const qlut_run *r, int oy, int ox0, int g, int ob
 #pragma GCC unroll 16
             for (int j = 0; j < P + KW - 1; j++) {
                 const uint8_t *t = tp + j * pixb + (size_t)m * Kp;
-                const __m512i t0 = _mm512_load_si512(t);
-                const __m512i t1 = KC >= 2 ? _mm512_load_si512(t + 64) : t0;
+                __m512i t0 = _mm512_load_si512(t);
+                __m512i t1 = KC >= 2 ? _mm512_load_si512(t + 64) : t0;
                 const __m512i t2 = KC == 4 ? _mm512_load_si512(t + 128) : t0;
                 const __m512i t3 = KC == 4 ? _mm512_load_si512(t + 192) : t0;
+                /* Pin the table in registers: otherwise gcc re-reads it from memory as the
+                 * operand of every vpermt2b (which overwrites one source) - measured 3-5% slower. */
+                __asm__("" : "+v"(t0), "+v"(t1));
 #pragma GCC unroll 8
                 for (int kx = 0; kx < KW; kx++) {
                     const int i = j - kx; /* output pixel this (input pixel, column) feeds */
