@@ -28,16 +28,16 @@ void qcnn_softmax(const float *x, float *y, int rows, int n)
 {
     for (int r = 0; r < rows; r++, x += n, y += n) {
         float m = -INFINITY;
-        for (int i = 0; i < n; i++)
+        for (ptrdiff_t i = 0; i < n; i++)
             m = x[i] > m ? x[i] : m;
         /* sum in double: 1000 classes of tiny terms */
         double s = 0.0;
-        for (int i = 0; i < n; i++) {
+        for (ptrdiff_t i = 0; i < n; i++) {
             y[i] = expf(x[i] - m);
             s += y[i];
         }
         const float inv = (float)(1.0 / s);
-        for (int i = 0; i < n; i++)
+        for (ptrdiff_t i = 0; i < n; i++)
             y[i] *= inv;
     }
 }

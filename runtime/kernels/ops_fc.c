@@ -16,7 +16,7 @@ void qcnn_dfc_ref(const qcnn_dfc_params *p, const float *x, float *y)
     for (int o = 0; o < p->out; o++) {
         const float *w = p->weight + (size_t)o * p->in;
         float acc = 0.0f;
-        for (int i = 0; i < p->in; i++)
+        for (ptrdiff_t i = 0; i < p->in; i++)
             acc += w[i] * x[i];
         y[o] = finish(p, o, acc);
     }
@@ -29,11 +29,11 @@ static void dfc_generic(const qcnn_dfc_params *p, const float *x, float *y)
     for (int o = 0; o < p->out; o++) {
         const float *w = p->weight + (size_t)o * n;
         float s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-        for (int i = 0; i < n8; i += 8)
-            for (int l = 0; l < 8; l++)
+        for (ptrdiff_t i = 0; i < n8; i += 8)
+            for (ptrdiff_t l = 0; l < 8; l++)
                 s[l] += w[i + l] * x[i + l];
         float acc = ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
-        for (int i = n8; i < n; i++)
+        for (ptrdiff_t i = n8; i < n; i++)
             acc += w[i] * x[i];
         y[o] = finish(p, o, acc);
     }

@@ -49,7 +49,7 @@ void qcnn_maxpool(const qcnn_pool_params *p, const float *x, int h, int w, int c
             for (int iy = y0; iy < y1; iy++)
                 for (int ix = x0; ix < x1; ix++) {
                     const float *xp = x + ((size_t)iy * w + ix) * c;
-                    for (int ch = 0; ch < c; ch++)
+                    for (ptrdiff_t ch = 0; ch < c; ch++)
                         yp[ch] = xp[ch] > yp[ch] ? xp[ch] : yp[ch];
                 }
         }
@@ -73,11 +73,11 @@ void qcnn_avgpool(const qcnn_pool_params *p, const float *x, int h, int w, int c
             for (int iy = y0; iy < y1; iy++)
                 for (int ix = x0; ix < x1; ix++) {
                     const float *xp = x + ((size_t)iy * w + ix) * c;
-                    for (int ch = 0; ch < c; ch++)
+                    for (ptrdiff_t ch = 0; ch < c; ch++)
                         yp[ch] += xp[ch];
                 }
             const float inv = 1.0f / (float)(p->count_include_pad ? fy * fx : count);
-            for (int ch = 0; ch < c; ch++)
+            for (ptrdiff_t ch = 0; ch < c; ch++)
                 yp[ch] *= inv;
         }
     }
@@ -88,9 +88,9 @@ void qcnn_global_avgpool(const float *x, int h, int w, int c, float *y)
     const size_t n = (size_t)h * w;
     memset(y, 0, (size_t)c * sizeof(float));
     for (size_t i = 0; i < n; i++)
-        for (int ch = 0; ch < c; ch++)
+        for (ptrdiff_t ch = 0; ch < c; ch++)
             y[ch] += x[i * c + ch];
     const float inv = 1.0f / (float)n;
-    for (int ch = 0; ch < c; ch++)
+    for (ptrdiff_t ch = 0; ch < c; ch++)
         y[ch] *= inv;
 }
