@@ -186,7 +186,7 @@ static void tile_generic(const qcnn_dconv_row *r, const float *x, const float *w
 void qcnn_dconv_row_generic(const qcnn_dconv_row *r)
 {
     const size_t wblk = (size_t)r->kh * r->nseg * r->seglen * QCNN_DCONV_NB;
-    for (int b = 0; b < r->nblk; b++) {
+    for (int b = r->b0; b < r->b1; b++) {
         const float *w = r->w + b * wblk;
         const int c0 = b * QCNN_DCONV_NB;
         const int ncols = r->cout_g - c0 < QCNN_DCONV_NB ? r->cout_g - c0 : QCNN_DCONV_NB;
@@ -246,19 +246,32 @@ void qcnn_dconv_run(const qcnn_dconv_params *p, int isa, const float *x, int h, 
         r.seglen = cin_g;
         r.xseg = C;
     }
-    r.nblk = nblocks(p);
     r.cout_g = cout_g;
     r.ypix = p->cout;
     r.ow = OW;
     r.relu = p->relu;
-    const size_t wgroup = (size_t)r.nblk * p->kh * p->kw * cin_g * QCNN_DCONV_NB;
+    const int nblk = nblocks(p);
+    const size_t wblk = (size_t)p->kh * p->kw * cin_g * QCNN_DCONV_NB; /* floats per block */
+    /* Output-channel blocks are processed in groups whose weights stay in L2 while the whole
+     * image goes by (rows innermost); otherwise every output row would re-stream all the
+     * weights from L3 (VGG: 1.2 MB of weights per row). */
+#ifndef QCNN_DCONV_L2_BUDGET
+#define QCNN_DCONV_L2_BUDGET (512 * 1024)
+#endif
+    const size_t budget = QCNN_DCONV_L2_BUDGET / sizeof(float);
+    const int ngroups = (int)((nblk * wblk + budget - 1) / budget);
+    const int per = (nblk + ngroups - 1) / ngroups;
     for (int g = 0; g < G; g++) {
-        r.w = p->packed + g * wgroup;
+        r.w = p->packed + g * (nblk * wblk);
         r.bias = p->bias ? p->bias + g * cout_g : NULL;
-        for (int oy = 0; oy < OH; oy++) {
-            r.x = x + (size_t)oy * p->stride_h * r.xrow + g * cin_g;
-            r.y = y + (size_t)oy * OW * p->cout + g * cout_g;
-            row_fn(&r);
+        for (int b0 = 0; b0 < nblk; b0 += per) {
+            r.b0 = b0;
+            r.b1 = b0 + per < nblk ? b0 + per : nblk;
+            for (int oy = 0; oy < OH; oy++) {
+                r.x = x + (size_t)oy * p->stride_h * r.xrow + g * cin_g;
+                r.y = y + (size_t)oy * OW * p->cout + g * cout_g;
+                row_fn(&r);
+            }
         }
     }
 }

@@ -18,14 +18,17 @@
 
 /* ------------------------------------------------------------------ AVX-512 */
 #define T512 __attribute__((target("avx512f,avx512bw,avx512vl")))
-#define P512 8 /* pixels per tile: NV*P accumulators + NV weight registers <= 32 */
+/* Pixels per tile for NV vectors of output channels: NV*P accumulators + NV weight
+ * registers must fit the 32 zmm registers (4 -> 6x4, 3 -> 8x3, 2 -> 12x2, 1 -> 12x1). */
+#define P512MAX 12
+#define P512(NV) ((NV) >= 3 ? 8 : 12)
 
 static inline __attribute__((always_inline)) T512 void
 tile512(const qcnn_dconv_row *r, const float *x, const float *w, size_t wblk, float *y,
         const float *bias, __mmask16 last_mask, const int P, const int NV)
 {
-    __m512 acc[P512][4];
-#pragma GCC unroll 8
+    __m512 acc[P512MAX][4];
+#pragma GCC unroll 12
     for (int p = 0; p < P; p++)
 #pragma GCC unroll 4
         for (int v = 0; v < NV; v++)
@@ -39,7 +42,7 @@ tile512(const qcnn_dconv_row *r, const float *x, const float *w, size_t wblk, fl
 #pragma GCC unroll 4
                 for (int v = 0; v < NV; v++)
                     wv[v] = _mm512_loadu_ps(w + v * wblk);
-#pragma GCC unroll 8
+#pragma GCC unroll 12
                 for (int p = 0; p < P; p++) {
                     const __m512 xv = _mm512_set1_ps(xs[p * xpix + k]);
 #pragma GCC unroll 4
@@ -53,7 +56,7 @@ tile512(const qcnn_dconv_row *r, const float *x, const float *w, size_t wblk, fl
     for (int v = 0; v < NV; v++) {
         const __mmask16 m = v == NV - 1 ? last_mask : (__mmask16)0xFFFF;
         const __m512 b = bias ? _mm512_maskz_loadu_ps(m, bias + v * NB) : zero;
-#pragma GCC unroll 8
+#pragma GCC unroll 12
         for (int p = 0; p < P; p++) {
             __m512 o = _mm512_add_ps(acc[p][v], b);
             if (r->relu)
@@ -68,9 +71,10 @@ static inline __attribute__((always_inline)) T512 void
 chunk512(const qcnn_dconv_row *r, const float *w, size_t wblk, float *y, const float *bias,
          __mmask16 last_mask, const int NV)
 {
+    const int P = P512(NV);
     int ox = 0;
-    for (; ox + P512 <= r->ow; ox += P512)
-        tile512(r, r->x + ox * r->xpix, w, wblk, y + ox * r->ypix, bias, last_mask, P512, NV);
+    for (; ox + P <= r->ow; ox += P)
+        tile512(r, r->x + ox * r->xpix, w, wblk, y + ox * r->ypix, bias, last_mask, P, NV);
     const float *x = r->x + ox * r->xpix;
     y += ox * r->ypix;
     switch (r->ow - ox) {
@@ -78,7 +82,7 @@ chunk512(const qcnn_dconv_row *r, const float *w, size_t wblk, float *y, const f
     case n:                                                                                        \
         tile512(r, x, w, wblk, y, bias, last_mask, n, NV);                                        \
         break;
-        TAIL(1) TAIL(2) TAIL(3) TAIL(4) TAIL(5) TAIL(6) TAIL(7)
+        TAIL(1) TAIL(2) TAIL(3) TAIL(4) TAIL(5) TAIL(6) TAIL(7) TAIL(8) TAIL(9) TAIL(10) TAIL(11)
 #undef TAIL
     default:
         break;
@@ -89,10 +93,10 @@ T512 void qcnn_dconv_row_avx512(const qcnn_dconv_row *r)
 {
     const size_t wblk = (size_t)r->kh * r->nseg * r->seglen * NB;
     /* split the group's blocks into chunks of at most 4, as even as possible (6 -> 3+3) */
-    const int nchunks = (r->nblk + 3) / 4;
-    int b = 0;
+    const int nchunks = (r->b1 - r->b0 + 3) / 4;
+    int b = r->b0;
     for (int ch = 0; ch < nchunks; ch++) {
-        const int nv = (r->nblk - b + (nchunks - ch) - 1) / (nchunks - ch);
+        const int nv = (r->b1 - b + (nchunks - ch) - 1) / (nchunks - ch);
         const int c0 = b * NB;
         const int cend = (b + nv) * NB < r->cout_g ? (b + nv) * NB : r->cout_g;
         const int last_cols = cend - (b + nv - 1) * NB; /* 1..16 */
@@ -164,7 +168,7 @@ tile256(const qcnn_dconv_row *r, const float *x, const float *w, float *y, const
 T256 void qcnn_dconv_row_avx2(const qcnn_dconv_row *r)
 {
     const size_t wblk = (size_t)r->kh * r->nseg * r->seglen * NB;
-    for (int b = 0; b < r->nblk; b++) {
+    for (int b = r->b0; b < r->b1; b++) {
         const int c0 = b * NB;
         const int ncols = r->cout_g - c0 < NB ? r->cout_g - c0 : NB;
         const float *w = r->w + b * wblk;
