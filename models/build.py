@@ -284,6 +284,7 @@ def _calibrate_last_layer(model, seed):
     probe.graph.output.append(helper.make_tensor_value_info(logits, TensorProto.FLOAT, None))
     so = ort.SessionOptions()
     so.log_severity_level = 3
+    so.intra_op_num_threads = 1  # summation order independent of the machine's core count
     sess = ort.InferenceSession(probe.SerializeToString(), so, providers=["CPUExecutionProvider"])
     z = np.concatenate([sess.run([logits], {g.input[0].name: x})[0]
                         for x in calibration_inputs(seed, input_shape(model))]).astype(np.float64)
