@@ -158,15 +158,11 @@ def test_non_contiguous_and_nan_inputs(tiny_qcnn):
     x = np.random.default_rng(5).standard_normal((2, 3, 8, 16)).astype(np.float32)[:, :, :, ::2]
     assert not x.flags.c_contiguous
     np.testing.assert_array_equal(m.run(x), m.run(np.ascontiguousarray(x)))
-    clean = m.run(np.ascontiguousarray(x))
+    image_1 = x[1].copy()
     x[0] = np.nan  # a NaN image: no crash, and the other image of the batch is unaffected
-    x[1, 0, 0, 0] = np.inf
-    x[1, 0, 0, 0] = clean_value = 0.25
-    x_clean_1 = x[1].copy()
     y = m.run(x)
     assert y.shape == (2, 10)
-    np.testing.assert_array_equal(y[1], m.run(x_clean_1[None])[0])
-    assert clean_value == 0.25
+    np.testing.assert_array_equal(y[1], m.run(image_1[None])[0])
     x[1] = np.inf
     assert m.run(x).shape == (2, 10)
 
