@@ -27,7 +27,7 @@ from collections import Counter
 import numpy as np
 
 from qcnn.schema import ir, shapes
-from qcnn.tools.hardening.mutate import BAD, Supervisor
+from qcnn.tools.hardening.mutate import BAD, DEFAULT_MEM_LIMIT, Supervisor
 
 _KS = [2, 3, 5, 16, 17, 255, 256]
 
@@ -173,7 +173,7 @@ def _check(path, use_runtime):
 def run_trials(trials: int, seed: int, timeout: float = 20.0, save_bad=None, progress=False) -> dict:
     from qcnn.schema import writer
 
-    sup = Supervisor(True, timeout, 4 << 30, target=_check)
+    sup = Supervisor(True, timeout, DEFAULT_MEM_LIMIT, target=_check)
     tmp = tempfile.mkdtemp(prefix="qcnn-extreme-")
     outcomes, bad, op_counts = Counter(), [], Counter()
     t0 = time.time()
