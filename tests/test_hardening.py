@@ -238,3 +238,33 @@ def test_written_file_has_the_usual_mode(tmp_path):
     finally:
         os.umask(umask)
     assert (tmp_path / "m.qcnn").stat().st_mode & 0o777 == 0o644
+
+
+def _open_in_child(path, conn):
+    try:
+        reader.open_qcnn(path)
+        conn.send("opened")
+    except Exception as exc:  # noqa: BLE001
+        conn.send(f"{type(exc).__name__}: {exc}")
+
+
+@pytest.mark.parametrize("kind", ["fifo", "char_device"])
+def test_special_files_are_refused_without_blocking(tmp_path, kind):
+    """A FIFO used to block open() forever (qcnn-run hung); /dev/zero is not a model either."""
+    import multiprocessing as mp
+
+    if kind == "fifo":
+        path = str(tmp_path / "model.qcnn")
+        os.mkfifo(path)
+    else:
+        path = "/dev/zero"
+    ctx = mp.get_context("fork")
+    parent, child = ctx.Pipe()
+    p = ctx.Process(target=_open_in_child, args=(path, child))
+    p.start()
+    answered = parent.poll(10)
+    if p.is_alive():
+        p.kill()
+    p.join()
+    assert answered, "open_qcnn blocked on a special file"
+    assert parent.recv().startswith("QcnnFormatError"), kind
