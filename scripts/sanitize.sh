@@ -39,14 +39,20 @@ for lib in "$LIBASAN" "$LIBUBSAN"; do
 done
 
 so_built() { nm -D "$(find "$VENV" -name '_core*.so' 2>/dev/null | head -1)" 2>/dev/null | grep -q __asan_report; }
-if [ "$REUSE" = 1 ] && so_built; then
-  echo "== reusing the sanitized build in $VENV"
-else
 echo "== copying sources to $SRC"
 rm -rf "$SRC"
 mkdir -p "$SRC"
 (cd "$ROOT" && git ls-files -z --cached --others --exclude-standard | grep -zv '\.so$' | grep -zv '^runtime/_core\.c$' \
   | xargs -0 tar cf - 2>/dev/null) | (cd "$SRC" && tar xf -)
+if [ "$REUSE" = 1 ] && so_built; then
+  echo "== reusing the sanitized extension in $VENV (Python files refreshed)"
+  SITE=$(cd / && "$VENV/bin/python" -c 'import qcnn, os; print(os.path.dirname(qcnn.__file__))')
+  for pair in qcnn: schema:schema runtime:runtime converter:converter tools:tools models:models; do
+    src=${pair%%:*}; dst="$SITE/${pair#*:}"
+    (cd "$SRC/$src" && find . -name '*.py' -print0 | while IFS= read -r -d '' f; do
+      mkdir -p "$dst/$(dirname "$f")"; cp "$f" "$dst/$f"; done)
+  done
+else
 
 echo "== building with -fsanitize=address,undefined into $VENV"
 "$PYTHON" -m venv --system-site-packages "$VENV"
