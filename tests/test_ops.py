@@ -111,6 +111,21 @@ def test_dense_conv_fast_paths_match_reference(isa):
             assert_close(got, want)
 
 
+@pytest.mark.parametrize("isa", ISAS)
+def test_dense_conv_fast_paths_large_weights(isa):
+    # weights larger than the L2 budget: output-channel blocks are processed in several
+    # passes over the image; 136 channels = 8.5 blocks, so the last block is partial
+    weight, bias = rand(136, 256, 3, 3) * 0.05, rand(136)
+    x = rand(3, 13, 256)
+    ref = _core.DenseConvKernel(weight, bias, pads=(1, 1, 1, 1), relu=True, isa="ref")
+    fast = _core.DenseConvKernel(weight, bias, pads=(1, 1, 1, 1), relu=True, isa=isa)
+    want = np.empty(ref.out_shape(3, 13), np.float32)
+    got = np.full_like(want, np.nan)
+    ref.run(x, want)
+    fast.run(x, got, np.empty(fast.scratch_nbytes(3, 13), np.uint8))
+    assert_close(got, want)
+
+
 def test_dense_conv_writes_only_its_output():
     kern = _core.DenseConvKernel(rand(20, 4, 3, 3), pads=(1, 1, 1, 1), isa="auto")
     buf = np.full(6 * 5 * 20 + 16, 7.0, np.float32)
