@@ -52,8 +52,10 @@ cdef extern from "ops.h" nogil:
         int pad_top, pad_left, pad_bottom, pad_right
         int count_include_pad
     int qcnn_pool_out_size(int in_, int k, int stride, int pad_begin, int pad_end, int ceil_mode)
+    void qcnn_maxpool_ref(const qcnn_pool_params *p, const float *x, int h, int w, int c,
+                          float *y, int oh, int ow)
     void qcnn_maxpool(const qcnn_pool_params *p, const float *x, int h, int w, int c, float *y,
-                      int oh, int ow)
+                      int oh, int ow, int isa)
     void qcnn_avgpool(const qcnn_pool_params *p, const float *x, int h, int w, int c, float *y,
                       int oh, int ow)
     void qcnn_global_avgpool(const float *x, int h, int w, int c, float *y)
@@ -352,9 +354,12 @@ def pool_out_size(int size, int k, int stride, int pad_begin=0, int pad_end=0, b
 
 
 cdef object _ops_pool(bint is_max, x, y, int kh, int kw, int sh, int sw, int pt, int pl, int pb,
-                      int pr, bint count_include_pad):
+                      int pr, bint count_include_pad, object isa):
     _ops_check(x, "x", 3)
     _ops_check(y, "y", 3, True)
+    cdef int code = _ops_isa(isa, True)
+    if _ops_np.shares_memory(x, y):
+        raise ValueError("y: expected a buffer distinct from x, got an overlapping one")
     if kh < 1 or kw < 1 or sh < 1 or sw < 1 or min(pt, pl, pb, pr) < 0:
         raise ValueError(f"pooling: expected kernel/strides >= 1 and pads >= 0, got "
                          f"kernel ({kh}, {kw}) strides ({sh}, {sw}) pads ({pt}, {pl}, {pb}, {pr})")
@@ -374,22 +379,26 @@ cdef object _ops_pool(bint is_max, x, y, int kh, int kw, int sh, int sw, int pt,
     cdef float *yp = _ops_ptr(y)
     cdef int ih = h, iw = w, ic = c, ioh = oh, iow = ow
     with nogil:
-        if is_max:
-            qcnn_maxpool(&p, xp, ih, iw, ic, yp, ioh, iow)
+        if is_max and code == -2:
+            qcnn_maxpool_ref(&p, xp, ih, iw, ic, yp, ioh, iow)
+        elif is_max:
+            qcnn_maxpool(&p, xp, ih, iw, ic, yp, ioh, iow, code)
         else:
             qcnn_avgpool(&p, xp, ih, iw, ic, yp, ioh, iow)
     return y
 
 
-def maxpool(x, y, int kh, int kw, int sh, int sw, int pt=0, int pl=0, int pb=0, int pr=0):
-    """ONNX MaxPool on NHWC x [H][W][C] into y [OH][OW][C]; y's shape selects floor/ceil mode."""
-    return _ops_pool(True, x, y, kh, kw, sh, sw, pt, pl, pb, pr, False)
+def maxpool(x, y, int kh, int kw, int sh, int sw, int pt=0, int pl=0, int pb=0, int pr=0,
+            isa="auto"):
+    """ONNX MaxPool on NHWC x [H][W][C] into y [OH][OW][C]; y's shape selects floor/ceil mode.
+    isa: "auto" | "generic" | "avx2" | "avx512" | "ref" (plain loops)."""
+    return _ops_pool(True, x, y, kh, kw, sh, sw, pt, pl, pb, pr, False, isa)
 
 
 def avgpool(x, y, int kh, int kw, int sh, int sw, int pt=0, int pl=0, int pb=0, int pr=0,
             bint count_include_pad=False):
     """ONNX AveragePool on NHWC x into y; y's shape selects floor/ceil mode."""
-    return _ops_pool(False, x, y, kh, kw, sh, sw, pt, pl, pb, pr, count_include_pad)
+    return _ops_pool(False, x, y, kh, kw, sh, sw, pt, pl, pb, pr, count_include_pad, "auto")
 
 
 def global_avgpool(x, y):

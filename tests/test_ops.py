@@ -305,6 +305,7 @@ POOL_CASES = [
     pytest.param(9, 9, 6, (2, 2), (2, 2), (0, 0, 1, 1), 1, id="ceil-asym-pads"),
     pytest.param(1, 1, 7, (1, 1), (1, 1), (0, 0, 0, 0), 0, id="1x1-spatial"),
     pytest.param(1, 1, 7, (3, 3), (2, 2), (1, 1, 1, 1), 1, id="1x1-spatial-padded"),
+    pytest.param(9, 8, 239, (3, 3), (2, 2), (1, 0, 1, 1), 1, id="239-channels"),  # 128+64+32+8+4+3
 ]
 
 
@@ -320,10 +321,11 @@ def test_maxpool_matches_onnxruntime(h, w, c, k, stride, pads, ceil_mode):
                     dict(kernel_shape=list(k), strides=list(stride), pads=list(pads), ceil_mode=ceil_mode))
     oh, ow = _pool_out(h, w, k, stride, pads, ceil_mode)
     assert (oh, ow) == want.shape[2:]
-    for n, x in enumerate(xs):
-        y = np.full((oh, ow, c), np.nan, np.float32)
-        _core.maxpool(x, y, *k, *stride, *pads)
-        np.testing.assert_array_equal(y, hwc(want[n:n + 1]))
+    for isa in ["ref"] + ISAS:
+        for n, x in enumerate(xs):
+            y = np.full((oh, ow, c), np.nan, np.float32)
+            _core.maxpool(x, y, *k, *stride, *pads, isa=isa)
+            np.testing.assert_array_equal(y, hwc(want[n:n + 1]), err_msg=isa)
 
 
 @pytest.mark.parametrize("count_include_pad", [0, 1])

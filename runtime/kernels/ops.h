@@ -101,9 +101,12 @@ typedef struct {
 int qcnn_pool_out_size(int in, int k, int stride, int pad_begin, int pad_end, int ceil_mode);
 
 /* x [h][w][c] -> y [oh][ow][c]; oh/ow come from the caller (see qcnn_pool_out_size). Padding
- * never wins a max; windows without any input element produce 0. */
+ * never wins a max; windows without any input element produce 0. x and y must not overlap.
+ * qcnn_maxpool_ref: plain loops; qcnn_maxpool: register-blocked over channels (isa: qcnn_isa). */
+void qcnn_maxpool_ref(const qcnn_pool_params *p, const float *x, int h, int w, int c, float *y,
+                      int oh, int ow);
 void qcnn_maxpool(const qcnn_pool_params *p, const float *x, int h, int w, int c, float *y, int oh,
-                  int ow);
+                  int ow, int isa);
 void qcnn_avgpool(const qcnn_pool_params *p, const float *x, int h, int w, int c, float *y, int oh,
                   int ow);
 /* [h][w][c] -> [c] mean over all pixels. */
