@@ -228,6 +228,18 @@ def sha256_file(path, chunk: int = 1 << 20) -> str:
 
 # ---------------------------------------------------------------------------------------------- memory
 def _peak_rss_mb() -> float:
+    """Peak resident set size of this process in MiB.
+
+    On Linux VmHWM of /proc/self/status: ru_maxrss would also count the parent's memory at fork
+    time (the kernel carries the high-water mark across exec), inflating a small child's number.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
     # ru_maxrss is in KiB on Linux, bytes on macOS.
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return r / (1 << 20) if sys.platform == "darwin" else r / 1024.0
