@@ -212,14 +212,51 @@ def format_text(info: dict) -> str:
     out.append(info["flops_note"] + "; speed-up = original / quantized.")
     rep = info["report"]
     if rep is not None:
-        text = json.dumps(rep, indent=1) if not isinstance(rep, str) else rep
-        lines = text.splitlines()
         out.append("")
         out.append("converter report (metadata qcnn.report):")
-        out.extend("  " + ln for ln in lines[:60])
-        if len(lines) > 60:
-            out.append(f"  ... ({len(lines) - 60} more lines; use --json)")
+        out.extend("  " + ln for ln in format_report(rep))
     return "\n".join(out)
+
+
+def format_report(rep) -> List[str]:
+    """Readable lines for the converter's report: summary fields, then one line per layer."""
+    if not isinstance(rep, dict):
+        text = rep if isinstance(rep, str) else json.dumps(rep)
+        return text.splitlines()[:60]
+    lines = []
+    for key in ("tool", "method", "calibration", "seconds"):
+        if rep.get(key) is not None:
+            lines.append(f"{key}: {rep[key]}")
+    for key in ("settings", "total", "network"):
+        if isinstance(rep.get(key), dict):
+            items = ", ".join(f"{k}={_short(v)}" for k, v in rep[key].items())
+            lines.append(f"{key}: {items}")
+    for layer in rep.get("layers") or []:
+        if not isinstance(layer, dict):
+            continue
+        desc = [f"{layer.get('name', '?')}:"]
+        if layer.get("quantized"):
+            desc.append(f"{layer.get('subvec')}/{layer.get('ncode')}")
+        else:
+            desc.append("dense" + (f" ({layer['reason']})" if layer.get("reason") else ""))
+        if layer.get("error") is not None:
+            desc.append(f"response error {_short(layer['error'])}")
+        if layer.get("seconds") is not None:
+            desc.append(f"{_short(layer['seconds'])} s")
+        lines.append("  ".join(desc))
+    extra = sorted(set(rep) - {"tool", "method", "calibration", "seconds", "settings", "total", "network", "layers"})
+    for key in extra:
+        lines.append(f"{key}: {_short(rep[key])}")
+    return lines
+
+
+def _short(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, (dict, list)):
+        text = json.dumps(v)
+        return text if len(text) < 80 else text[:77] + "..."
+    return str(v)
 
 
 def main(argv=None) -> int:
