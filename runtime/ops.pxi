@@ -66,16 +66,25 @@ _OPS_ISA_CODES = {"auto": -1, "generic": 0, "avx2": 1, "avx512": 2}
 _OPS_ISA_NAMES = {0: "generic", 1: "avx2", 2: "avx512"}
 
 
+# Resolved once per name and process: CPUID is slow under a hypervisor and would dominate
+# small ops (a 30 us pool), so QCNN_ISA is read at the first call that says "auto".
+_OPS_ISA_RESOLVED = {}
+
+
 cdef int _ops_isa(object isa, bint allow_ref) except -3:
     """Resolve an isa name to a code (-2 = reference loops); ValueError if unusable."""
     if allow_ref and isa == "ref":
         return -2
+    code = _OPS_ISA_RESOLVED.get(isa)
+    if code is not None:
+        return code
     if isa not in _OPS_ISA_CODES:
         choices = ["ref"] + list(_OPS_ISA_CODES) if allow_ref else list(_OPS_ISA_CODES)
         raise ValueError(f"isa must be one of {choices}, got {isa!r}")
-    cdef int code = qcnn_ops_resolve_isa(_OPS_ISA_CODES[isa])
+    code = qcnn_ops_resolve_isa(_OPS_ISA_CODES[isa])
     if code < 0:
         raise ValueError(f"isa {isa!r} is not supported by this CPU")
+    _OPS_ISA_RESOLVED[isa] = code
     return code
 
 
@@ -86,9 +95,13 @@ def ops_available_isas():
 
 
 cdef object _ops_check(object a, str name, int ndim, bint writable=False):
-    """Check a float32, C-contiguous array of `ndim` dims; returns it (numpy array)."""
+    """Check a float32, C-contiguous array of `ndim` dims (0: any); returns it as an ndarray.
+    Buffers such as memoryviews are viewed without copying, so outputs stay shared."""
     if not isinstance(a, _ops_np.ndarray):
-        raise ValueError(f"{name}: expected a numpy float32 array, got {type(a).__name__}")
+        try:
+            a = _ops_np.asarray(memoryview(a))
+        except TypeError:
+            raise ValueError(f"{name}: expected a float32 array or buffer, got {type(a).__name__}") from None
     if a.dtype != _ops_np.float32:
         raise ValueError(f"{name}: expected dtype float32, got {a.dtype}")
     if ndim > 0 and a.ndim != ndim:
@@ -103,6 +116,14 @@ cdef object _ops_check(object a, str name, int ndim, bint writable=False):
 cdef void _ops_shape(object a, str name, tuple expected) except *:
     if tuple(a.shape) != expected:
         raise ValueError(f"{name}: expected shape {expected}, got {tuple(a.shape)}")
+
+
+cdef void _ops_same_or_disjoint(object out, object inp, str name) except *:
+    """Elementwise ops may run in place (out is inp) but not on partly overlapping buffers."""
+    if (_ops_np.shares_memory(out, inp) and
+            out.__array_interface__["data"][0] != inp.__array_interface__["data"][0]):
+        raise ValueError(f"{name}: expected the same buffer as the output or a disjoint one, "
+                         "got a partly overlapping one")
 
 
 cdef inline float *_ops_ptr(object a) except NULL:
@@ -255,8 +276,8 @@ cdef class DenseFcKernel:
 
     def run(self, x, y, scratch=None):
         """y[:] = W x + b for x of shape [in] (any float32 C-contiguous array of `in` values)."""
-        _ops_check(x, "x", 0)
-        _ops_check(y, "y", 1, True)
+        x = _ops_check(x, "x", 0)
+        y = _ops_check(y, "y", 1, True)
         if x.size != self.p.in_:
             raise ValueError(f"x: expected {self.p.in_} values, got shape {x.shape}")
         _ops_shape(y, "y", (self.p.out,))
@@ -273,7 +294,7 @@ cdef class DenseFcKernel:
 
 def relu_(x):
     """In-place ReLU on any float32 C-contiguous array; returns x."""
-    _ops_check(x, "x", 0, True)
+    x = _ops_check(x, "x", 0, True)
     if x.size == 0:
         return x
     cdef float *p = _ops_ptr(x)
@@ -285,11 +306,13 @@ def relu_(x):
 
 def add(a, b, out, bint relu=False):
     """out = a + b (same shapes; out may be a or b), optionally followed by ReLU."""
-    _ops_check(a, "a", 0)
-    _ops_check(b, "b", 0)
-    _ops_check(out, "out", 0, True)
+    a = _ops_check(a, "a", 0)
+    b = _ops_check(b, "b", 0)
+    out = _ops_check(out, "out", 0, True)
     _ops_shape(b, "b", tuple(a.shape))
     _ops_shape(out, "out", tuple(a.shape))
+    _ops_same_or_disjoint(out, a, "a")
+    _ops_same_or_disjoint(out, b, "b")
     if a.size == 0:
         return out
     cdef const float *ap = _ops_ptr(a)
@@ -303,11 +326,12 @@ def add(a, b, out, bint relu=False):
 
 def softmax(x, y):
     """Numerically stable softmax over the last axis (1-D or 2-D [rows][n]); y may be x."""
-    _ops_check(x, "x", 0)
-    _ops_check(y, "y", 0, True)
+    x = _ops_check(x, "x", 0)
+    y = _ops_check(y, "y", 0, True)
     if x.ndim not in (1, 2):
         raise ValueError(f"x: expected 1 or 2 dims, got shape {x.shape}")
     _ops_shape(y, "y", tuple(x.shape))
+    _ops_same_or_disjoint(y, x, "x")
     _ops_nonempty(x, "x")
     cdef int n = x.shape[x.ndim - 1]
     cdef int rows = x.size // n
@@ -320,8 +344,8 @@ def softmax(x, y):
 
 def lrn(x, y, int size, float alpha, float beta, float bias=1.0, isa="auto"):
     """ONNX LRN across the channels of an NHWC tensor [..., C] (x and y distinct arrays)."""
-    _ops_check(x, "x", 0)
-    _ops_check(y, "y", 0, True)
+    x = _ops_check(x, "x", 0)
+    y = _ops_check(y, "y", 0, True)
     if x.ndim < 1:
         raise ValueError(f"x: expected at least 1 dim (channels last), got shape {x.shape}")
     _ops_shape(y, "y", tuple(x.shape))
@@ -355,8 +379,8 @@ def pool_out_size(int size, int k, int stride, int pad_begin=0, int pad_end=0, b
 
 cdef object _ops_pool(bint is_max, x, y, int kh, int kw, int sh, int sw, int pt, int pl, int pb,
                       int pr, bint count_include_pad, object isa):
-    _ops_check(x, "x", 3)
-    _ops_check(y, "y", 3, True)
+    x = _ops_check(x, "x", 3)
+    y = _ops_check(y, "y", 3, True)
     cdef int code = _ops_isa(isa, True)
     if _ops_np.shares_memory(x, y):
         raise ValueError("y: expected a buffer distinct from x, got an overlapping one")
@@ -403,8 +427,8 @@ def avgpool(x, y, int kh, int kw, int sh, int sw, int pt=0, int pl=0, int pb=0, 
 
 def global_avgpool(x, y):
     """Mean over H and W: x [H][W][C] -> y [C]."""
-    _ops_check(x, "x", 3)
-    _ops_check(y, "y", 1, True)
+    x = _ops_check(x, "x", 3)
+    y = _ops_check(y, "y", 1, True)
     _ops_nonempty(x, "x")
     h, w, c = x.shape
     _ops_shape(y, "y", (c,))
@@ -418,7 +442,7 @@ def global_avgpool(x, y):
 
 def concat_channels(inputs, out):
     """Concatenate NHWC tensors [H][W][Ci] along channels into out [H][W][sum Ci]."""
-    _ops_check(out, "out", 3, True)
+    out = _ops_check(out, "out", 3, True)
     oh, ow, oc = out.shape
     xs = [_ops_check(a, f"inputs[{i}]", 3) for i, a in enumerate(inputs)]
     if not xs:
@@ -452,10 +476,12 @@ def concat_channels(inputs, out):
 
 def nhwc_to_nchw(x, y):
     """x [H][W][C] -> y [C][H][W] (so a following Flatten matches ONNX's NCHW order)."""
-    _ops_check(x, "x", 3)
-    _ops_check(y, "y", 3, True)
+    x = _ops_check(x, "x", 3)
+    y = _ops_check(y, "y", 3, True)
     h, w, c = x.shape
     _ops_shape(y, "y", (c, h, w))
+    if _ops_np.shares_memory(x, y):
+        raise ValueError("y: expected a buffer distinct from x, got an overlapping one")
     if x.size == 0:
         return y
     cdef const float *xp = _ops_ptr(x)

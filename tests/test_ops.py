@@ -210,6 +210,26 @@ def test_add(relu):
     np.testing.assert_allclose(a, want, rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match="expected shape"):
         _core.add(a, rand(5, 6, 8), out)
+    buf = rand(20)
+    with pytest.raises(ValueError, match="partly overlapping"):
+        _core.add(buf[1:11], b.reshape(-1)[:10], buf[:10])
+
+
+def test_wrappers_accept_buffers_and_reject_bad_input():
+    x = rand(4, 4, 8)
+    y = np.zeros((8, 4, 4), np.float32)
+    _core.nhwc_to_nchw(memoryview(x), memoryview(y))  # a writable memoryview output is shared
+    np.testing.assert_array_equal(y, x.transpose(2, 0, 1))
+    with pytest.raises(ValueError, match="float32 array or buffer"):
+        _core.relu_([1.0, -1.0])
+    with pytest.raises(ValueError, match="read-only"):
+        ro = rand(3)
+        ro.flags.writeable = False
+        _core.relu_(ro)
+    with pytest.raises(ValueError, match="dtype float32"):
+        _core.softmax(np.zeros(3), np.zeros(3))
+    with pytest.raises(ValueError, match="isa"):
+        _core.lrn(x, np.empty_like(x), 5, 1e-4, 0.75, isa="neon")
 
 
 def test_softmax_stable_and_matches():
