@@ -386,3 +386,68 @@ def test_global_avgpool(shape):
     y = np.empty(shape[2], np.float32)
     _core.global_avgpool(x, y)
     np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------- end to end
+def shared_dir():
+    from pathlib import Path
+    return Path(__file__).resolve().parents[1].parent / "shared"
+
+
+def run_graph_with_ops(model, x_hwc, isa):
+    """Execute a Conv/Relu/MaxPool/Concat/GlobalAveragePool/Flatten graph with the ops here,
+    in NHWC, one image: a check that the ops compose with ONNX's semantics (incl. Flatten
+    order and pooling sizes) on a real network."""
+    from onnx import numpy_helper
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    vals = {model.graph.input[0].name: x_hwc}
+    for node in model.graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        ins = [vals.get(n) for n in node.input]
+        if node.op_type == "Conv":
+            pads = attrs.get("pads", [0, 0, 0, 0])
+            kern = _core.DenseConvKernel(inits[node.input[1]], inits.get(node.input[2]) if len(node.input) > 2 else None,
+                                         strides=attrs.get("strides", [1, 1]), pads=pads,
+                                         groups=attrs.get("group", 1), isa=isa)
+            h, w, _ = ins[0].shape
+            out = np.empty(kern.out_shape(h, w), np.float32)
+            kern.run(ins[0], out, np.empty(kern.scratch_nbytes(h, w), np.uint8))
+        elif node.op_type == "Relu":
+            out = _core.relu_(ins[0].copy())
+        elif node.op_type == "MaxPool":
+            k, s = attrs["kernel_shape"], attrs.get("strides", [1, 1])
+            p = attrs.get("pads", [0, 0, 0, 0])
+            ceil = attrs.get("ceil_mode", 0)
+            h, w, c = ins[0].shape
+            out = np.empty((_core.pool_out_size(h, k[0], s[0], p[0], p[2], ceil),
+                            _core.pool_out_size(w, k[1], s[1], p[1], p[3], ceil), c), np.float32)
+            _core.maxpool(ins[0], out, *k, *s, *p, isa=isa)
+        elif node.op_type == "Concat":
+            assert attrs["axis"] == 1  # NCHW channels
+            out = np.empty(ins[0].shape[:2] + (sum(a.shape[2] for a in ins),), np.float32)
+            _core.concat_channels(ins, out)
+        elif node.op_type == "GlobalAveragePool":
+            out = np.empty(ins[0].shape[2], np.float32)
+            _core.global_avgpool(ins[0], out)
+        elif node.op_type == "Flatten":
+            out = ins[0].reshape(-1)
+        else:
+            raise NotImplementedError(node.op_type)
+        vals[node.output[0]] = out
+    return vals[model.graph.output[0].name]
+
+
+@pytest.mark.parametrize("isa", ["ref"] + ISAS)
+def test_squeezenet_end_to_end_matches_onnxruntime(isa):
+    path = shared_dir() / "models" / "squeezenet1.1.onnx"
+    if not path.exists():
+        pytest.skip(f"{path} not found")
+    model = onnx.load(str(path))
+    x = np.random.default_rng(7).standard_normal((224, 224, 3)).astype(np.float32)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    want = sess.run(None, {model.graph.input[0].name: nchw(x)})[0].reshape(-1)
+    got = run_graph_with_ops(model, x, isa)
+    assert got.shape == want.shape
+    assert_close(got, want, rtol=1e-3, atol=1e-4)
