@@ -120,7 +120,7 @@ cdef void _ops_shape(object a, str name, tuple expected) except *:
 
 cdef void _ops_same_or_disjoint(object out, object inp, str name) except *:
     """Elementwise ops may run in place (out is inp) but not on partly overlapping buffers."""
-    if (_ops_np.shares_memory(out, inp) and
+    if (_ops_np.may_share_memory(out, inp) and
             out.__array_interface__["data"][0] != inp.__array_interface__["data"][0]):
         raise ValueError(f"{name}: expected the same buffer as the output or a disjoint one, "
                          "got a partly overlapping one")
@@ -214,6 +214,8 @@ cdef class DenseConvKernel:
         if c != self.p.cin:
             raise ValueError(f"x: expected {self.p.cin} channels, got shape {x.shape}")
         _ops_shape(y, "y", self.out_shape(h, w))
+        if _ops_np.may_share_memory(x, y):
+            raise ValueError("y: expected a buffer distinct from x, got an overlapping one")
         cdef size_t need = self.scratch_nbytes(h, w)
         cdef unsigned char[::1] s
         cdef float *sp = NULL
@@ -223,6 +225,8 @@ cdef class DenseConvKernel:
             s = memoryview(scratch).cast("B")
             if <size_t>s.shape[0] < need:
                 raise ValueError(f"scratch: expected >= {need} bytes, got {s.shape[0]}")
+            if _ops_np.may_share_memory(s, x) or _ops_np.may_share_memory(s, y):
+                raise ValueError("scratch: expected a buffer separate from x and y, got an overlapping one")
             sp = <float *>&s[0]
         cdef const float *xp = _ops_ptr(x)
         cdef float *yp = _ops_ptr(y)
@@ -281,6 +285,8 @@ cdef class DenseFcKernel:
         if x.size != self.p.in_:
             raise ValueError(f"x: expected {self.p.in_} values, got shape {x.shape}")
         _ops_shape(y, "y", (self.p.out,))
+        if _ops_np.may_share_memory(x, y):
+            raise ValueError("y: expected a buffer distinct from x, got an overlapping one")
         cdef const float *xp = _ops_ptr(x)
         cdef float *yp = _ops_ptr(y)
         cdef int code = self.isa_code
@@ -351,7 +357,7 @@ def lrn(x, y, int size, float alpha, float beta, float bias=1.0, isa="auto"):
     _ops_shape(y, "y", tuple(x.shape))
     if size < 1:
         raise ValueError(f"size: expected >= 1, got {size}")
-    if _ops_np.shares_memory(x, y):
+    if _ops_np.may_share_memory(x, y):
         raise ValueError("y: expected a buffer distinct from x, got an overlapping one")
     _ops_nonempty(x, "x")
     cdef int code = _ops_isa(isa, True)
@@ -382,7 +388,7 @@ cdef object _ops_pool(bint is_max, x, y, int kh, int kw, int sh, int sw, int pt,
     x = _ops_check(x, "x", 3)
     y = _ops_check(y, "y", 3, True)
     cdef int code = _ops_isa(isa, True)
-    if _ops_np.shares_memory(x, y):
+    if _ops_np.may_share_memory(x, y):
         raise ValueError("y: expected a buffer distinct from x, got an overlapping one")
     if kh < 1 or kw < 1 or sh < 1 or sw < 1 or min(pt, pl, pb, pr) < 0:
         raise ValueError(f"pooling: expected kernel/strides >= 1 and pads >= 0, got "
@@ -465,7 +471,7 @@ def concat_channels(inputs, out):
         cx = a.shape[2]
         if cx == 0:
             continue
-        if _ops_np.shares_memory(a, out):
+        if _ops_np.may_share_memory(a, out):
             raise ValueError("inputs: expected tensors distinct from out, got an overlapping one")
         xp = _ops_ptr(a)
         with nogil:
@@ -480,7 +486,7 @@ def nhwc_to_nchw(x, y):
     y = _ops_check(y, "y", 3, True)
     h, w, c = x.shape
     _ops_shape(y, "y", (c, h, w))
-    if _ops_np.shares_memory(x, y):
+    if _ops_np.may_share_memory(x, y):
         raise ValueError("y: expected a buffer distinct from x, got an overlapping one")
     if x.size == 0:
         return y

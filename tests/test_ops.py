@@ -149,6 +149,11 @@ def test_dense_conv_validation():
         kern.run(x, y, np.empty(4, np.uint8))
     with pytest.raises(ValueError, match="scratch"):
         kern.run(x, y, None)
+    with pytest.raises(ValueError, match="distinct from x"):
+        big = rand(5 * 5 * 8)
+        kern.run(big[:100].reshape(5, 5, 4), big.reshape(5, 5, 8), np.empty(kern.scratch_nbytes(5, 5), np.uint8))
+    with pytest.raises(ValueError, match="scratch: expected a buffer separate"):
+        kern.run(x, y, y)
     with pytest.raises(ValueError, match="smaller than"):
         _core.DenseConvKernel(rand(8, 4, 3, 3)).out_shape(2, 5)
     with pytest.raises(ValueError, match="groups"):
