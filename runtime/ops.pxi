@@ -6,6 +6,7 @@
 # GIL released. Names private to this file start with _ops_ because all .pxi files share one
 # module namespace.
 
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from libc.stddef cimport size_t
 
 import numpy as _ops_np
@@ -62,6 +63,7 @@ cdef extern from "ops.h" nogil:
 
 
 # "ref" is the plain reference loop; the others name a fast path (qcnn_isa values).
+_OPS_F32 = _ops_np.dtype(_ops_np.float32)
 _OPS_ISA_CODES = {"auto": -1, "generic": 0, "avx2": 1, "avx512": 2}
 _OPS_ISA_NAMES = {0: "generic", 1: "avx2", 2: "avx512"}
 
@@ -102,7 +104,7 @@ cdef object _ops_check(object a, str name, int ndim, bint writable=False):
             a = _ops_np.asarray(memoryview(a))
         except TypeError:
             raise ValueError(f"{name}: expected a float32 array or buffer, got {type(a).__name__}") from None
-    if a.dtype != _ops_np.float32:
+    if a.dtype is not _OPS_F32 and a.dtype != _OPS_F32:  # `is`: fast path for the common case
         raise ValueError(f"{name}: expected dtype float32, got {a.dtype}")
     if ndim > 0 and a.ndim != ndim:
         raise ValueError(f"{name}: expected {ndim} dims, got shape {a.shape}")
@@ -118,18 +120,33 @@ cdef void _ops_shape(object a, str name, tuple expected) except *:
         raise ValueError(f"{name}: expected shape {expected}, got {tuple(a.shape)}")
 
 
+cdef inline float *_ops_ptr(object a) except NULL:
+    """Data pointer of a checked, non-empty float32 C-contiguous array (via the buffer
+    protocol: cheap, and fine for read-only inputs). The caller keeps `a` alive."""
+    cdef Py_buffer view
+    PyObject_GetBuffer(a, &view, PyBUF_SIMPLE)
+    cdef float *p = <float *>view.buf
+    PyBuffer_Release(&view)
+    return p
+
+
+cdef inline bint _ops_ranges_overlap(size_t pa, size_t na, size_t pb, size_t nb):
+    return na > 0 and nb > 0 and pa < pb + nb and pb < pa + na
+
+
+cdef bint _ops_overlap(object a, object b) except -1:
+    """Whether two checked C-contiguous arrays share memory (a bounds test, which is exact
+    for contiguous arrays, and much cheaper than numpy's general one)."""
+    if a.size == 0 or b.size == 0:
+        return False
+    return _ops_ranges_overlap(<size_t>_ops_ptr(a), a.nbytes, <size_t>_ops_ptr(b), b.nbytes)
+
+
 cdef void _ops_same_or_disjoint(object out, object inp, str name) except *:
     """Elementwise ops may run in place (out is inp) but not on partly overlapping buffers."""
-    if (_ops_np.may_share_memory(out, inp) and
-            out.__array_interface__["data"][0] != inp.__array_interface__["data"][0]):
+    if out.size and inp.size and _ops_ptr(out) != _ops_ptr(inp) and _ops_overlap(out, inp):
         raise ValueError(f"{name}: expected the same buffer as the output or a disjoint one, "
                          "got a partly overlapping one")
-
-
-cdef inline float *_ops_ptr(object a) except NULL:
-    """Data pointer of a checked, non-empty float32 C-contiguous array."""
-    cdef const float[::1] mv = a.reshape(-1)  # const: read-only inputs are fine
-    return <float *>&mv[0]
 
 
 cdef inline void _ops_nonempty(object a, str name) except *:
@@ -214,7 +231,7 @@ cdef class DenseConvKernel:
         if c != self.p.cin:
             raise ValueError(f"x: expected {self.p.cin} channels, got shape {x.shape}")
         _ops_shape(y, "y", self.out_shape(h, w))
-        if _ops_np.may_share_memory(x, y):
+        if _ops_overlap(x, y):
             raise ValueError("y: expected a buffer distinct from x, got an overlapping one")
         cdef size_t need = self.scratch_nbytes(h, w)
         cdef unsigned char[::1] s
@@ -225,7 +242,8 @@ cdef class DenseConvKernel:
             s = memoryview(scratch).cast("B")
             if <size_t>s.shape[0] < need:
                 raise ValueError(f"scratch: expected >= {need} bytes, got {s.shape[0]}")
-            if _ops_np.may_share_memory(s, x) or _ops_np.may_share_memory(s, y):
+            if (_ops_ranges_overlap(<size_t>&s[0], need, <size_t>_ops_ptr(x), x.nbytes) or
+                    _ops_ranges_overlap(<size_t>&s[0], need, <size_t>_ops_ptr(y), y.nbytes)):
                 raise ValueError("scratch: expected a buffer separate from x and y, got an overlapping one")
             sp = <float *>&s[0]
         cdef const float *xp = _ops_ptr(x)
@@ -285,7 +303,7 @@ cdef class DenseFcKernel:
         if x.size != self.p.in_:
             raise ValueError(f"x: expected {self.p.in_} values, got shape {x.shape}")
         _ops_shape(y, "y", (self.p.out,))
-        if _ops_np.may_share_memory(x, y):
+        if _ops_overlap(x, y):
             raise ValueError("y: expected a buffer distinct from x, got an overlapping one")
         cdef const float *xp = _ops_ptr(x)
         cdef float *yp = _ops_ptr(y)
@@ -357,7 +375,7 @@ def lrn(x, y, int size, float alpha, float beta, float bias=1.0, isa="auto"):
     _ops_shape(y, "y", tuple(x.shape))
     if size < 1:
         raise ValueError(f"size: expected >= 1, got {size}")
-    if _ops_np.may_share_memory(x, y):
+    if _ops_overlap(x, y):
         raise ValueError("y: expected a buffer distinct from x, got an overlapping one")
     _ops_nonempty(x, "x")
     cdef int code = _ops_isa(isa, True)
@@ -388,7 +406,7 @@ cdef object _ops_pool(bint is_max, x, y, int kh, int kw, int sh, int sw, int pt,
     x = _ops_check(x, "x", 3)
     y = _ops_check(y, "y", 3, True)
     cdef int code = _ops_isa(isa, True)
-    if _ops_np.may_share_memory(x, y):
+    if _ops_overlap(x, y):
         raise ValueError("y: expected a buffer distinct from x, got an overlapping one")
     if kh < 1 or kw < 1 or sh < 1 or sw < 1 or min(pt, pl, pb, pr) < 0:
         raise ValueError(f"pooling: expected kernel/strides >= 1 and pads >= 0, got "
@@ -471,7 +489,7 @@ def concat_channels(inputs, out):
         cx = a.shape[2]
         if cx == 0:
             continue
-        if _ops_np.may_share_memory(a, out):
+        if _ops_overlap(a, out):
             raise ValueError("inputs: expected tensors distinct from out, got an overlapping one")
         xp = _ops_ptr(a)
         with nogil:
@@ -486,7 +504,7 @@ def nhwc_to_nchw(x, y):
     y = _ops_check(y, "y", 3, True)
     h, w, c = x.shape
     _ops_shape(y, "y", (c, h, w))
-    if _ops_np.may_share_memory(x, y):
+    if _ops_overlap(x, y):
         raise ValueError("y: expected a buffer distinct from x, got an overlapping one")
     if x.size == 0:
         return y
