@@ -1,8 +1,8 @@
 """Benchmark the runtime's non-quantized ops against onnxruntime (1 thread), same run.
 
 Each case runs our kernel (NHWC, one image) and a one-node onnxruntime model (NCHW, same
-shapes) alternately, and reports medians in ms plus the ratio ours/onnxruntime (< 1 means
-faster). Pin to one core for stable numbers:
+shapes) alternately, call by call, and reports both medians in ms plus the ratio
+ours/onnxruntime (< 1 means faster). Pin to one core for stable numbers:
 
     taskset -c 1 python benchmarks/bench_ops.py [--isa auto|generic|avx2|avx512] [--repeat N]
 """
@@ -35,17 +35,21 @@ def ort_session(op, x_nchw, attrs, inits=()):
     return lambda: sess.run(None, {"x": x_nchw})
 
 
-def median_ms(fn, repeat, min_time=0.3):
-    fn()  # warm-up (page faults, caches)
-    times = []
+def paired_medians_ms(ours, theirs, repeat, min_time=0.5):
+    """Median times of two functions run alternately, so that load from other processes
+    (the machine is shared) hits both sides alike."""
+    ours(), theirs()  # warm-up (page faults, caches, lazy init)
+    t_ours, t_theirs = [], []
     t_end = time.perf_counter() + min_time
-    while len(times) < repeat or time.perf_counter() < t_end:
+    while len(t_ours) < repeat or (time.perf_counter() < t_end and len(t_ours) < 20 * repeat):
         t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-        if len(times) >= 20 * repeat:
-            break
-    return 1e3 * statistics.median(times)
+        ours()
+        t1 = time.perf_counter()
+        theirs()
+        t2 = time.perf_counter()
+        t_ours.append(t1 - t0)
+        t_theirs.append(t2 - t1)
+    return 1e3 * statistics.median(t_ours), 1e3 * statistics.median(t_theirs)
 
 
 def conv_case(rng, h, w, cin, cout, k, stride, pad, groups, isa):
@@ -137,10 +141,7 @@ def main():
         if args.only and args.only.lower() not in name.lower():
             continue
         ours, theirs = make()
-        # interleave the two so machine noise hits both alike
-        a1, b1 = median_ms(ours, args.repeat), median_ms(theirs, args.repeat)
-        a2, b2 = median_ms(ours, args.repeat), median_ms(theirs, args.repeat)
-        a, b = min(a1, a2), min(b1, b2)
+        a, b = paired_medians_ms(ours, theirs, args.repeat)
         print(f"| {name} | {a:.3f} | {b:.3f} | {a / b:.2f} |", flush=True)
 
 
