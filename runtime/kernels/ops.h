@@ -121,7 +121,7 @@ typedef struct {
     size_t xrow;      /* floats between input rows */
     size_t xseg;      /* floats between kernel-column segments */
     int kh, nseg, seglen; /* per kernel row: nseg segments of seglen contiguous floats */
-    const float *w;   /* packed weights of group g: nblk blocks of kh*nseg*seglen*16 floats */
+    const float *w;   /* packed weights of group g: ceil(cout_g/16) blocks of kh*nseg*seglen*16 floats */
     int b0, b1;       /* compute 16-channel blocks [b0, b1) of the group */
     int cout_g;       /* valid output channels of the group */
     float *y;         /* output at (oy, 0), channel g*cout_g */
