@@ -112,6 +112,32 @@ def test_dense_conv_fast_paths_match_reference(isa):
 
 
 @pytest.mark.parametrize("isa", ISAS)
+def test_dense_conv_fast_paths_random_shapes(isa):
+    # random geometry (fixed seed): groups, strides, kernel sizes, asymmetric pads, odd sizes
+    rng = np.random.default_rng(99)
+    for _ in range(40):
+        groups = int(rng.choice([1, 1, 2, 3]))
+        cin, cout = groups * int(rng.integers(1, 12)), groups * int(rng.integers(1, 40))
+        kh, kw = int(rng.integers(1, 6)), int(rng.integers(1, 6))
+        sh, sw = int(rng.integers(1, 4)), int(rng.integers(1, 4))
+        pads = tuple(int(v) for v in rng.integers(0, 3, size=4))
+        h = int(rng.integers(max(1, kh - pads[0] - pads[2]), 14))
+        w = int(rng.integers(max(1, kw - pads[1] - pads[3]), 30))
+        weight = rng.standard_normal((cout, cin // groups, kh, kw)).astype(np.float32)
+        bias = rng.standard_normal(cout).astype(np.float32) if rng.random() < 0.7 else None
+        relu = bool(rng.random() < 0.5)
+        x = rng.standard_normal((h, w, cin)).astype(np.float32)
+        args = dict(strides=(sh, sw), pads=pads, groups=groups, relu=relu)
+        ref = _core.DenseConvKernel(weight, bias, isa="ref", **args)
+        fast = _core.DenseConvKernel(weight, bias, isa=isa, **args)
+        want = np.empty(ref.out_shape(h, w), np.float32)
+        got = np.full_like(want, np.nan)
+        ref.run(x, want)
+        fast.run(x, got, np.empty(fast.scratch_nbytes(h, w), np.uint8))
+        assert_close(got, want), (args, weight.shape, (h, w))
+
+
+@pytest.mark.parametrize("isa", ISAS)
 def test_dense_conv_fast_paths_large_weights(isa):
     # weights larger than the L2 budget: output-channel blocks are processed in several
     # passes over the image; 136 channels = 8.5 blocks, so the last block is partial
@@ -366,6 +392,24 @@ def test_avgpool_matches_onnxruntime(h, w, c, k, stride, pads, ceil_mode, count_
         y = np.full((oh, ow, c), np.nan, np.float32)
         _core.avgpool(x, y, *k, *stride, *pads, count_include_pad=count_include_pad)
         np.testing.assert_allclose(y, hwc(want[n:n + 1]), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_maxpool_fast_paths_random_shapes(isa):
+    rng = np.random.default_rng(5)
+    for _ in range(40):
+        kh, kw = int(rng.integers(1, 5)), int(rng.integers(1, 5))
+        sh, sw = int(rng.integers(1, 4)), int(rng.integers(1, 4))
+        pads = tuple(int(rng.integers(0, k)) for k in (kh, kw, kh, kw))  # ONNX: pad < kernel
+        h, w, c = int(rng.integers(kh, 12)), int(rng.integers(kw, 12)), int(rng.integers(1, 300))
+        ceil = bool(rng.random() < 0.5)
+        oh, ow = _pool_out(h, w, (kh, kw), (sh, sw), pads, ceil)
+        x = rng.standard_normal((h, w, c)).astype(np.float32)
+        want = np.empty((oh, ow, c), np.float32)
+        got = np.full_like(want, np.nan)
+        _core.maxpool(x, want, kh, kw, sh, sw, *pads, isa="ref")
+        _core.maxpool(x, got, kh, kw, sh, sw, *pads, isa=isa)
+        np.testing.assert_array_equal(got, want)
 
 
 def test_pool_out_size_rules():
