@@ -35,18 +35,20 @@ def ort_session(op, x_nchw, attrs, inits=()):
     return lambda: sess.run(None, {"x": x_nchw})
 
 
-def paired_medians_ms(ours, theirs, repeat, min_time=0.5):
+def paired_medians_ms(ours, theirs, repeat, clock, min_time=0.5):
     """Median times of two functions run alternately, so that load from other processes
-    (the machine is shared) hits both sides alike."""
+    (the machine is shared) hits both sides alike. clock: time.thread_time counts only this
+    thread's CPU time (not time spent preempted); both sides compute on the calling thread
+    (onnxruntime with one intra-op thread runs its kernels inline)."""
     ours(), theirs()  # warm-up (page faults, caches, lazy init)
     t_ours, t_theirs = [], []
     t_end = time.perf_counter() + min_time
     while len(t_ours) < repeat or (time.perf_counter() < t_end and len(t_ours) < 20 * repeat):
-        t0 = time.perf_counter()
+        t0 = clock()
         ours()
-        t1 = time.perf_counter()
+        t1 = clock()
         theirs()
-        t2 = time.perf_counter()
+        t2 = clock()
         t_ours.append(t1 - t0)
         t_theirs.append(t2 - t1)
     return 1e3 * statistics.median(t_ours), 1e3 * statistics.median(t_theirs)
@@ -113,6 +115,8 @@ def main():
     ap.add_argument("--isa", default="auto", help="auto|generic|avx2|avx512 for our kernels")
     ap.add_argument("--repeat", type=int, default=30, help="minimum timed runs per kernel")
     ap.add_argument("--only", default="", help="substring filter on case names")
+    ap.add_argument("--clock", choices=["cpu", "wall"], default="cpu",
+                    help="cpu: this thread's CPU time (robust on a loaded machine); wall: perf_counter")
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     isa = args.isa
@@ -132,16 +136,17 @@ def main():
         ("MaxPool 111x111x64 3x3/2 ceil", lambda: maxpool_case(rng, 111, 111, 64, 3, 2, True)),
         ("FC 9216->4096", lambda: fc_case(rng, 9216, 4096, isa)),
     ]
+    clock = time.thread_time if args.clock == "cpu" else time.perf_counter
     isa_used = _core.DenseConvKernel(np.zeros((1, 1, 1, 1), np.float32), isa=isa).isa
     print(f"Machine: {platform.node()} — {cpu_name()}; onnxruntime {ort.__version__} (1 thread); "
-          f"ours: isa={isa_used}; medians of >= {args.repeat} runs\n")
+          f"ours: isa={isa_used}; medians of >= {args.repeat} runs, {args.clock} time\n")
     print("| op | ours (ms) | onnxruntime (ms) | ours / ort |")
     print("|---|---:|---:|---:|")
     for name, make in cases:
         if args.only and args.only.lower() not in name.lower():
             continue
         ours, theirs = make()
-        a, b = paired_medians_ms(ours, theirs, args.repeat)
+        a, b = paired_medians_ms(ours, theirs, args.repeat, clock)
         print(f"| {name} | {a:.3f} | {b:.3f} | {a / b:.2f} |", flush=True)
 
 
