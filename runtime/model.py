@@ -125,18 +125,18 @@ class Model:
         return steps
 
     def _kernel(self, op, isa):
+        """The compiled kernel for a conv / fully-connected operator (None for the other ops)."""
         what = f"operator {op.name!r}"
+        dense_isa = {"avx512vbmi": "avx512"}.get(isa, isa)  # dense kernels need AVX-512F only
         if isinstance(op, ir.Conv):
             w = op.weights
             if isinstance(w, ir.QuantizedWeights):
                 return _core.QConvKernel(
-                    op.cin, op.cout, op.groups, op.kernel[0], op.kernel[1], op.strides[0], op.strides[1],
-                    op.pads[0], op.pads[1], op.pads[2], op.pads[3], w.subvec, w.nsub, w.ncode,
-                    np.ascontiguousarray(w.codebooks, dtype=np.float32), _unpacked_indices(w, what),
-                    op.bias, bool(op.relu), isa=isa, lut=self.lut)
-            return _core.DenseConvKernel(
-                np.ascontiguousarray(w, dtype=np.float32), op.bias, op.strides[0], op.strides[1],
-                op.pads[0], op.pads[1], op.pads[2], op.pads[3], op.groups, bool(op.relu), isa=isa)
+                    op.cin, op.cout, op.groups, op.kernel[0], op.kernel[1], op.strides, op.pads,
+                    w.subvec, w.nsub, w.ncode, np.ascontiguousarray(w.codebooks, dtype=np.float32),
+                    _unpacked_indices(w, what), op.bias, bool(op.relu), isa=isa, lut=self.lut)
+            return _core.DenseConvKernel(w, op.bias, strides=op.strides, pads=op.pads, groups=op.groups,
+                                         relu=bool(op.relu), isa=dense_isa)
         if isinstance(op, ir.Gemm):
             w = op.weights
             if isinstance(w, ir.QuantizedWeights):
@@ -145,7 +145,7 @@ class Model:
                     np.ascontiguousarray(w.codebooks[0], dtype=np.float32),
                     _unpacked_indices(w, what).reshape(w.nsub, op.out_features),
                     op.bias, bool(op.relu), isa=isa, lut=self.lut)
-            return _core.DenseFcKernel(np.ascontiguousarray(w, dtype=np.float32), op.bias, bool(op.relu), isa=isa)
+            return _core.DenseFcKernel(w, op.bias, relu=bool(op.relu), isa=dense_isa)
         return None
 
     def _plan_buffers(self, model: ir.Model):
@@ -269,7 +269,7 @@ class Model:
                 _core.avgpool(ins[0], out, op.kernel[0], op.kernel[1], op.strides[0], op.strides[1], *op.pads,
                               bool(op.count_include_pad))
             elif kind == "GlobalAveragePool":
-                _core.global_avgpool(ins[0], out)
+                _core.global_avgpool(ins[0], out.reshape(-1))
             elif kind == "Flatten":
                 if len(step.in_shapes[0]) == 3:
                     _core.nhwc_to_nchw(ins[0], out.reshape(step.in_shapes[0]))
