@@ -328,6 +328,22 @@ def relu_(x):
     return x
 
 
+def relu(x, y):
+    """y = max(x, 0) for same-shape float32 arrays (y may be x): one pass, no copy first."""
+    x = _ops_check(x, "x", 0)
+    y = _ops_check(y, "y", 0, True)
+    _ops_shape(y, "y", tuple(x.shape))
+    _ops_same_or_disjoint(y, x, "x")
+    if x.size == 0:
+        return y
+    cdef const float *xp = _ops_ptr(x)
+    cdef float *yp = _ops_ptr(y)
+    cdef size_t n = x.size
+    with nogil:
+        qcnn_relu(xp, yp, n)
+    return y
+
+
 def add(a, b, out, bint relu=False):
     """out = a + b (same shapes; out may be a or b), optionally followed by ReLU."""
     a = _ops_check(a, "a", 0)

@@ -228,6 +228,15 @@ def test_relu_in_place():
     np.testing.assert_array_equal(x, hwc(want))
 
 
+def test_relu_out_of_place():
+    x = rand(3, 5, 17)
+    y = np.full_like(x, np.nan)
+    assert _core.relu(x, y) is y
+    np.testing.assert_array_equal(y, hwc(run_onnx("Relu", [nchw(x)])))
+    with pytest.raises(ValueError, match="expected shape"):
+        _core.relu(x, np.empty((3, 5, 16), np.float32))
+
+
 @pytest.mark.parametrize("relu", [False, True])
 def test_add(relu):
     a, b = rand(5, 6, 7), rand(5, 6, 7)
