@@ -25,10 +25,11 @@ cdef extern from "ops.h" nogil:
     int qcnn_dconv_out_size(const qcnn_dconv_params *p, int h, int w, int *oh, int *ow)
     size_t qcnn_dconv_packed_floats(const qcnn_dconv_params *p)
     void qcnn_dconv_pack(const qcnn_dconv_params *p, const float *w_onnx, float *packed)
-    void qcnn_dconv_ref(const qcnn_dconv_params *p, const float *x, int h, int w, float *y)
+    void qcnn_dconv_ref(const qcnn_dconv_params *p, const float *x, int h, int w, float *y,
+                        int ystride)
     size_t qcnn_dconv_scratch_floats(const qcnn_dconv_params *p, int h, int w)
     void qcnn_dconv_run(const qcnn_dconv_params *p, int isa, const float *x, int h, int w,
-                        float *y, float *scratch)
+                        float *y, int ystride, float *scratch)
 
     ctypedef struct qcnn_dfc_params:
         int in_ "in"
@@ -223,14 +224,25 @@ cdef class DenseConvKernel:
             return 0
         return int(qcnn_dconv_scratch_floats(&self.p, h, w) * sizeof(float))
 
-    def run(self, x_hwc, y_hwc, scratch=None):
-        """y_hwc[:] = conv(x_hwc). scratch: writable buffer of >= scratch_nbytes(h, w) bytes."""
+    def run(self, x_hwc, y_hwc, scratch=None, int out_channel_offset=0):
+        """y_hwc[:] = conv(x_hwc). scratch: writable buffer of >= scratch_nbytes(h, w) bytes.
+
+        y_hwc may have more than cout channels: the result then goes to channels
+        [out_channel_offset, out_channel_offset + cout) and the others are left alone, so
+        e.g. the two expand convs of a SqueezeNet fire module can write straight into the
+        Concat's output instead of being copied there."""
         x = _ops_check(x_hwc, "x", 3)
         y = _ops_check(y_hwc, "y", 3, True)
         h, w, c = x.shape
         if c != self.p.cin:
             raise ValueError(f"x: expected {self.p.cin} channels, got shape {x.shape}")
-        _ops_shape(y, "y", self.out_shape(h, w))
+        oh, ow, cout = self.out_shape(h, w)
+        cdef int ystride = y.shape[2]
+        if (out_channel_offset < 0 or tuple(y.shape[:2]) != (oh, ow)
+                or out_channel_offset + cout > ystride):
+            want = (oh, ow, cout) if out_channel_offset == 0 else (oh, ow, f">= {out_channel_offset + cout}")
+            raise ValueError(f"y: expected shape {want} (out_channel_offset={out_channel_offset}), "
+                             f"got {tuple(y.shape)}")
         if _ops_overlap(x, y):
             raise ValueError("y: expected a buffer distinct from x, got an overlapping one")
         cdef size_t need = self.scratch_nbytes(h, w)
@@ -247,14 +259,14 @@ cdef class DenseConvKernel:
                 raise ValueError("scratch: expected a buffer separate from x and y, got an overlapping one")
             sp = <float *>&s[0]
         cdef const float *xp = _ops_ptr(x)
-        cdef float *yp = _ops_ptr(y)
+        cdef float *yp = _ops_ptr(y) + out_channel_offset
         cdef int ih = h, iw = w, code = self.isa_code
         with nogil:
             if code == -2:
-                qcnn_dconv_ref(&self.p, xp, ih, iw, yp)
+                qcnn_dconv_ref(&self.p, xp, ih, iw, yp, ystride)
             else:
-                qcnn_dconv_run(&self.p, code, xp, ih, iw, yp, sp)
-        return y
+                qcnn_dconv_run(&self.p, code, xp, ih, iw, yp, ystride, sp)
+        return y_hwc
 
 
 cdef class DenseFcKernel:

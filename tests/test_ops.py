@@ -152,6 +152,27 @@ def test_dense_conv_fast_paths_large_weights(isa):
     assert_close(got, want)
 
 
+@pytest.mark.parametrize("isa", ["ref"] + ISAS)
+@pytest.mark.parametrize("k,pads", [(1, (0, 0, 0, 0)), (3, (1, 1, 1, 1))])
+def test_dense_conv_into_channel_slice_equals_concat(isa, k, pads):
+    # a fire module: two expand convs writing straight into the concatenated output
+    x = rand(9, 11, 24)
+    wa, ba, wb, bb = rand(20, 24, 1, 1), rand(20), rand(36, 24, k, k), rand(36)
+    ka = _core.DenseConvKernel(wa, ba, relu=True, isa=isa)
+    kb = _core.DenseConvKernel(wb, bb, pads=pads, relu=True, isa=isa)
+    scratch = np.empty(max(ka.scratch_nbytes(9, 11), kb.scratch_nbytes(9, 11)), np.uint8)
+    ya, yb = np.empty((9, 11, 20), np.float32), np.empty((9, 11, 36), np.float32)
+    ka.run(x, ya, scratch)
+    kb.run(x, yb, scratch)
+    out = np.full((9, 11, 60), np.nan, np.float32)  # 4 spare channels must stay untouched
+    ka.run(x, out, scratch, out_channel_offset=0)
+    kb.run(x, out, scratch, out_channel_offset=20)
+    np.testing.assert_array_equal(out[..., :56], np.concatenate([ya, yb], axis=2))
+    assert np.isnan(out[..., 56:]).all()
+    with pytest.raises(ValueError, match="out_channel_offset"):
+        kb.run(x, out, scratch, out_channel_offset=25)
+
+
 def test_dense_conv_writes_only_its_output():
     kern = _core.DenseConvKernel(rand(20, 4, 3, 3), pads=(1, 1, 1, 1), isa="auto")
     buf = np.full(6 * 5 * 20 + 16, 7.0, np.float32)

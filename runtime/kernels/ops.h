@@ -47,15 +47,20 @@ int qcnn_dconv_out_size(const qcnn_dconv_params *p, int h, int w, int *oh, int *
 size_t qcnn_dconv_packed_floats(const qcnn_dconv_params *p);
 void qcnn_dconv_pack(const qcnn_dconv_params *p, const float *w_onnx, float *packed);
 
-/* Plain reference: direct loops over the ONNX-layout weights. */
-void qcnn_dconv_ref(const qcnn_dconv_params *p, const float *x, int h, int w, float *y);
+/* Output y: pixel (oy, ox) channel co at y[(oy*OW + ox)*ystride + co]. ystride = cout for a
+ * dense [OH][OW][cout] tensor; larger to write into a channel slice of a wider tensor (e.g.
+ * straight into a Concat's output, y pointing at the slice's first channel).
+ *
+ * Plain reference: direct loops over the ONNX-layout weights. */
+void qcnn_dconv_ref(const qcnn_dconv_params *p, const float *x, int h, int w, float *y,
+                    int ystride);
 
 /* Fast path (register-blocked micro-kernel on the packed weights). scratch must hold
  * qcnn_dconv_scratch_floats(p, h, w) floats (a zero-padded copy of the input when the conv
  * has padding; 0 otherwise, scratch may then be NULL). */
 size_t qcnn_dconv_scratch_floats(const qcnn_dconv_params *p, int h, int w);
 void qcnn_dconv_run(const qcnn_dconv_params *p, int isa, const float *x, int h, int w, float *y,
-                    float *scratch);
+                    int ystride, float *scratch);
 
 /* ------------------------------------------------------------------ dense fully connected */
 /* y[o] = bias[o] + sum_i W[o][i] x[i]  (ONNX Gemm with transB=1), W float32 [out][in]. */
