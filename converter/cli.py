@@ -151,7 +151,7 @@ def run(argv=None) -> int:
     if args.json:
         try:
             _write_text_atomic(args.json, json.dumps(result.report, indent=2, sort_keys=True))
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
             os.unlink(args.output)
             raise ConversionError(f"cannot write {args.json}: {exc.strerror or exc}") from None
     if verbose:
@@ -210,8 +210,18 @@ def main(argv=None) -> int:
     except MemoryError:
         print(f"{PROG}: error: out of memory (try a smaller --calib-count)", file=sys.stderr)
         code = 2
-    except OSError as exc:
-        print(f"{PROG}: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, OSError):
+            msg = f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")
+        else:
+            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"{PROG}: error: {msg}", file=sys.stderr)
+        code = 2
+    except Exception as exc:  # a bug: still one line, the traceback on request
+        if os.environ.get("QCNN_DEBUG"):
+            raise
+        print(f"{PROG}: error: internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+              f"(set QCNN_DEBUG=1 for the traceback)", file=sys.stderr)
         code = 2
     return code
 

@@ -33,6 +33,7 @@ fewer images than inputs).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Tuple
@@ -328,6 +329,7 @@ def ec_solve(F: np.ndarray, Y: np.ndarray, codebooks: np.ndarray, assign: np.nda
     assign (P, M, Cout): the initialisation (plain k-means). mu/W0: optional separable ridge
     mu*||W - W0||^2 (use 0 when it is already folded into F, Y by factor_stats).
     """
+    geom = dataclasses.replace(geom, groups=1)  # one group at a time
     P, M, C = geom.P, geom.nsub, geom.subvec
     cb = codebooks.astype(np.float64).copy()
     A = assign.copy()
@@ -381,6 +383,7 @@ def ec_direct_reference(S: np.ndarray, T: np.ndarray, codebooks: np.ndarray, ass
     the (row, output) design matrix and the assignment tries every codeword against the full data.
     Exponentially slower; use on tiny layers only.
     """
+    geom = dataclasses.replace(geom, groups=1)
     P, M, C, K = geom.P, geom.nsub, geom.subvec, geom.ncode
     cb = codebooks.astype(np.float64).copy()
     A = assign.copy()

@@ -10,7 +10,8 @@ alexnet, zfnet, vgg19
     The ONNX model-zoo graphs shipped inside the onnx wheel (onnx/backend/test/data/light/light_*.onnx).
     There every weight is a ConstantOfShape node fed by a graph input holding the shape
     (e.g. ``conv1_w_0__SHAPE``). We replace each such node by a real initializer, drop the shape
-    inputs (and the zoo's unused inputs) from graph.input, and keep everything else: op graph, node
+    inputs (and the zoo's unused inputs) from graph.input, reset vgg19's two stored random biases
+    (conv1_1_b_0, conv1_2_b_0) to zero like all others, and keep everything else: op graph, node
     and tensor names, Dropout/LRN/Softmax, the Reshape to a constant [1, N] and the opset (9). Since
     the initializers are no longer graph inputs the IR version is raised from 3 to 4 (IR 3 demands that
     every initializer also be an input).
@@ -41,8 +42,9 @@ adjusts only the *last* Gemm:
     removes the offset, so real images get different top-1 classes;
   * weights *= 2**k, k chosen so the remaining logit spread has std close to LOGIT_STD (= 3): a
     sane softmax, neither flat nor one-hot. A power of two is exact in float32.
-The rounding makes the file immune to last-bit differences between onnxruntime runs, so same seed gives
-the same bytes. The factor is recorded in the metadata (``qcnn.logit_scale``).
+The probe session runs single-threaded and the power-of-two / 1/64 rounding absorbs last-bit differences
+between onnxruntime runs, so the same seed gives the same bytes (tested in one process; across CPUs
+with other SIMD kernels a bias could in rare cases round the other way). The factor is recorded in the metadata (``qcnn.logit_scale``).
 
 Metadata (metadata_props)
 -------------------------
@@ -50,7 +52,8 @@ Metadata (metadata_props)
 ``(pixel * scale - mean[c]) / std[c]`` with pixels as 0..255 in the given channel order. For the random
 ImageNet-sized nets we declare the usual ImageNet normalisation (RGB, scale 1/255, mean
 [0.485, 0.456, 0.406], std [0.229, 0.224, 0.225]); their weights are random, so it only fixes the
-input scale. Also ``qcnn.model`` (name), ``qcnn.seed``, ``qcnn.weights`` (how they were made).
+input scale, but it matters: feeding Caffe-style 0..255 inputs instead multiplies every activation
+by ~60 and saturates the softmax. Also ``qcnn.model`` (name), ``qcnn.seed``, ``qcnn.weights`` (how they were made).
 """
 
 import argparse

@@ -206,3 +206,17 @@ def test_cli_seed_gives_identical_files(tmp_path):
         assert build.main(["caffenet", "--out", str(d), "--seed", str(seed)]) == 0
     assert (a / "caffenet.onnx").read_bytes() == (b / "caffenet.onnx").read_bytes()
     assert (a / "caffenet.onnx").read_bytes() != (c / "caffenet.onnx").read_bytes()
+
+
+def test_cli_all_means_every_model(tmp_path, monkeypatch):
+    written = []
+
+    def fake_write(name, path, seed=0):
+        written.append((name, seed))
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_bytes(b"x")
+        return path
+
+    monkeypatch.setattr(build, "write_model", fake_write)
+    assert build.main(["all", "--out", str(tmp_path), "--seed", "3"]) == 0
+    assert written == [(n, 3) for n in build.MODEL_NAMES]

@@ -31,8 +31,50 @@ static void window(int o, int stride, int pad_begin, int k, int in, int pad_end,
     *end = e > in ? in : e;
 }
 
-void qcnn_maxpool(const qcnn_pool_params *p, const float *x, int h, int w, int c, float *y, int oh,
-                  int ow)
+void qcnn_maxpool_ref(const qcnn_pool_params *p, const float *x, int h, int w, int c, float *y,
+                      int oh, int ow)
+{
+    for (int oy = 0; oy < oh; oy++)
+        for (int ox = 0; ox < ow; ox++) {
+            int y0, y1, fy, x0, x1, fx;
+            window(oy, p->stride_h, p->pad_top, p->kh, h, p->pad_bottom, &y0, &y1, &fy);
+            window(ox, p->stride_w, p->pad_left, p->kw, w, p->pad_right, &x0, &x1, &fx);
+            for (int ch = 0; ch < c; ch++) {
+                float m = 0.0f; /* stays 0 if the window holds no input element */
+                for (int iy = y0; iy < y1; iy++)
+                    for (int ix = x0; ix < x1; ix++) {
+                        const float v = x[((size_t)iy * w + ix) * c + ch];
+                        if ((iy == y0 && ix == x0) || v > m)
+                            m = v;
+                    }
+                y[((size_t)oy * ow + ox) * c + ch] = m;
+            }
+        }
+}
+
+/* Max over the window for channels [c0, c0+CB): CB is a compile-time constant so the running
+ * maximum lives in vector registers instead of being re-stored to y for every window pixel. */
+static inline __attribute__((always_inline)) void max_chunk(const float *x, int w, int c, int y0,
+                                                            int y1, int x0, int x1, float *yp,
+                                                            const int CB)
+{
+    float m[128];
+    const float *first = x + ((size_t)y0 * w + x0) * c;
+    for (ptrdiff_t j = 0; j < CB; j++)
+        m[j] = first[j];
+    for (int iy = y0; iy < y1; iy++)
+        for (int ix = x0; ix < x1; ix++) {
+            const float *xp = x + ((size_t)iy * w + ix) * c;
+            for (ptrdiff_t j = 0; j < CB; j++)
+                m[j] = xp[j] > m[j] ? xp[j] : m[j];
+        }
+    for (ptrdiff_t j = 0; j < CB; j++)
+        yp[j] = m[j];
+}
+
+static inline __attribute__((always_inline)) void
+maxpool_body(const qcnn_pool_params *p, const float *x, int h, int w, int c, float *y, int oh,
+             int ow, const int CB)
 {
     for (int oy = 0; oy < oh; oy++) {
         int y0, y1, fy;
@@ -45,15 +87,54 @@ void qcnn_maxpool(const qcnn_pool_params *p, const float *x, int h, int w, int c
                 memset(yp, 0, (size_t)c * sizeof(float));
                 continue;
             }
-            memcpy(yp, x + ((size_t)y0 * w + x0) * c, (size_t)c * sizeof(float));
-            for (int iy = y0; iy < y1; iy++)
-                for (int ix = x0; ix < x1; ix++) {
-                    const float *xp = x + ((size_t)iy * w + ix) * c;
-                    for (ptrdiff_t ch = 0; ch < c; ch++)
-                        yp[ch] = xp[ch] > yp[ch] ? xp[ch] : yp[ch];
-                }
+            /* chunks of CB, then at most one of each smaller power of two (96 = 64 + 32) */
+            int c0 = 0;
+            for (; c0 + CB <= c; c0 += CB)
+                max_chunk(x + c0, w, c, y0, y1, x0, x1, yp + c0, CB);
+#define MAX_STEP(n)                                                                                \
+    if (CB > (n) && c0 + (n) <= c) {                                                               \
+        max_chunk(x + c0, w, c, y0, y1, x0, x1, yp + c0, (n));                                     \
+        c0 += (n);                                                                                 \
+    }
+            MAX_STEP(64) MAX_STEP(32) MAX_STEP(16) MAX_STEP(8) MAX_STEP(4)
+#undef MAX_STEP
+            for (; c0 < c; c0++)
+                max_chunk(x + c0, w, c, y0, y1, x0, x1, yp + c0, 1);
         }
     }
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+__attribute__((target("avx512f,avx512bw,avx512vl"))) static void
+maxpool_avx512(const qcnn_pool_params *p, const float *x, int h, int w, int c, float *y, int oh,
+               int ow)
+{
+    maxpool_body(p, x, h, w, c, y, oh, ow, 128); /* 8 zmm */
+}
+__attribute__((target("avx2,fma"))) static void maxpool_avx2(const qcnn_pool_params *p,
+                                                              const float *x, int h, int w, int c,
+                                                              float *y, int oh, int ow)
+{
+    maxpool_body(p, x, h, w, c, y, oh, ow, 64); /* 8 ymm */
+}
+#endif
+
+void qcnn_maxpool(const qcnn_pool_params *p, const float *x, int h, int w, int c, float *y, int oh,
+                  int ow, int isa)
+{
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (isa == 2) {
+        maxpool_avx512(p, x, h, w, c, y, oh, ow);
+        return;
+    }
+    if (isa == 1) {
+        maxpool_avx2(p, x, h, w, c, y, oh, ow);
+        return;
+    }
+#else
+    (void)isa;
+#endif
+    maxpool_body(p, x, h, w, c, y, oh, ow, 32); /* 8 SSE / NEON registers */
 }
 
 void qcnn_avgpool(const qcnn_pool_params *p, const float *x, int h, int w, int c, float *y, int oh,
