@@ -383,7 +383,8 @@ def write_plot(report: dict, path: Path) -> Optional[str]:
     a2.set_ylabel("compression (file size ratio)")
     a2.legend(fontsize=8)
     mi = report["machine"]
-    fig.suptitle(f"qcnn, batch 1, {report['settings']['threads']} thread(s) - {mi['cpu']}, ISA {mi['qcnn_isa']}",
+    fig.suptitle(f"qcnn, batch 1, {report['settings']['threads']} thread(s) - {mi['cpu']}, {mi['cores']} cores, "
+                 f"qcnn ISA {mi['qcnn_isa']}",
                  fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
