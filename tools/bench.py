@@ -222,6 +222,26 @@ def qcnn_layer_times(model, x: np.ndarray, runs: int) -> List[dict]:
     return out
 
 
+_OP_GROUPS = {
+    "Conv": "conv", "FusedConv": "conv", "ConvInteger": "conv", "QLinearConv": "conv",
+    "Gemm": "fully connected", "FusedGemm": "fully connected", "MatMul": "fully connected",
+    "MatMulInteger": "fully connected", "DynamicQuantizeMatMul": "fully connected",
+    "LRN": "LRN", "MaxPool": "pooling", "AveragePool": "pooling", "GlobalAveragePool": "pooling",
+    "Relu": "ReLU", "Softmax": "softmax", "Concat": "concat", "Add": "add",
+    "Flatten": "layout/reshape", "Reshape": "layout/reshape", "Transpose": "layout/reshape",
+    "ReorderInput": "layout/reshape", "ReorderOutput": "layout/reshape",
+}
+
+
+def op_group_times(layers: List[dict]) -> Dict[str, float]:
+    """Sum of per-layer ms by kind of operation (conv, fully connected, LRN, ...), so engines can be compared."""
+    out: Dict[str, float] = {}
+    for l in layers:
+        g = _OP_GROUPS.get(l["op"], "other")
+        out[g] = out.get(g, 0.0) + l["ms"]
+    return out
+
+
 # ---------------------------------------------------------------------------------------------- timing
 def time_engines(runners: Dict[str, callable], x: np.ndarray, runs: int, warmup: int = 3) -> Dict[str, dict]:
     """Round-robin timing of every engine on the same inputs (cycled), batch 1."""
@@ -293,6 +313,9 @@ def bench_model(name: str, path: Optional[str], args, out_dir: Path, log) -> dic
     lat = res["latency"]
     res["speedup_vs_fp32"] = lat["onnx_fp32"]["median_ms"] / lat["qcnn"]["median_ms"]
     res["speedup_vs_int8"] = lat["onnx_int8"]["median_ms"] / lat["qcnn"]["median_ms"]
+    res["speedup_vs_fp32_min"] = lat["onnx_fp32"]["min_ms"] / lat["qcnn"]["min_ms"]
+    res["speedup_vs_int8_min"] = lat["onnx_int8"]["min_ms"] / lat["qcnn"]["min_ms"]
+    res["load_average"] = round(os.getloadavg()[0], 2)
     res["compression_vs_fp32"] = res["bytes"]["onnx_fp32"] / res["bytes"]["qcnn"]
     res["compression_vs_int8"] = res["bytes"]["onnx_int8"] / res["bytes"]["qcnn"]
     if not args.no_rss:
@@ -329,20 +352,30 @@ def format_markdown(report: dict) -> str:
         rows.append([
             m["model"],
             *(f"{lat[e]['median_ms']:.2f} / {lat[e]['min_ms']:.2f}" for e in ENGINES),
-            f"{m['speedup_vs_fp32']:.2f}x / {m['speedup_vs_int8']:.2f}x",
+            f"{m['speedup_vs_fp32']:.2f}x / {m['speedup_vs_int8']:.2f}x "
+            f"({m['speedup_vs_fp32_min']:.2f}x / {m['speedup_vs_int8_min']:.2f}x)",
             f"{m['theoretical_speedup']:.2f}x",
             " / ".join(hb(m["bytes"][e]) for e in ENGINES),
             f"{m['compression_vs_fp32']:.1f}x / {m['compression_vs_int8']:.1f}x",
             " / ".join(f"{rss[e]:.0f}" for e in ENGINES) if rss else "n/a",
         ])
-    out += _table(["model", "ort fp32 ms (median / min)", "ort int8 ms", "qcnn ms", "qcnn speed-up vs fp32 / int8",
+    out += _table(["model", "ort fp32 ms (median / min)", "ort int8 ms", "qcnn ms", "qcnn speed-up vs fp32 / int8, median (min)",
                    "theoretical (paper FLOPs)", "size fp32 / int8 / qcnn", "compression vs fp32 / int8",
                    "peak RSS MB fp32 / int8 / qcnn"], rows)
     for m in report["models"]:
         if "layers" not in m:
             continue
         out += ["", f"## {m['model']}: per-layer times (ms, median)", "",
-                f"Calibration: {m['calibration']}; conversion took {m['convert_seconds']} s (0 = cached).", ""]
+                f"Calibration: {m['calibration']}; conversion took {m['convert_seconds']} s (0 = cached). "
+                f"Load average after timing: {m.get('load_average', '?')} (on a busy machine medians suffer "
+                f"more than minimums).", ""]
+        g_q, g_o = op_group_times(m["layers"]["qcnn"]), op_group_times(m["layers"]["onnx_fp32"])
+        kinds = sorted(set(g_q) | set(g_o), key=lambda k: -(g_o.get(k, 0) + g_q.get(k, 0)))
+        out += ["By kind of operation (sum of the per-layer medians below):", ""]
+        out += _table(["operation", "onnxruntime fp32 ms", "qcnn ms", "ratio"],
+                      [[k, f"{g_o.get(k, 0):.3f}", f"{g_q.get(k, 0):.3f}",
+                        f"{g_o[k] / g_q[k]:.2f}x" if g_o.get(k) and g_q.get(k) else "-"] for k in kinds])
+        out.append("")
         for eng, title in (("qcnn", "qcnn (each plan step timed alone)"),
                            ("onnx_fp32", "onnxruntime fp32 (its profiler, kernel time per node)")):
             layers = m["layers"][eng]
