@@ -103,6 +103,28 @@ def test_load_npz_inputs_scales_uint8(tmp_path):
         common.load_npz_inputs(path, (3, 4, 4))
 
 
+def test_synthetic_images_are_smooth_and_reproducible(tmp_path):
+    from PIL import Image
+
+    paths = common.write_synthetic_images(tmp_path / "a", 3, size=64, seed=5)
+    again = common.write_synthetic_images(tmp_path / "b", 3, size=64, seed=5)
+    assert len(paths) == 3 and common.list_images(tmp_path / "a") == paths
+    a = np.asarray(Image.open(paths[0]), np.float32)
+    assert a.shape == (64, 64, 3)
+    np.testing.assert_array_equal(a, np.asarray(Image.open(again[0]), np.float32))
+    assert a.std() > 5  # not flat
+    # smooth: neighbouring pixels differ far less than random pixel pairs
+    assert np.abs(np.diff(a, axis=1)).mean() < 0.5 * np.abs(a - a[::-1, ::-1]).mean()
+
+
+def test_shared_dir_env_override(tmp_path, monkeypatch):
+    monkeypatch.setenv("QCNN_SHARED", str(tmp_path / "missing"))
+    assert common.shared_dir() is None
+    (tmp_path / "sh" / "data").mkdir(parents=True)
+    monkeypatch.setenv("QCNN_SHARED", str(tmp_path / "sh"))
+    assert common.shared_dir() == tmp_path / "sh"
+
+
 # ------------------------------------------------------------------------------------------ bench helpers
 def test_interleaved_times_round_robin_after_warmup():
     calls = []

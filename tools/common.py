@@ -31,11 +31,13 @@ IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
 
 # ---------------------------------------------------------------------------------------------- data
 def shared_dir() -> Optional[Path]:
-    """The shared data folder: $QCNN_SHARED, else ../shared beside the repository or the cwd."""
+    """The shared data folder: $QCNN_SHARED if set (even if missing: that simulates a fresh machine),
+    else ../shared beside the repository or the current directory."""
     env = os.environ.get("QCNN_SHARED")
-    candidates = [Path(env)] if env else []
-    candidates += [Path(__file__).resolve().parents[1].parent / "shared", Path.cwd().parent / "shared",
-                   Path.cwd() / "shared"]
+    if env:
+        candidates = [Path(env)]
+    else:
+        candidates = [Path(__file__).resolve().parents[1].parent / "shared", Path.cwd().parent / "shared"]
     for c in candidates:
         if (c / "data").is_dir() or (c / "models").is_dir():
             return c
