@@ -31,7 +31,15 @@ class QuantizedWeights:
     nsub: int  # M: subspaces per group
     ncode: int  # K: codewords per codebook, 2..256
     codebooks: np.ndarray  # float32 [G][M][K][C's]
-    indices: np.ndarray  # uint8 [G][KH][KW][M][Cout/G]
+    # uint8 [G][KH][KW][M][Cout/G], one byte per index. A reader that leaves unpacking to the
+    # runtime sets this to None and fills packed_indices + index_shape instead.
+    indices: Optional[np.ndarray]
+    packed_indices: Optional[np.ndarray] = None  # uint8 bit stream, see schema/packing.py
+    index_shape: Optional[Tuple[int, ...]] = None
+
+    def __post_init__(self):
+        if self.index_shape is None and self.indices is not None:
+            self.index_shape = tuple(int(d) for d in self.indices.shape)
 
     @property
     def index_bits(self) -> int:

@@ -1,0 +1,317 @@
+"""qcnn.runtime.Model: load a .qcnn (mmap + verify) and run it with look-up-table kernels.
+
+Execution plan, built once at load:
+- every operator becomes a step bound to a compiled kernel from qcnn.runtime._core;
+- activations are float32 channels-last (H, W, C) per image; the graph input is transposed from
+  NCHW once per image, Flatten transposes back so fully-connected weights keep ONNX's order;
+- activation buffers are assigned by liveness (a tensor's buffer is reused once its last reader
+  ran), sized once per input shape and kept per thread, so `run` is safe on many threads.
+
+numpy is the only Python dependency; no BLAS is called (numpy here only copies and transposes).
+"""
+from __future__ import annotations
+
+import threading
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from qcnn import QcnnFormatError
+from qcnn.runtime import _core
+from qcnn.schema import ir, shapes
+from qcnn.schema.reader import open_qcnn
+
+
+def _unpacked_indices(w: ir.QuantizedWeights, what: str) -> np.ndarray:
+    count = int(np.prod(w.index_shape))
+    out = np.empty(count, dtype=np.uint8)
+    largest = _core.unpack_indices(w.packed_indices, w.index_bits, count, out)
+    if count and largest >= w.ncode:
+        raise QcnnFormatError(f"{what}: index {largest} >= K={w.ncode}")
+    return out.reshape(w.index_shape)
+
+
+class _Step:
+    """One operator bound to its kernel: reads buffers `inputs`, writes buffer `output`."""
+
+    __slots__ = ("op", "kind", "kernel", "in_shapes", "out_shape", "inputs", "output", "scratch_nbytes")
+
+    def __init__(self, op, kind, kernel, in_shapes, out_shape):
+        self.op, self.kind, self.kernel = op, kind, kernel
+        self.in_shapes, self.out_shape = in_shapes, out_shape
+        self.inputs: List[int] = []
+        self.output = -1
+        self.scratch_nbytes = 0
+
+
+def _hwc(shape):
+    """(C, H, W) -> the (H, W, C) buffer shape; vectors stay as they are."""
+    return (shape[1], shape[2], shape[0]) if len(shape) == 3 else tuple(shape)
+
+
+class Model:
+    """A loaded .qcnn model.
+
+    >>> m = Model("alexnet.qcnn")        # mmap + verify; raises QcnnFormatError on a bad file
+    >>> y = m.run(x)                      # x: float32 (N, C, H, W)
+    """
+
+    def __init__(self, path, lut: str = "int8", isa: str = "auto"):
+        if lut not in ("int8", "float"):
+            raise ValueError(f"lut must be 'int8' or 'float', got {lut!r}")
+        self.path = str(path)
+        self.lut = lut
+        self._file = open_qcnn(path)
+        self._closed = False
+        self._active = 0
+        self._cond = threading.Condition()
+        self._local = threading.local()
+        model = self._file.model
+        self._ir = model
+        self.isa = _core.isa_selected() if isa == "auto" else isa
+        self._steps = self._build(model, isa)
+        self._plan_buffers(model)
+
+    # ------------------------------------------------------------------ what the file says
+    @property
+    def input_shape(self):
+        """(N, C, H, W) with N = -1: any batch size."""
+        return (-1,) + tuple(self._ir.input_shape)
+
+    @property
+    def input_name(self) -> str:
+        return self._ir.input_name
+
+    @property
+    def output_names(self) -> List[str]:
+        return list(self._ir.outputs)
+
+    @property
+    def labels(self) -> Optional[List[str]]:
+        return self._ir.labels
+
+    @property
+    def preprocessing(self) -> Optional[ir.Preprocessing]:
+        return self._ir.preprocessing
+
+    @property
+    def metadata(self) -> Dict[str, str]:
+        return dict(self._ir.metadata)
+
+    @property
+    def layers(self) -> List[dict]:
+        """One dict per operator: name, op, output shape, and for conv/fc how its weights are stored."""
+        out = []
+        for step in self._steps:
+            op = step.op
+            d = {"name": op.name, "op": type(op).__name__, "output_shape": tuple(step.out_shape)}
+            w = getattr(op, "weights", None)
+            if isinstance(w, ir.QuantizedWeights):
+                d.update(quantized=True, subvec=w.subvec, nsub=w.nsub, ncode=w.ncode, index_bits=w.index_bits)
+            elif w is not None:
+                d.update(quantized=False)
+            out.append(d)
+        return out
+
+    # ------------------------------------------------------------------ plan
+    def _build(self, model: ir.Model, isa: str) -> List[_Step]:
+        known = {model.input_name: tuple(model.input_shape)}
+        steps = []
+        for op in model.operators:
+            in_shapes = [known[n] for n in op.inputs]
+            out_shape = shapes.output_shape(op, in_shapes)
+            known[op.outputs[0]] = out_shape
+            steps.append(_Step(op, type(op).__name__, self._kernel(op, isa), in_shapes, out_shape))
+        return steps
+
+    def _kernel(self, op, isa):
+        """The compiled kernel for a conv / fully-connected operator (None for the other ops)."""
+        what = f"operator {op.name!r}"
+        dense_isa = {"avx512vbmi": "avx512"}.get(isa, isa)  # dense kernels need AVX-512F only
+        if isinstance(op, ir.Conv):
+            w = op.weights
+            if isinstance(w, ir.QuantizedWeights):
+                return _core.QConvKernel(
+                    op.cin, op.cout, op.groups, op.kernel[0], op.kernel[1], op.strides, op.pads,
+                    w.subvec, w.nsub, w.ncode, np.ascontiguousarray(w.codebooks, dtype=np.float32),
+                    _unpacked_indices(w, what), op.bias, bool(op.relu), isa=isa, lut=self.lut)
+            return _core.DenseConvKernel(w, op.bias, strides=op.strides, pads=op.pads, groups=op.groups,
+                                         relu=bool(op.relu), isa=dense_isa)
+        if isinstance(op, ir.Gemm):
+            w = op.weights
+            if isinstance(w, ir.QuantizedWeights):
+                return _core.QFcKernel(
+                    op.in_features, op.out_features, w.subvec, w.nsub, w.ncode,
+                    np.ascontiguousarray(w.codebooks[0], dtype=np.float32),
+                    _unpacked_indices(w, what).reshape(w.nsub, op.out_features),
+                    op.bias, bool(op.relu), isa=isa, lut=self.lut)
+            return _core.DenseFcKernel(w, op.bias, relu=bool(op.relu), isa=dense_isa)
+        return None
+
+    def _plan_buffers(self, model: ir.Model):
+        """Assign activation tensors to reusable buffer slots by liveness.
+
+        A slot is free at step i once every tensor kept in it was last read before step i.
+        ReLU and Softmax write in place when their input is not read again.
+        """
+        never = len(self._steps) + 1
+        last_use = {name: never for name in model.outputs}
+        for i, step in enumerate(self._steps):
+            for name in step.op.inputs:
+                last_use[name] = max(last_use.get(name, i), i)
+        slot_of = {model.input_name: 0}
+        sizes = [int(np.prod(model.input_shape))]
+        busy_until = [last_use.get(model.input_name, 0)]
+        for i, step in enumerate(self._steps):
+            step.inputs = [slot_of[n] for n in step.op.inputs]
+            out_name = step.op.outputs[0]
+            size, end = int(np.prod(step.out_shape)), last_use.get(out_name, i)
+            if step.kind in ("Relu", "Softmax") and last_use[step.op.inputs[0]] == i:
+                slot = step.inputs[0]
+            else:
+                free = [s for s in range(len(sizes)) if busy_until[s] < i]
+                fitting = [s for s in free if sizes[s] >= size]
+                if fitting:
+                    slot = min(fitting, key=lambda s: sizes[s])
+                elif free:
+                    slot = max(free, key=lambda s: sizes[s])
+                else:
+                    slot = len(sizes)
+                    sizes.append(0)
+                    busy_until.append(0)
+            sizes[slot] = max(sizes[slot], size)
+            busy_until[slot] = max(busy_until[slot], end)
+            step.output = slot
+            slot_of[out_name] = slot
+            if step.kernel is not None:
+                shape = step.in_shapes[0]
+                step.scratch_nbytes = int(step.kernel.scratch_nbytes(shape[1], shape[2])) if step.kind == "Conv" \
+                    else int(step.kernel.scratch_nbytes())
+        self._slot_sizes = sizes
+        self._output_slots = [slot_of[n] for n in model.outputs]
+        self._output_shapes = [self._shape_of(n, model) for n in model.outputs]
+        self._scratch_nbytes = max([s.scratch_nbytes for s in self._steps] + [64])
+
+    def _shape_of(self, name, model):
+        if name == model.input_name:
+            return tuple(model.input_shape)
+        for step in self._steps:
+            if step.op.outputs[0] == name:
+                return tuple(step.out_shape)
+        raise KeyError(name)
+
+    def _buffers(self):
+        """This thread's activation slots and scratch (allocated on first use, then reused)."""
+        bufs = getattr(self._local, "bufs", None)
+        if bufs is None:
+            slots = [np.empty(n, dtype=np.float32) for n in self._slot_sizes]
+            scratch = np.empty(self._scratch_nbytes, dtype=np.uint8)
+            bufs = self._local.bufs = (slots, scratch)
+        return bufs
+
+    # ------------------------------------------------------------------ run
+    def _check_input(self, x) -> np.ndarray:
+        if not isinstance(x, np.ndarray):
+            raise ValueError(f"input must be a numpy array, got {type(x).__name__}")
+        if x.dtype != np.float32:
+            raise ValueError(f"input dtype must be float32, got {x.dtype}")
+        expected = tuple(self._ir.input_shape)
+        if x.ndim != 4 or tuple(x.shape[1:]) != expected:
+            raise ValueError(f"input shape must be (N, {', '.join(map(str, expected))}), got {tuple(x.shape)}")
+        if x.shape[0] < 1:
+            raise ValueError("input batch is empty (N = 0)")
+        return x
+
+    def run(self, x: np.ndarray):
+        """Run the model on a float32 (N, C, H, W) batch; returns the output array (or a list of them)."""
+        x = self._check_input(x)
+        with self._cond:
+            if self._closed:
+                raise ValueError("Model is closed")
+            self._active += 1
+        try:
+            n = x.shape[0]
+            results = [np.empty((n,) + s, dtype=np.float32) for s in self._output_shapes]
+            slots, scratch = self._buffers()
+            for i in range(n):
+                self._run_one(x[i], slots, scratch)
+                for r, slot, shape in zip(results, self._output_slots, self._output_shapes):
+                    act = slots[slot][: int(np.prod(shape))]
+                    r[i] = act.reshape(_hwc(shape)).transpose(2, 0, 1) if len(shape) == 3 else act
+        finally:
+            with self._cond:
+                self._active -= 1
+                self._cond.notify_all()
+        return results[0] if len(results) == 1 else results
+
+    def _view(self, slots, slot, shape):
+        return slots[slot][: int(np.prod(shape))].reshape(_hwc(shape))
+
+    def _run_one(self, image_chw, slots, scratch):
+        c, h, w = self._ir.input_shape
+        np.copyto(self._view(slots, 0, (c, h, w)), image_chw.transpose(1, 2, 0))
+        for step in self._steps:
+            ins = [self._view(slots, s, shp) for s, shp in zip(step.inputs, step.in_shapes)]
+            out = self._view(slots, step.output, step.out_shape)
+            op, kind = step.op, step.kind
+            if step.kernel is not None:
+                step.kernel.run(ins[0].reshape(-1) if kind == "Gemm" else ins[0],
+                                out.reshape(-1) if kind == "Gemm" else out, scratch)
+            elif kind == "Relu":
+                if out is not ins[0]:
+                    np.copyto(out, ins[0])
+                _core.relu_(out.reshape(-1))
+            elif kind == "LRN":
+                _core.lrn(ins[0], out, op.size, op.alpha, op.beta, op.bias)
+            elif kind == "MaxPool":
+                _core.maxpool(ins[0], out, op.kernel[0], op.kernel[1], op.strides[0], op.strides[1], *op.pads)
+            elif kind == "AveragePool":
+                _core.avgpool(ins[0], out, op.kernel[0], op.kernel[1], op.strides[0], op.strides[1], *op.pads,
+                              bool(op.count_include_pad))
+            elif kind == "GlobalAveragePool":
+                _core.global_avgpool(ins[0], out.reshape(-1))
+            elif kind == "Flatten":
+                if len(step.in_shapes[0]) == 3:
+                    _core.nhwc_to_nchw(ins[0], out.reshape(step.in_shapes[0]))
+                else:
+                    np.copyto(out, ins[0].reshape(out.shape))
+            elif kind == "Softmax":
+                _core.softmax(ins[0], out)
+            elif kind == "Concat":
+                _core.concat_channels(ins, out)
+            elif kind == "Add":
+                _core.add(ins[0], ins[1], out, bool(op.relu))
+            else:  # the reader only admits known kinds
+                raise AssertionError(kind)
+
+    # ------------------------------------------------------------------ lifetime
+    def close(self):
+        """Release the mapping. Waits for runs in progress on other threads; later calls raise."""
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            while self._active:
+                self._cond.wait()
+        self._steps = []
+        self._local = threading.local()
+        try:
+            self._file.close()
+        except BufferError:  # the caller still holds views of the weights; the GC unmaps later
+            pass
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def preprocess(self, images: Sequence) -> np.ndarray:
+        """Load image files (or PIL images) with the file's preprocessing; returns float32 NCHW."""
+        from qcnn.runtime.preprocess import preprocess_images
+
+        return preprocess_images(images, self.preprocessing, tuple(self._ir.input_shape))
