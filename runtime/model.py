@@ -221,13 +221,33 @@ class Model:
         raise KeyError(name)
 
     def _buffers(self):
-        """This thread's activation slots and scratch (allocated on first use, then reused)."""
-        bufs = getattr(self._local, "bufs", None)
-        if bufs is None:
+        """This thread's workspace (allocated on first use, then reused): activation slots, scratch,
+        and every step's input/output views, made once so `run` does no shape arithmetic."""
+        ws = getattr(self._local, "ws", None)
+        if ws is None:
             slots = [np.empty(n, dtype=np.float32) for n in self._slot_sizes]
-            scratch = np.empty(self._scratch_nbytes, dtype=np.uint8)
-            bufs = self._local.bufs = (slots, scratch)
-        return bufs
+
+            def view(slot, shape, flat=False):
+                v = slots[slot][: int(np.prod(shape))]
+                return v if flat else v.reshape(_hwc(shape))
+
+            steps = []
+            for st in self._steps:
+                flat = st.kind == "Gemm"
+                ins = [view(s, shp, flat) for s, shp in zip(st.inputs, st.in_shapes)]
+                out = view(st.output, st.out_shape, flat)
+                if st.kind == "Flatten" and len(st.in_shapes[0]) == 3:
+                    out = out.reshape(st.in_shapes[0])  # written in (C, H, W) order
+                elif st.kind == "GlobalAveragePool":
+                    out = out.reshape(-1)
+                steps.append((st, ins, out))
+            ws = self._local.ws = {
+                "input": view(0, self._ir.input_shape),
+                "steps": steps,
+                "outputs": [view(s, shp) for s, shp in zip(self._output_slots, self._output_shapes)],
+                "scratch": np.empty(self._scratch_nbytes, dtype=np.uint8),
+            }
+        return ws
 
     # ------------------------------------------------------------------ run
     def _check_input(self, x) -> np.ndarray:
@@ -252,35 +272,26 @@ class Model:
         try:
             n = x.shape[0]
             results = [np.empty((n,) + s, dtype=np.float32) for s in self._output_shapes]
-            slots, scratch = self._buffers()
+            ws = self._buffers()
             for i in range(n):
-                self._run_one(x[i], slots, scratch)
-                for r, slot, shape in zip(results, self._output_slots, self._output_shapes):
-                    act = slots[slot][: int(np.prod(shape))]
-                    r[i] = act.reshape(_hwc(shape)).transpose(2, 0, 1) if len(shape) == 3 else act
+                self._run_one(x[i], ws)
+                for r, out, shape in zip(results, ws["outputs"], self._output_shapes):
+                    r[i] = out.transpose(2, 0, 1) if len(shape) == 3 else out
         finally:
             with self._cond:
                 self._active -= 1
                 self._cond.notify_all()
         return results[0] if len(results) == 1 else results
 
-    def _view(self, slots, slot, shape):
-        return slots[slot][: int(np.prod(shape))].reshape(_hwc(shape))
-
-    def _run_one(self, image_chw, slots, scratch):
-        c, h, w = self._ir.input_shape
-        np.copyto(self._view(slots, 0, (c, h, w)), image_chw.transpose(1, 2, 0))
-        for step in self._steps:
-            ins = [self._view(slots, s, shp) for s, shp in zip(step.inputs, step.in_shapes)]
-            out = self._view(slots, step.output, step.out_shape)
+    def _run_one(self, image_chw, ws):
+        np.copyto(ws["input"], image_chw.transpose(1, 2, 0))
+        scratch = ws["scratch"]
+        for step, ins, out in ws["steps"]:
             op, kind = step.op, step.kind
             if step.kernel is not None:
-                step.kernel.run(ins[0].reshape(-1) if kind == "Gemm" else ins[0],
-                                out.reshape(-1) if kind == "Gemm" else out, scratch)
+                step.kernel.run(ins[0], out, scratch)
             elif kind == "Relu":
-                if out is not ins[0]:
-                    np.copyto(out, ins[0])
-                _core.relu_(out.reshape(-1))
+                _core.relu(ins[0], out)  # in place when the planner gave both the same slot
             elif kind == "LRN":
                 _core.lrn(ins[0], out, op.size, op.alpha, op.beta, op.bias)
             elif kind == "MaxPool":
@@ -289,10 +300,10 @@ class Model:
                 _core.avgpool(ins[0], out, op.kernel[0], op.kernel[1], op.strides[0], op.strides[1], *op.pads,
                               bool(op.count_include_pad))
             elif kind == "GlobalAveragePool":
-                _core.global_avgpool(ins[0], out.reshape(-1))
+                _core.global_avgpool(ins[0], out)
             elif kind == "Flatten":
                 if len(step.in_shapes[0]) == 3:
-                    _core.nhwc_to_nchw(ins[0], out.reshape(step.in_shapes[0]))
+                    _core.nhwc_to_nchw(ins[0], out)
                 else:
                     np.copyto(out, ins[0].reshape(out.shape))
             elif kind == "Softmax":
