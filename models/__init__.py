@@ -1,0 +1,1 @@
+"""qcnn.models: reproducible ONNX model builders (see qcnn.models.build) and the trained MNIST nets."""

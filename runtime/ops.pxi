@@ -1,1 +1,544 @@
 # Dense and elementwise op wrappers. Owner: ops work.
+#
+# Python-facing wrappers of runtime/kernels/ops.h. Activations are float32 C-contiguous numpy
+# arrays (or any buffer) in NHWC layout [H][W][C], one image per call. Every wrapper checks
+# shapes and dtypes first (ValueError naming expected vs got), then runs the C code with the
+# GIL released. Names private to this file start with _ops_ because all .pxi files share one
+# module namespace.
+
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from libc.stddef cimport size_t
+
+import numpy as _ops_np
+
+cdef extern from "ops.h" nogil:
+    int qcnn_ops_resolve_isa(int requested)
+
+    ctypedef struct qcnn_dconv_params:
+        int cin, cout, groups
+        int kh, kw, stride_h, stride_w
+        int pad_top, pad_left, pad_bottom, pad_right
+        int relu
+        const float *weight
+        const float *packed
+        const float *bias
+    int qcnn_dconv_out_size(const qcnn_dconv_params *p, int h, int w, int *oh, int *ow)
+    size_t qcnn_dconv_packed_floats(const qcnn_dconv_params *p)
+    void qcnn_dconv_pack(const qcnn_dconv_params *p, const float *w_onnx, float *packed)
+    void qcnn_dconv_ref(const qcnn_dconv_params *p, const float *x, int h, int w, float *y,
+                        int ystride)
+    size_t qcnn_dconv_scratch_floats(const qcnn_dconv_params *p, int h, int w)
+    void qcnn_dconv_run(const qcnn_dconv_params *p, int isa, const float *x, int h, int w,
+                        float *y, int ystride, float *scratch)
+
+    ctypedef struct qcnn_dfc_params:
+        int in_ "in"
+        int out, relu
+        const float *weight
+        const float *bias
+    void qcnn_dfc_ref(const qcnn_dfc_params *p, const float *x, float *y)
+    void qcnn_dfc_run(const qcnn_dfc_params *p, int isa, const float *x, float *y)
+
+    void qcnn_relu(const float *x, float *y, size_t n)
+    void qcnn_add(const float *a, const float *b, float *y, size_t n, int relu)
+    void qcnn_softmax(const float *x, float *y, int rows, int n)
+    void qcnn_copy_channels(const float *x, size_t npix, int cx, float *y, int cy, int c_offset)
+    void qcnn_nhwc_to_nchw(const float *x, int h, int w, int c, float *y)
+    void qcnn_lrn_ref(const float *x, float *y, size_t npix, int c, int size, float alpha,
+                      float beta, float bias)
+    void qcnn_lrn(const float *x, float *y, size_t npix, int c, int size, float alpha,
+                  float beta, float bias, int isa)
+
+    ctypedef struct qcnn_pool_params:
+        int kh, kw, stride_h, stride_w
+        int pad_top, pad_left, pad_bottom, pad_right
+        int count_include_pad
+    int qcnn_pool_out_size(int in_, int k, int stride, int pad_begin, int pad_end, int ceil_mode)
+    void qcnn_maxpool_ref(const qcnn_pool_params *p, const float *x, int h, int w, int c,
+                          float *y, int oh, int ow)
+    void qcnn_maxpool(const qcnn_pool_params *p, const float *x, int h, int w, int c, float *y,
+                      int oh, int ow, int isa)
+    void qcnn_avgpool(const qcnn_pool_params *p, const float *x, int h, int w, int c, float *y,
+                      int oh, int ow)
+    void qcnn_global_avgpool(const float *x, int h, int w, int c, float *y)
+
+
+# "ref" is the plain reference loop; the others name a fast path (qcnn_isa values).
+_OPS_F32 = _ops_np.dtype(_ops_np.float32)
+_OPS_ISA_CODES = {"auto": -1, "generic": 0, "avx2": 1, "avx512": 2}
+_OPS_ISA_NAMES = {0: "generic", 1: "avx2", 2: "avx512"}
+
+
+# Resolved once per name and process: CPUID is slow under a hypervisor and would dominate
+# small ops (a 30 us pool), so QCNN_ISA is read at the first call that says "auto".
+_OPS_ISA_RESOLVED = {}
+
+
+cdef int _ops_isa(object isa, bint allow_ref) except -3:
+    """Resolve an isa name to a code (-2 = reference loops); ValueError if unusable."""
+    if allow_ref and isa == "ref":
+        return -2
+    code = _OPS_ISA_RESOLVED.get(isa)
+    if code is not None:
+        return code
+    if isa not in _OPS_ISA_CODES:
+        choices = ["ref"] + list(_OPS_ISA_CODES) if allow_ref else list(_OPS_ISA_CODES)
+        raise ValueError(f"isa must be one of {choices}, got {isa!r}")
+    code = qcnn_ops_resolve_isa(_OPS_ISA_CODES[isa])
+    if code < 0:
+        raise ValueError(f"isa {isa!r} is not supported by this CPU")
+    _OPS_ISA_RESOLVED[isa] = code
+    return code
+
+
+def ops_available_isas():
+    """Fast-path ISAs this CPU can run (always includes 'generic')."""
+    return [name for name in ("generic", "avx2", "avx512")
+            if qcnn_ops_resolve_isa(_OPS_ISA_CODES[name]) >= 0]
+
+
+cdef object _ops_check(object a, str name, int ndim, bint writable=False):
+    """Check a float32, C-contiguous array of `ndim` dims (0: any); returns it as an ndarray.
+    Buffers such as memoryviews are viewed without copying, so outputs stay shared."""
+    if not isinstance(a, _ops_np.ndarray):
+        try:
+            a = _ops_np.asarray(memoryview(a))
+        except TypeError:
+            raise ValueError(f"{name}: expected a float32 array or buffer, got {type(a).__name__}") from None
+    if a.dtype is not _OPS_F32 and a.dtype != _OPS_F32:  # `is`: fast path for the common case
+        raise ValueError(f"{name}: expected dtype float32, got {a.dtype}")
+    if ndim > 0 and a.ndim != ndim:
+        raise ValueError(f"{name}: expected {ndim} dims, got shape {a.shape}")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name}: expected a C-contiguous array, got a strided view")
+    if writable and not a.flags.writeable:
+        raise ValueError(f"{name}: expected a writable array, got a read-only one")
+    return a
+
+
+cdef void _ops_shape(object a, str name, tuple expected) except *:
+    if tuple(a.shape) != expected:
+        raise ValueError(f"{name}: expected shape {expected}, got {tuple(a.shape)}")
+
+
+cdef inline float *_ops_ptr(object a) except NULL:
+    """Data pointer of a checked, non-empty float32 C-contiguous array (via the buffer
+    protocol: cheap, and fine for read-only inputs). The caller keeps `a` alive."""
+    cdef Py_buffer view
+    PyObject_GetBuffer(a, &view, PyBUF_SIMPLE)
+    cdef float *p = <float *>view.buf
+    PyBuffer_Release(&view)
+    return p
+
+
+cdef inline bint _ops_ranges_overlap(size_t pa, size_t na, size_t pb, size_t nb):
+    return na > 0 and nb > 0 and pa < pb + nb and pb < pa + na
+
+
+cdef bint _ops_overlap(object a, object b) except -1:
+    """Whether two checked C-contiguous arrays share memory (a bounds test, which is exact
+    for contiguous arrays, and much cheaper than numpy's general one)."""
+    if a.size == 0 or b.size == 0:
+        return False
+    return _ops_ranges_overlap(<size_t>_ops_ptr(a), a.nbytes, <size_t>_ops_ptr(b), b.nbytes)
+
+
+cdef void _ops_same_or_disjoint(object out, object inp, str name) except *:
+    """Elementwise ops may run in place (out is inp) but not on partly overlapping buffers."""
+    if out.size and inp.size and _ops_ptr(out) != _ops_ptr(inp) and _ops_overlap(out, inp):
+        raise ValueError(f"{name}: expected the same buffer as the output or a disjoint one, "
+                         "got a partly overlapping one")
+
+
+cdef inline void _ops_nonempty(object a, str name) except *:
+    if a.size == 0:
+        raise ValueError(f"{name}: expected a non-empty array, got shape {a.shape}")
+
+
+cdef class DenseConvKernel:
+    """Dense ONNX Conv (dilation 1) over one NHWC image, weights packed once at construction.
+
+    weight: float32 [cout][cin/groups][kh][kw] (ONNX layout); bias: [cout] or None.
+    strides (sh, sw); pads (top, left, bottom, right) — note: ONNX orders pads as
+    (top, left, bottom, right) too. isa: "auto" | "generic" | "avx2" | "avx512" | "ref".
+    """
+    cdef qcnn_dconv_params p
+    cdef int isa_code
+    cdef readonly object weight, packed, bias
+    cdef readonly str isa
+
+    def __init__(self, weight, bias=None, strides=(1, 1), pads=(0, 0, 0, 0), int groups=1,
+                 bint relu=False, isa="auto"):
+        w = _ops_check(_ops_np.ascontiguousarray(weight, dtype=_ops_np.float32), "weight", 4)
+        cout, cin_g, kh, kw = (int(d) for d in w.shape)
+        if groups < 1 or cout % groups != 0:
+            raise ValueError(f"groups: expected a divisor of cout={cout}, got {groups}")
+        if min(cout, cin_g, kh, kw) < 1:
+            raise ValueError(f"weight: expected non-empty [cout][cin/g][kh][kw], got {w.shape}")
+        strides = tuple(int(s) for s in strides)
+        pads = tuple(int(q) for q in pads)
+        if len(strides) != 2 or min(strides) < 1:
+            raise ValueError(f"strides: expected 2 positive ints, got {strides}")
+        if len(pads) != 4 or min(pads) < 0:
+            raise ValueError(f"pads: expected 4 non-negative ints (t, l, b, r), got {pads}")
+        self.isa_code = _ops_isa(isa, True)
+        self.isa = isa if isa == "ref" else _OPS_ISA_NAMES[self.isa_code]
+        self.weight = w
+        self.p.cin = cin_g * groups
+        self.p.cout = cout
+        self.p.groups = groups
+        self.p.kh, self.p.kw = kh, kw
+        self.p.stride_h, self.p.stride_w = strides
+        self.p.pad_top, self.p.pad_left, self.p.pad_bottom, self.p.pad_right = pads
+        self.p.relu = relu
+        self.p.weight = _ops_ptr(w)
+        if bias is not None:
+            b = _ops_check(_ops_np.ascontiguousarray(bias, dtype=_ops_np.float32), "bias", 1)
+            _ops_shape(b, "bias", (cout,))
+            self.bias = b
+            self.p.bias = _ops_ptr(b)
+        else:
+            self.bias = None
+            self.p.bias = NULL
+        self.packed = _ops_np.empty(qcnn_dconv_packed_floats(&self.p), dtype=_ops_np.float32)
+        qcnn_dconv_pack(&self.p, self.p.weight, _ops_ptr(self.packed))
+        self.p.packed = _ops_ptr(self.packed)
+
+    @property
+    def cin(self):
+        return self.p.cin
+
+    @property
+    def cout(self):
+        return self.p.cout
+
+    def out_shape(self, int h, int w):
+        """(oh, ow, cout) for an h x w input; ValueError if the kernel does not fit."""
+        cdef int oh, ow
+        if h < 1 or w < 1 or not qcnn_dconv_out_size(&self.p, h, w, &oh, &ow):
+            raise ValueError(f"input {h}x{w} (padded) is smaller than the {self.p.kh}x{self.p.kw} kernel")
+        return (oh, ow, self.p.cout)
+
+    def scratch_nbytes(self, int h, int w):
+        if self.isa_code == -2:
+            return 0
+        return int(qcnn_dconv_scratch_floats(&self.p, h, w) * sizeof(float))
+
+    def run(self, x_hwc, y_hwc, scratch=None, int out_channel_offset=0):
+        """y_hwc[:] = conv(x_hwc). scratch: writable buffer of >= scratch_nbytes(h, w) bytes.
+
+        y_hwc may have more than cout channels: the result then goes to channels
+        [out_channel_offset, out_channel_offset + cout) and the others are left alone, so
+        e.g. the two expand convs of a SqueezeNet fire module can write straight into the
+        Concat's output instead of being copied there."""
+        x = _ops_check(x_hwc, "x", 3)
+        y = _ops_check(y_hwc, "y", 3, True)
+        h, w, c = x.shape
+        if c != self.p.cin:
+            raise ValueError(f"x: expected {self.p.cin} channels, got shape {x.shape}")
+        oh, ow, cout = self.out_shape(h, w)
+        cdef int ystride = y.shape[2]
+        if (out_channel_offset < 0 or tuple(y.shape[:2]) != (oh, ow)
+                or out_channel_offset + cout > ystride):
+            want = (oh, ow, cout) if out_channel_offset == 0 else (oh, ow, f">= {out_channel_offset + cout}")
+            raise ValueError(f"y: expected shape {want} (out_channel_offset={out_channel_offset}), "
+                             f"got {tuple(y.shape)}")
+        if _ops_overlap(x, y):
+            raise ValueError("y: expected a buffer distinct from x, got an overlapping one")
+        cdef size_t need = self.scratch_nbytes(h, w)
+        cdef unsigned char[::1] s
+        cdef float *sp = NULL
+        if need:
+            if scratch is None:
+                raise ValueError(f"scratch: expected a buffer of >= {need} bytes, got None")
+            s = memoryview(scratch).cast("B")
+            if <size_t>s.shape[0] < need:
+                raise ValueError(f"scratch: expected >= {need} bytes, got {s.shape[0]}")
+            if (_ops_ranges_overlap(<size_t>&s[0], need, <size_t>_ops_ptr(x), x.nbytes) or
+                    _ops_ranges_overlap(<size_t>&s[0], need, <size_t>_ops_ptr(y), y.nbytes)):
+                raise ValueError("scratch: expected a buffer separate from x and y, got an overlapping one")
+            sp = <float *>&s[0]
+        cdef const float *xp = _ops_ptr(x)
+        cdef float *yp = _ops_ptr(y) + out_channel_offset
+        cdef int ih = h, iw = w, code = self.isa_code
+        with nogil:
+            if code == -2:
+                qcnn_dconv_ref(&self.p, xp, ih, iw, yp, ystride)
+            else:
+                qcnn_dconv_run(&self.p, code, xp, ih, iw, yp, ystride, sp)
+        return y_hwc
+
+
+cdef class DenseFcKernel:
+    """Dense fully-connected y = W x + b (ONNX Gemm transB=1). weight float32 [out][in]."""
+    cdef qcnn_dfc_params p
+    cdef int isa_code
+    cdef readonly object weight, bias
+    cdef readonly str isa
+
+    def __init__(self, weight, bias=None, bint relu=False, isa="auto"):
+        w = _ops_check(_ops_np.ascontiguousarray(weight, dtype=_ops_np.float32), "weight", 2)
+        _ops_nonempty(w, "weight")
+        self.isa_code = _ops_isa(isa, True)
+        self.isa = isa if isa == "ref" else _OPS_ISA_NAMES[self.isa_code]
+        self.weight = w
+        self.p.out, self.p.in_ = (int(d) for d in w.shape)
+        self.p.relu = relu
+        self.p.weight = _ops_ptr(w)
+        if bias is not None:
+            b = _ops_check(_ops_np.ascontiguousarray(bias, dtype=_ops_np.float32), "bias", 1)
+            _ops_shape(b, "bias", (self.p.out,))
+            self.bias = b
+            self.p.bias = _ops_ptr(b)
+        else:
+            self.bias = None
+            self.p.bias = NULL
+
+    @property
+    def in_features(self):
+        return self.p.in_
+
+    @property
+    def out_features(self):
+        return self.p.out
+
+    def out_shape(self):
+        return (self.p.out,)
+
+    def scratch_nbytes(self):
+        return 0
+
+    def run(self, x, y, scratch=None):
+        """y[:] = W x + b for x of shape [in] (any float32 C-contiguous array of `in` values)."""
+        x = _ops_check(x, "x", 0)
+        y = _ops_check(y, "y", 1, True)
+        if x.size != self.p.in_:
+            raise ValueError(f"x: expected {self.p.in_} values, got shape {x.shape}")
+        _ops_shape(y, "y", (self.p.out,))
+        if _ops_overlap(x, y):
+            raise ValueError("y: expected a buffer distinct from x, got an overlapping one")
+        cdef const float *xp = _ops_ptr(x)
+        cdef float *yp = _ops_ptr(y)
+        cdef int code = self.isa_code
+        with nogil:
+            if code == -2:
+                qcnn_dfc_ref(&self.p, xp, yp)
+            else:
+                qcnn_dfc_run(&self.p, code, xp, yp)
+        return y
+
+
+def relu_(x):
+    """In-place ReLU on any float32 C-contiguous array; returns x."""
+    x = _ops_check(x, "x", 0, True)
+    if x.size == 0:
+        return x
+    cdef float *p = _ops_ptr(x)
+    cdef size_t n = x.size
+    with nogil:
+        qcnn_relu(p, p, n)
+    return x
+
+
+def relu(x, y):
+    """y = max(x, 0) for same-shape float32 arrays (y may be x): one pass, no copy first."""
+    x = _ops_check(x, "x", 0)
+    y = _ops_check(y, "y", 0, True)
+    _ops_shape(y, "y", tuple(x.shape))
+    _ops_same_or_disjoint(y, x, "x")
+    if x.size == 0:
+        return y
+    cdef const float *xp = _ops_ptr(x)
+    cdef float *yp = _ops_ptr(y)
+    cdef size_t n = x.size
+    with nogil:
+        qcnn_relu(xp, yp, n)
+    return y
+
+
+def add(a, b, out, bint relu=False):
+    """out = a + b (same shapes; out may be a or b), optionally followed by ReLU."""
+    a = _ops_check(a, "a", 0)
+    b = _ops_check(b, "b", 0)
+    out = _ops_check(out, "out", 0, True)
+    _ops_shape(b, "b", tuple(a.shape))
+    _ops_shape(out, "out", tuple(a.shape))
+    _ops_same_or_disjoint(out, a, "a")
+    _ops_same_or_disjoint(out, b, "b")
+    if a.size == 0:
+        return out
+    cdef const float *ap = _ops_ptr(a)
+    cdef const float *bp = _ops_ptr(b)
+    cdef float *yp = _ops_ptr(out)
+    cdef size_t n = a.size
+    with nogil:
+        qcnn_add(ap, bp, yp, n, relu)
+    return out
+
+
+def softmax(x, y):
+    """Numerically stable softmax over the last axis (1-D or 2-D [rows][n]); y may be x."""
+    x = _ops_check(x, "x", 0)
+    y = _ops_check(y, "y", 0, True)
+    if x.ndim not in (1, 2):
+        raise ValueError(f"x: expected 1 or 2 dims, got shape {x.shape}")
+    _ops_shape(y, "y", tuple(x.shape))
+    _ops_same_or_disjoint(y, x, "x")
+    _ops_nonempty(x, "x")
+    cdef int n = x.shape[x.ndim - 1]
+    cdef int rows = x.size // n
+    cdef const float *xp = _ops_ptr(x)
+    cdef float *yp = _ops_ptr(y)
+    with nogil:
+        qcnn_softmax(xp, yp, rows, n)
+    return y
+
+
+def lrn(x, y, int size, float alpha, float beta, float bias=1.0, isa="auto"):
+    """ONNX LRN across the channels of an NHWC tensor [..., C] (x and y distinct arrays)."""
+    x = _ops_check(x, "x", 0)
+    y = _ops_check(y, "y", 0, True)
+    if x.ndim < 1:
+        raise ValueError(f"x: expected at least 1 dim (channels last), got shape {x.shape}")
+    _ops_shape(y, "y", tuple(x.shape))
+    if size < 1:
+        raise ValueError(f"size: expected >= 1, got {size}")
+    if _ops_overlap(x, y):
+        raise ValueError("y: expected a buffer distinct from x, got an overlapping one")
+    _ops_nonempty(x, "x")
+    cdef int code = _ops_isa(isa, True)
+    cdef int c = x.shape[x.ndim - 1]
+    cdef size_t npix = x.size // c
+    cdef const float *xp = _ops_ptr(x)
+    cdef float *yp = _ops_ptr(y)
+    with nogil:
+        if code == -2:
+            qcnn_lrn_ref(xp, yp, npix, c, size, alpha, beta, bias)
+        else:
+            qcnn_lrn(xp, yp, npix, c, size, alpha, beta, bias, code)
+    return y
+
+
+def pool_out_size(int size, int k, int stride, int pad_begin=0, int pad_end=0, bint ceil_mode=False):
+    """ONNX pooling output size along one axis (dilation 1), incl. the ceil_mode rule that
+    the last window must start inside the input or the left padding."""
+    cdef int o = qcnn_pool_out_size(size, k, stride, pad_begin, pad_end, ceil_mode)
+    if o <= 0:
+        raise ValueError(f"pooling window {k} (stride {stride}) does not fit input {size} "
+                         f"with pads ({pad_begin}, {pad_end})")
+    return o
+
+
+cdef object _ops_pool(bint is_max, x, y, int kh, int kw, int sh, int sw, int pt, int pl, int pb,
+                      int pr, bint count_include_pad, object isa):
+    x = _ops_check(x, "x", 3)
+    y = _ops_check(y, "y", 3, True)
+    cdef int code = _ops_isa(isa, True)
+    if _ops_overlap(x, y):
+        raise ValueError("y: expected a buffer distinct from x, got an overlapping one")
+    if kh < 1 or kw < 1 or sh < 1 or sw < 1 or min(pt, pl, pb, pr) < 0:
+        raise ValueError(f"pooling: expected kernel/strides >= 1 and pads >= 0, got "
+                         f"kernel ({kh}, {kw}) strides ({sh}, {sw}) pads ({pt}, {pl}, {pb}, {pr})")
+    h, w, c = x.shape
+    oh, ow, oc = y.shape
+    # the caller chooses floor or ceil mode through the output size; accept either
+    cdef int fh = qcnn_pool_out_size(h, kh, sh, pt, pb, 0), fw = qcnn_pool_out_size(w, kw, sw, pl, pr, 0)
+    cdef int ch = qcnn_pool_out_size(h, kh, sh, pt, pb, 1), cw = qcnn_pool_out_size(w, kw, sw, pl, pr, 1)
+    if oc != c or oh not in (fh, ch) or ow not in (fw, cw) or oh < 1 or ow < 1:
+        raise ValueError(f"y: expected shape ({fh}, {fw}, {c}) (or ceil_mode ({ch}, {cw}, {c})), "
+                         f"got {tuple(y.shape)}")
+    cdef qcnn_pool_params p
+    p.kh, p.kw, p.stride_h, p.stride_w = kh, kw, sh, sw
+    p.pad_top, p.pad_left, p.pad_bottom, p.pad_right = pt, pl, pb, pr
+    p.count_include_pad = count_include_pad
+    cdef const float *xp = _ops_ptr(x)
+    cdef float *yp = _ops_ptr(y)
+    cdef int ih = h, iw = w, ic = c, ioh = oh, iow = ow
+    with nogil:
+        if is_max and code == -2:
+            qcnn_maxpool_ref(&p, xp, ih, iw, ic, yp, ioh, iow)
+        elif is_max:
+            qcnn_maxpool(&p, xp, ih, iw, ic, yp, ioh, iow, code)
+        else:
+            qcnn_avgpool(&p, xp, ih, iw, ic, yp, ioh, iow)
+    return y
+
+
+def maxpool(x, y, int kh, int kw, int sh, int sw, int pt=0, int pl=0, int pb=0, int pr=0,
+            isa="auto"):
+    """ONNX MaxPool on NHWC x [H][W][C] into y [OH][OW][C]; y's shape selects floor/ceil mode.
+    isa: "auto" | "generic" | "avx2" | "avx512" | "ref" (plain loops)."""
+    return _ops_pool(True, x, y, kh, kw, sh, sw, pt, pl, pb, pr, False, isa)
+
+
+def avgpool(x, y, int kh, int kw, int sh, int sw, int pt=0, int pl=0, int pb=0, int pr=0,
+            bint count_include_pad=False):
+    """ONNX AveragePool on NHWC x into y; y's shape selects floor/ceil mode."""
+    return _ops_pool(False, x, y, kh, kw, sh, sw, pt, pl, pb, pr, count_include_pad, "auto")
+
+
+def global_avgpool(x, y):
+    """Mean over H and W: x [H][W][C] -> y [C]."""
+    x = _ops_check(x, "x", 3)
+    y = _ops_check(y, "y", 1, True)
+    _ops_nonempty(x, "x")
+    h, w, c = x.shape
+    _ops_shape(y, "y", (c,))
+    cdef const float *xp = _ops_ptr(x)
+    cdef float *yp = _ops_ptr(y)
+    cdef int ih = h, iw = w, ic = c
+    with nogil:
+        qcnn_global_avgpool(xp, ih, iw, ic, yp)
+    return y
+
+
+def concat_channels(inputs, out):
+    """Concatenate NHWC tensors [H][W][Ci] along channels into out [H][W][sum Ci]."""
+    out = _ops_check(out, "out", 3, True)
+    oh, ow, oc = out.shape
+    xs = [_ops_check(a, f"inputs[{i}]", 3) for i, a in enumerate(inputs)]
+    if not xs:
+        raise ValueError("inputs: expected at least one tensor, got none")
+    total = 0
+    for i, a in enumerate(xs):
+        if tuple(a.shape[:2]) != (oh, ow):
+            raise ValueError(f"inputs[{i}]: expected spatial size ({oh}, {ow}), got {a.shape}")
+        total += a.shape[2]
+    if total != oc:
+        raise ValueError(f"out: expected {total} channels (sum of inputs), got shape {out.shape}")
+    cdef size_t npix = oh * ow
+    cdef int cy = oc, off = 0, cx
+    cdef const float *xp
+    cdef float *yp
+    if npix == 0:
+        return out
+    yp = _ops_ptr(out)
+    for a in xs:
+        cx = a.shape[2]
+        if cx == 0:
+            continue
+        if _ops_overlap(a, out):
+            raise ValueError("inputs: expected tensors distinct from out, got an overlapping one")
+        xp = _ops_ptr(a)
+        with nogil:
+            qcnn_copy_channels(xp, npix, cx, yp, cy, off)
+        off += cx
+    return out
+
+
+def nhwc_to_nchw(x, y):
+    """x [H][W][C] -> y [C][H][W] (so a following Flatten matches ONNX's NCHW order)."""
+    x = _ops_check(x, "x", 3)
+    y = _ops_check(y, "y", 3, True)
+    h, w, c = x.shape
+    _ops_shape(y, "y", (c, h, w))
+    if _ops_overlap(x, y):
+        raise ValueError("y: expected a buffer distinct from x, got an overlapping one")
+    if x.size == 0:
+        return y
+    cdef const float *xp = _ops_ptr(x)
+    cdef float *yp = _ops_ptr(y)
+    cdef int ih = h, iw = w, ic = c
+    with nogil:
+        qcnn_nhwc_to_nchw(xp, ih, iw, ic, yp)
+    return y

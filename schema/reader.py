@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import mmap
 import os
+import stat
 import struct
 import sys
 import zlib
@@ -44,6 +45,7 @@ _KIND_OPTIONS = {
 }
 _CHANNEL_ORDERS = {0: "RGB", 1: "BGR", 2: "GRAY"}
 _MAX_DIM = 1 << 24  # any single dimension / channel count beyond this is not a real CNN
+_MAX_IMAGE_SIDE = 8192  # preprocessing resize / crop sides (pixels)
 
 
 class QcnnFile:
@@ -63,11 +65,20 @@ class QcnnFile:
 def open_qcnn(path, unpack_indices: bool = False) -> QcnnFile:
     path = os.fspath(path)
     try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
+        # O_NONBLOCK: opening a FIFO named like a model must not wait for a writer forever.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISDIR(st.st_mode):
+                raise IsADirectoryError(path)
+            if not stat.S_ISREG(st.st_mode):
+                raise QcnnFormatError(f"{path}: not a regular file")
+            size = st.st_size
             if size == 0:
                 raise QcnnFormatError(f"{path}: empty file")
-            mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            mapping = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)  # the mapping keeps its own reference
+        finally:
+            os.close(fd)
     except FileNotFoundError:
         raise FileNotFoundError(f"no such .qcnn file: {path}") from None
     except IsADirectoryError:
@@ -300,6 +311,8 @@ class _Decoder:
         input_shape = tuple(r.i32s(5, "input_shape") or ())
         if input_shape != (-1,) + tuple(tensors[input_index].shape):
             raise QcnnFormatError(f"input_shape {input_shape} does not match the input tensor {tensors[input_index].shape}")
+        if math.prod(input_shape[1:]) > shapes.MAX_TENSOR_ELEMENTS:  # as for every operator output
+            raise QcnnFormatError(f"input_shape {input_shape}: more than {shapes.MAX_TENSOR_ELEMENTS} elements per image")
         if r.i8(6, "input_dtype") != 0:
             raise QcnnFormatError(f"input dtype {r.i8(6, 'input_dtype')} is not supported (float32 only)")
 
@@ -319,10 +332,17 @@ class _Decoder:
             mean, std = p.f32s(0, "mean") or [], p.f32s(1, "std") or []
             if len(mean) != len(std) or not all(math.isfinite(v) for v in mean + std) or any(v == 0 for v in std):
                 raise QcnnFormatError(f"preprocessing: bad mean {mean} / std {std}")
+            # Image sizes the runtime will allocate (runtime/preprocess.py): keep a file from
+            # choosing a multi-gigabyte resize or crop.
+            sizes = {"resize_shorter": p.i32(4, "resize_shorter"), "crop_h": p.i32(5, "crop_h"),
+                     "crop_w": p.i32(6, "crop_w")}
+            for field, value in sizes.items():
+                if not 0 <= value <= _MAX_IMAGE_SIDE:
+                    raise QcnnFormatError(f"preprocessing: {field} = {value} is out of range 0..{_MAX_IMAGE_SIDE}")
             preprocessing = ir.Preprocessing(mean=mean, std=std, scale=p.f32(2, "scale", 1.0),
                                              channel_order=_CHANNEL_ORDERS[order],
-                                             resize_shorter=p.i32(4, "resize_shorter"),
-                                             crop=(p.i32(5, "crop_h"), p.i32(6, "crop_w")))
+                                             resize_shorter=sizes["resize_shorter"],
+                                             crop=(sizes["crop_h"], sizes["crop_w"]))
         metadata = {}
         for kv in r.tables(11, "metadata") or []:
             metadata[kv.string(0, "key", "")] = kv.string(1, "value", "")

@@ -76,6 +76,52 @@ typedef struct {
 size_t qcnn_qfc_ref_scratch_floats(const qcnn_qfc_params *p);
 void qcnn_qfc_ref(const qcnn_qfc_params *p, const float *x, float *y, float *scratch);
 
+/* ------------------------------------------------------------------ prepared (fast) LUT kernels */
+/* The fast path prepares a layer once at load time (re-lays out indices and codebooks for the
+ * chosen ISA, checks every index < ncode) and then runs it any number of times, from any number
+ * of threads, each with its own caller-provided scratch. No allocation happens in run().
+ *
+ * LUT modes:
+ *   QCNN_LUT_REF    the float reference above (oracle), wrapped in the prepared API
+ *   QCNN_LUT_FLOAT  float tables, portable C loops (no padding checks in the inner loop)
+ *   QCNN_LUT_INT8   tables quantized to unsigned bytes: per image, each table t gets an offset
+ *                   min_k L_t[k] and all tables share one step s = max_t(max-min)/255, so
+ *                   L_t[k] ~= min_t + s*q_t[k] with q in 0..255 and |error| <= s/2 per look-up.
+ *                   Byte sums are exact integers; y = bias + sum(min_t) + s*sum(q).
+ * The ISA actually used is min(requested, qcnn_isa_detect()); QCNN_LUT_REF/FLOAT are generic C.
+ */
+typedef enum { QCNN_LUT_REF = 0, QCNN_LUT_FLOAT = 1, QCNN_LUT_INT8 = 2 } qcnn_lut_mode;
+
+typedef struct qcnn_qconv_prepared qcnn_qconv_prepared;
+/* FC layers are prepared as 1x1 convolutions on a 1x1 image; same object type. */
+typedef struct qcnn_qconv_prepared qcnn_qfc_prepared;
+
+/* Returns NULL on invalid parameters or allocation failure; *err (if err != NULL) then points
+ * to a static message. The prepared object keeps pointers to p->codebooks and p->bias (not
+ * copies): they must outlive it. Indices are copied into the kernel's own layout. */
+qcnn_qconv_prepared *qcnn_qconv_prepare(const qcnn_qconv_params *p, qcnn_isa isa,
+                                        qcnn_lut_mode mode, const char **err);
+qcnn_isa qcnn_qconv_isa(const qcnn_qconv_prepared *q);
+/* Scratch bytes for an h x w input (includes slack so any scratch pointer alignment works). */
+size_t qcnn_qconv_scratch_bytes(const qcnn_qconv_prepared *q, int h, int w);
+/* y: [oh][ow][cout]. lut_step (may be NULL) receives the int8 step s used for this image
+ * (0 for float modes), so callers/tests can bound the quantization error. */
+void qcnn_qconv_run(const qcnn_qconv_prepared *q, const float *x, int h, int w, float *y,
+                    void *scratch, float *lut_step);
+void qcnn_qconv_free(qcnn_qconv_prepared *q);
+
+qcnn_qfc_prepared *qcnn_qfc_prepare(const qcnn_qfc_params *p, qcnn_isa isa, qcnn_lut_mode mode,
+                                    const char **err);
+size_t qcnn_qfc_scratch_bytes(const qcnn_qfc_prepared *q);
+void qcnn_qfc_run(const qcnn_qfc_prepared *q, const float *x, float *y, void *scratch,
+                  float *lut_step);
+void qcnn_qfc_free(qcnn_qfc_prepared *q);
+
+/* ------------------------------------------------------------------ index unpacking */
+/* Unpack `count` codes of `bits` (1..8) bits from an LSB-first bit stream of at least
+ * ceil(count * bits / 8) bytes into out[count]; returns the largest code. */
+uint8_t qcnn_unpack_indices(const uint8_t *packed, int bits, size_t count, uint8_t *out);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,0 +1,148 @@
+/* qcnn non-quantized ops: dense conv / fully-connected, ReLU, LRN, pooling, softmax, add,
+ * concat, layout transpose.
+ *
+ * Same conventions as qcnn_kernels.h: float32, channels-last (NHWC) activations [H][W][C],
+ * one image per call, caller-owned buffers (no allocation), thread-safe (no global state
+ * except the read-only CPU feature probe).
+ *
+ * Every op has a plain C implementation that defines its meaning (ONNX semantics). Where
+ * speed matters (dense conv, FC) a separate fast path exists per ISA and is tested against
+ * the plain one; the ISA is passed in explicitly as a qcnn_isa value (see qcnn_kernels.h),
+ * normally obtained from qcnn_ops_resolve_isa().
+ */
+#ifndef QCNN_OPS_H
+#define QCNN_OPS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ------------------------------------------------------------------ ISA choice */
+/* requested < 0: the runtime's choice (qcnn_isa_select()). Otherwise a qcnn_isa value; returns
+ * it if this CPU can run it, or -1 if it cannot. */
+int qcnn_ops_resolve_isa(int requested);
+
+/* ------------------------------------------------------------------ dense convolution */
+/* ONNX Conv with dilation 1: groups, strides, pads (top, left, bottom, right), bias, fused ReLU. */
+typedef struct {
+    int cin, cout, groups;
+    int kh, kw, stride_h, stride_w;
+    int pad_top, pad_left, pad_bottom, pad_right;
+    int relu;            /* 1: y = max(y, 0) */
+    const float *weight; /* ONNX layout [cout][cin/groups][kh][kw]; used by qcnn_dconv_ref only */
+    const float *packed; /* qcnn_dconv_pack() output; used by qcnn_dconv_run */
+    const float *bias;   /* [cout] or NULL */
+} qcnn_dconv_params;
+
+/* Output size (floor rule); returns 0 when the padded input is smaller than the kernel. */
+int qcnn_dconv_out_size(const qcnn_dconv_params *p, int h, int w, int *oh, int *ow);
+
+/* Packed weight layout, shared by every fast path:
+ *   [groups][ceil(cout_g/16)][kh][kw][cin_g][16]   (16 output channels of a group in a row,
+ *   zero-filled past cout_g), so the inner loop loads whole vectors of output channels. */
+#define QCNN_DCONV_NB 16
+size_t qcnn_dconv_packed_floats(const qcnn_dconv_params *p);
+void qcnn_dconv_pack(const qcnn_dconv_params *p, const float *w_onnx, float *packed);
+
+/* Output y: pixel (oy, ox) channel co at y[(oy*OW + ox)*ystride + co]. ystride = cout for a
+ * dense [OH][OW][cout] tensor; larger to write into a channel slice of a wider tensor (e.g.
+ * straight into a Concat's output, y pointing at the slice's first channel).
+ *
+ * Plain reference: direct loops over the ONNX-layout weights. */
+void qcnn_dconv_ref(const qcnn_dconv_params *p, const float *x, int h, int w, float *y,
+                    int ystride);
+
+/* Fast path (register-blocked micro-kernel on the packed weights). scratch must hold
+ * qcnn_dconv_scratch_floats(p, h, w) floats (a zero-padded copy of the input when the conv
+ * has padding; 0 otherwise, scratch may then be NULL). */
+size_t qcnn_dconv_scratch_floats(const qcnn_dconv_params *p, int h, int w);
+void qcnn_dconv_run(const qcnn_dconv_params *p, int isa, const float *x, int h, int w, float *y,
+                    int ystride, float *scratch);
+
+/* ------------------------------------------------------------------ dense fully connected */
+/* y[o] = bias[o] + sum_i W[o][i] x[i]  (ONNX Gemm with transB=1), W float32 [out][in]. */
+typedef struct {
+    int in, out;
+    int relu;
+    const float *weight; /* [out][in] */
+    const float *bias;   /* [out] or NULL */
+} qcnn_dfc_params;
+
+void qcnn_dfc_ref(const qcnn_dfc_params *p, const float *x, float *y);
+void qcnn_dfc_run(const qcnn_dfc_params *p, int isa, const float *x, float *y);
+
+/* ------------------------------------------------------------------ elementwise / layout */
+void qcnn_relu(const float *x, float *y, size_t n); /* x == y allowed */
+void qcnn_add(const float *a, const float *b, float *y, size_t n, int relu); /* y may alias a or b */
+/* Softmax over the last axis of a [rows][n] array (max-subtracted, so no overflow). */
+void qcnn_softmax(const float *x, float *y, int rows, int n);
+/* Copy an NHWC tensor [npix][cx] into channels [c_offset, c_offset+cx) of y [npix][cy]. */
+void qcnn_copy_channels(const float *x, size_t npix, int cx, float *y, int cy, int c_offset);
+/* [h][w][c] -> [c][h][w] (what ONNX Flatten sees). */
+void qcnn_nhwc_to_nchw(const float *x, int h, int w, int c, float *y);
+
+/* ------------------------------------------------------------------ LRN */
+/* ONNX LRN across channels: sq[c] = sum of x[c']^2 over c' in [c - floor((size-1)/2),
+ * c + ceil((size-1)/2)] (clipped to the tensor); y = x / (bias + alpha/size * sq)^beta.
+ * x and y must not alias. qcnn_lrn_ref is the plain formula; qcnn_lrn is the vectorised one
+ * (isa: a qcnn_isa value), with a powf-free path for beta == 0.75. */
+void qcnn_lrn_ref(const float *x, float *y, size_t npix, int c, int size, float alpha, float beta,
+                  float bias);
+void qcnn_lrn(const float *x, float *y, size_t npix, int c, int size, float alpha, float beta,
+              float bias, int isa);
+
+/* ------------------------------------------------------------------ pooling */
+typedef struct {
+    int kh, kw, stride_h, stride_w;
+    int pad_top, pad_left, pad_bottom, pad_right;
+    int count_include_pad; /* AveragePool only: divisor counts padding (not ceil overhang) */
+} qcnn_pool_params;
+
+/* ONNX output size along one axis (dilation 1). ceil_mode=1 rounds up, but then drops the last
+ * window if it would start past the input plus left padding. Returns <= 0 if invalid. */
+int qcnn_pool_out_size(int in, int k, int stride, int pad_begin, int pad_end, int ceil_mode);
+
+/* x [h][w][c] -> y [oh][ow][c]; oh/ow come from the caller (see qcnn_pool_out_size). Padding
+ * never wins a max; windows without any input element produce 0. x and y must not overlap.
+ * qcnn_maxpool_ref: plain loops; qcnn_maxpool: register-blocked over channels (isa: qcnn_isa). */
+void qcnn_maxpool_ref(const qcnn_pool_params *p, const float *x, int h, int w, int c, float *y,
+                      int oh, int ow);
+void qcnn_maxpool(const qcnn_pool_params *p, const float *x, int h, int w, int c, float *y, int oh,
+                  int ow, int isa);
+void qcnn_avgpool(const qcnn_pool_params *p, const float *x, int h, int w, int c, float *y, int oh,
+                  int ow);
+/* [h][w][c] -> [c] mean over all pixels. */
+void qcnn_global_avgpool(const float *x, int h, int w, int c, float *y);
+
+/* ------------------------------------------------------------------ internal (ops_conv*.c) */
+/* One output row of one group of a dense conv, as handed to the per-ISA row kernels. The input
+ * has no padding left to handle (the driver zero-pads a copy when needed). */
+typedef struct {
+    const float *x;   /* input at (oy*stride_h, 0), channel g*cin_g */
+    size_t xpix;      /* floats between neighbouring output pixels' windows (stride_w*C) */
+    size_t xrow;      /* floats between input rows */
+    size_t xseg;      /* floats between kernel-column segments */
+    int kh, nseg, seglen; /* per kernel row: nseg segments of seglen contiguous floats */
+    const float *w;   /* packed weights of group g: ceil(cout_g/16) blocks of kh*nseg*seglen*16 floats */
+    int b0, b1;       /* compute 16-channel blocks [b0, b1) of the group */
+    int cout_g;       /* valid output channels of the group */
+    float *y;         /* output at (oy, 0), channel g*cout_g */
+    size_t ypix;      /* floats between output pixels (cout) */
+    int ow;
+    const float *bias; /* at channel g*cout_g, or NULL */
+    int relu;
+} qcnn_dconv_row;
+
+void qcnn_dconv_row_generic(const qcnn_dconv_row *r);
+#if defined(__x86_64__)
+void qcnn_dconv_row_avx2(const qcnn_dconv_row *r);
+void qcnn_dconv_row_avx512(const qcnn_dconv_row *r);
+#endif
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* QCNN_OPS_H */

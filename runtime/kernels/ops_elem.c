@@ -1,0 +1,66 @@
+/* Elementwise and layout ops: ReLU, Add, Softmax, channel concat, NHWC -> NCHW.
+ * Plain loops written so the compiler vectorises them; they are memory-bound anyway. */
+#include <math.h>
+#include <string.h>
+
+#include "ops.h"
+
+void qcnn_relu(const float *x, float *y, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        y[i] = x[i] > 0.0f ? x[i] : 0.0f;
+}
+
+void qcnn_add(const float *a, const float *b, float *y, size_t n, int relu)
+{
+    if (relu) {
+        for (size_t i = 0; i < n; i++) {
+            float v = a[i] + b[i];
+            y[i] = v > 0.0f ? v : 0.0f;
+        }
+    } else {
+        for (size_t i = 0; i < n; i++)
+            y[i] = a[i] + b[i];
+    }
+}
+
+void qcnn_softmax(const float *x, float *y, int rows, int n)
+{
+    for (int r = 0; r < rows; r++, x += n, y += n) {
+        float m = -INFINITY;
+        for (ptrdiff_t i = 0; i < n; i++)
+            m = x[i] > m ? x[i] : m;
+        /* sum in double: 1000 classes of tiny terms */
+        double s = 0.0;
+        for (ptrdiff_t i = 0; i < n; i++) {
+            y[i] = expf(x[i] - m);
+            s += y[i];
+        }
+        const float inv = (float)(1.0 / s);
+        for (ptrdiff_t i = 0; i < n; i++)
+            y[i] *= inv;
+    }
+}
+
+void qcnn_copy_channels(const float *x, size_t npix, int cx, float *y, int cy, int c_offset)
+{
+    y += c_offset;
+    for (size_t i = 0; i < npix; i++)
+        memcpy(y + i * cy, x + i * cx, (size_t)cx * sizeof(float));
+}
+
+void qcnn_nhwc_to_nchw(const float *x, int h, int w, int c, float *y)
+{
+    /* blocked transpose of the [hw][c] matrix so both sides stay in cache */
+    const size_t hw = (size_t)h * w;
+    enum { B = 32 };
+    for (size_t p0 = 0; p0 < hw; p0 += B) {
+        const size_t p1 = p0 + B < hw ? p0 + B : hw;
+        for (int c0 = 0; c0 < c; c0 += B) {
+            const int c1 = c0 + B < c ? c0 + B : c;
+            for (int ch = c0; ch < c1; ch++)
+                for (size_t p = p0; p < p1; p++)
+                    y[(size_t)ch * hw + p] = x[p * c + ch];
+        }
+    }
+}

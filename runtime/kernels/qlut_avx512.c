@@ -1,0 +1,396 @@
+/* AVX-512 VBMI LUT kernels (Zen 4, Ice Lake and later).
+ *
+ * Tables hold 64/128/256 byte entries. One look-up instruction serves 64 output channels:
+ *   K <= 64   vpermb     (one zmm table)
+ *   K <= 128  vpermi2b   (two zmm tables)
+ *   K <= 256  2x vpermi2b, blended on the index's top bit
+ * Byte results are summed without widening instructions: the 64 bytes are added as 32 words
+ * into one accumulator and their high bytes (>> 8) into a second. Channels were permuted at
+ * prepare time (qlut_block_pos) so low bytes are channels 0..31 and high bytes 32..63; the low
+ * bytes' sum is recovered as words - (high << 8). A byte is <= 255, so 256 terms fit 16 bits:
+ * the 16-bit sums move to 32 bits every <= 256 terms.
+ * Compiled without -march: every function carries the target attribute and is only reached
+ * after qcnn_isa_detect() said the CPU and OS support it. */
+#include "qlut_internal.h"
+
+#if QLUT_X86
+#include <immintrin.h>
+#include <string.h>
+
+#define T512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi")))
+#define INLINE static inline __attribute__((always_inline))
+
+/* ------------------------------------------------------------------ float tables */
+
+/* P tables of the same (group, subspace) for P input pixels: the codebook slice loaded for
+ * each channel serves P pixels. Returns the largest range; writes tables and their minima. */
+INLINE T512 float build_px(const float *x, size_t xstride, int nc, const float *cb, int Kp,
+                           float *L, size_t Lstride, float *tmin, size_t tstride, const int NV,
+                           const int P) {
+    __m512 acc[4][16];
+    for (int i = 0; i < P; i++)
+        for (int v = 0; v < NV; v++) acc[i][v] = _mm512_setzero_ps();
+    for (int c = 0; c < nc; c++) {
+        const float *d = cb + (size_t)c * Kp;
+        for (int v = 0; v < NV; v++) {
+            const __m512 dv = _mm512_load_ps(d + 16 * v);
+            for (int i = 0; i < P; i++)
+                acc[i][v] = _mm512_fmadd_ps(_mm512_set1_ps(x[i * xstride + c]), dv, acc[i][v]);
+        }
+    }
+    float maxr = 0.0f;
+    for (int i = 0; i < P; i++) {
+        __m512 mn = acc[i][0], mx = acc[i][0];
+        for (int v = 0; v < NV; v++) {
+            _mm512_store_ps(L + i * Lstride + 16 * v, acc[i][v]);
+            mn = _mm512_min_ps(mn, acc[i][v]);
+            mx = _mm512_max_ps(mx, acc[i][v]);
+        }
+        const float lo = _mm512_reduce_min_ps(mn), r = _mm512_reduce_max_ps(mx) - lo;
+        tmin[i * tstride] = lo;
+        maxr = r > maxr ? r : maxr;
+    }
+    return maxr;
+}
+
+/* (group, subspace) outer so its codebook (Cs x Kp floats) stays in L1 across all pixels. */
+INLINE T512 float build_all(const qcnn_qconv_prepared *q, const float *x, int h, int w, float *Lf,
+                            float *tmin, const int NV, const int P) {
+    const int G = q->p.groups, M = q->M, Cs = q->Cs, Kp = q->Kp, Cg = q->Cg;
+    const size_t npix = (size_t)h * w, tstride = (size_t)G * M;
+    float maxr = 0.0f;
+    for (int g = 0; g < G; g++)
+        for (int m = 0; m < M; m++) {
+            const int nc = Cg - m * Cs < Cs ? Cg - m * Cs : Cs;
+            const float *cb = q->cbt + ((size_t)g * M + m) * Cs * Kp;
+            const size_t t0 = (size_t)g * M + m;
+            const float *xs = x + g * Cg + m * Cs;
+            size_t pix = 0;
+            for (; pix + P <= npix; pix += P) {
+                float r = build_px(xs + pix * q->p.cin, q->p.cin, nc, cb, Kp, Lf + (pix * tstride + t0) * Kp,
+                                   tstride * Kp, tmin + pix * tstride + t0, tstride, NV, P);
+                maxr = r > maxr ? r : maxr;
+            }
+            for (; pix < npix; pix++) {
+                float r = build_px(xs + pix * q->p.cin, q->p.cin, nc, cb, Kp, Lf + (pix * tstride + t0) * Kp,
+                                   tstride * Kp, tmin + pix * tstride + t0, tstride, NV, 1);
+                maxr = r > maxr ? r : maxr;
+            }
+        }
+    return maxr;
+}
+
+T512 float qlut_build_avx512(const qcnn_qconv_prepared *q, const float *x, int h, int w, float *Lf,
+                             float *tmin) {
+    switch (q->Kp) {
+    case 16: return build_all(q, x, h, w, Lf, tmin, 1, 4);
+    case 32: return build_all(q, x, h, w, Lf, tmin, 2, 4);
+    case 64: return build_all(q, x, h, w, Lf, tmin, 4, 4);
+    case 128: return build_all(q, x, h, w, Lf, tmin, 8, 3);
+    default: return build_all(q, x, h, w, Lf, tmin, 16, 1);
+    }
+}
+
+T512 void qlut_quant_avx512(const qcnn_qconv_prepared *q, const float *Lf, const float *tmin,
+                           size_t ntab, float inv, uint8_t *lq) {
+    const int Kp = q->Kp;
+    const __m512 vinv = _mm512_set1_ps(inv), half = _mm512_set1_ps(0.5f);
+    const __m512 zero = _mm512_setzero_ps(), top = _mm512_set1_ps(255.0f);
+    for (size_t t = 0; t < ntab; t++) {
+        const __m512 mn = _mm512_set1_ps(tmin[t]);
+        for (int k = 0; k < Kp; k += 16) {
+            /* Same operations as the generic quant1(): ((L - min) * inv) + 0.5, clamp, truncate.
+             * max/min return the second operand for NaN, so NaN becomes 0. */
+            __m512 f = _mm512_mul_ps(_mm512_sub_ps(_mm512_load_ps(Lf + t * Kp + k), mn), vinv);
+            f = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(f, half), zero), top);
+            _mm_storeu_si128((__m128i *)(lq + t * Kp + k), _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(f)));
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ look-up + accumulate */
+
+/* 64 table bytes selected by 64 indices. KC = table size in zmm registers (1, 2 or 4). */
+INLINE T512 __m512i lookup(const uint8_t *tab, __m512i idx, const int KC) {
+    if (KC == 1) return _mm512_permutexvar_epi8(idx, _mm512_load_si512(tab));
+    __m512i lo = _mm512_permutex2var_epi8(_mm512_load_si512(tab), idx, _mm512_load_si512(tab + 64));
+    if (KC == 2) return lo;
+    __m512i hi = _mm512_permutex2var_epi8(_mm512_load_si512(tab + 128), idx,
+                                          _mm512_load_si512(tab + 192));
+    return _mm512_mask_blend_epi8(_mm512_movepi8_mask(idx), lo, hi);
+}
+
+/* Move 16-bit pair sums (a: word sums, b: high-byte sums) into 32-bit channel-ordered sums. */
+INLINE T512 void flush(__m512i *a, __m512i *b, __m512i c[4]) {
+    __m512i lo = _mm512_sub_epi16(*a, _mm512_slli_epi16(*b, 8));
+    c[0] = _mm512_add_epi32(c[0], _mm512_cvtepu16_epi32(_mm512_castsi512_si256(lo)));
+    c[1] = _mm512_add_epi32(c[1], _mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(lo, 1)));
+    c[2] = _mm512_add_epi32(c[2], _mm512_cvtepu16_epi32(_mm512_castsi512_si256(*b)));
+    c[3] = _mm512_add_epi32(c[3], _mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(*b, 1)));
+    *a = _mm512_setzero_si512();
+    *b = _mm512_setzero_si512();
+}
+
+/* Out-of-line flush into 32-bit sums kept in memory: the sums are touched once per 256 terms,
+ * and keeping them out of registers leaves the 32 zmm to the hot loop (gcc otherwise tries to
+ * hold them in registers and spills the accumulators instead). */
+static __attribute__((noinline)) T512 void flush_mem(__m512i *a, __m512i *b, __m512i *c, int n) {
+    for (int i = 0; i < n; i++) flush(&a[i], &b[i], c + 4 * i);
+}
+
+INLINE T512 void accumulate(__m512i *a, __m512i *b, __m512i v) {
+    *a = _mm512_add_epi16(*a, v);
+    *b = _mm512_add_epi16(*b, _mm512_srli_epi16(v, 8));
+}
+
+/* y = acc*s + (offset + bias), ReLU; channels ch0.. of one output pixel (masked tail). */
+INLINE T512 void epilogue(const qlut_run *r, const __m512i c[4], int oy, int ox, int g, int ob) {
+    const qcnn_qconv_prepared *q = r->q;
+    const int Og = q->Og;
+    const size_t pix = (size_t)oy * r->ow + ox;
+    const __m512 off = _mm512_set1_ps(r->off[pix * q->p.groups + g]), s = _mm512_set1_ps(r->step);
+    float *yp = r->y + pix * q->p.cout + (size_t)g * Og;
+    const float *bias = q->p.bias ? q->p.bias + (size_t)g * Og : NULL;
+    for (int j = 0; j < 4; j++) {
+        const int ch = ob + 16 * j;
+        if (ch >= Og) break;
+        const __mmask16 mk = Og - ch >= 16 ? 0xFFFF : (__mmask16)((1u << (Og - ch)) - 1);
+        __m512 ob_ = bias ? _mm512_add_ps(off, _mm512_maskz_loadu_ps(mk, bias + ch)) : off;
+        __m512 v = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(c[j]), s), ob_);
+        if (q->p.relu) v = _mm512_max_ps(v, _mm512_setzero_ps());
+        _mm512_mask_storeu_ps(yp + ch, mk, v);
+    }
+}
+
+/* P neighbouring output pixels of row oy, 64 channels from ob, group g; any kernel/stride. */
+INLINE T512 void conv_block(const qlut_run *r, int oy, int ox0, int g, int ob, const int P,
+                            const int KC) {
+    const qcnn_qconv_prepared *q = r->q;
+    const qcnn_qconv_params *p = &q->p;
+    const int M = q->M, Kp = q->Kp, KW = p->kw, Ogp = q->Ogp;
+    const size_t pixb = (size_t)p->groups * M * Kp; /* bytes of tables per padded pixel */
+    const size_t pstep = (size_t)p->stride_w * pixb; /* next output pixel's input pixel */
+    const uint8_t *base = r->lq + ((size_t)oy * p->stride_h * r->PW + (size_t)ox0 * p->stride_w) * pixb +
+                          (size_t)g * M * Kp;
+    const uint8_t *ib = q->idx + (size_t)g * p->kh * KW * M * Ogp + ob;
+    __m512i a[8], b[8], c[8][4];
+    for (int i = 0; i < P; i++) {
+        a[i] = b[i] = _mm512_setzero_si512();
+        for (int j = 0; j < 4; j++) c[i][j] = _mm512_setzero_si512();
+    }
+    int cnt = 0;
+    for (int ky = 0; ky < p->kh; ky++)
+        for (int kx = 0; kx < KW; kx++) {
+            const uint8_t *tp = base + ((size_t)ky * r->PW + kx) * pixb;
+            const uint8_t *ip = ib + ((size_t)ky * KW + kx) * M * Ogp;
+            for (int m = 0; m < M; m++) {
+                const __m512i idx = _mm512_loadu_si512(ip + (size_t)m * Ogp);
+                for (int i = 0; i < P; i++)
+                    accumulate(&a[i], &b[i], lookup(tp + i * pstep + (size_t)m * Kp, idx, KC));
+                if (++cnt == 256) {
+                    for (int i = 0; i < P; i++) flush(&a[i], &b[i], c[i]);
+                    cnt = 0;
+                }
+            }
+        }
+    for (int i = 0; i < P; i++) {
+        flush(&a[i], &b[i], c[i]);
+        epilogue(r, c[i], oy, ox0 + i, g, ob);
+    }
+}
+
+/* Stride-1 variant with the kernel width KW known at compile time: for each (kernel row,
+ * subspace) the KW index vectors stay in registers and each input pixel's table is loaded once
+ * and used for every (output pixel, kernel column) pair it meets, instead of once per pair. */
+INLINE T512 void conv_block_s1(const qlut_run *r, int oy, int ox0, int g, int ob, const int P,
+                               const int KW, const int KC) {
+    const qcnn_qconv_prepared *q = r->q;
+    const qcnn_qconv_params *p = &q->p;
+    const int M = q->M, Kp = q->Kp, Ogp = q->Ogp;
+    const size_t pixb = (size_t)p->groups * M * Kp;
+    const uint8_t *base = r->lq + ((size_t)oy * p->stride_h * r->PW + (size_t)ox0) * pixb +
+                          (size_t)g * M * Kp;
+    const uint8_t *ib = q->idx + (size_t)g * p->kh * KW * M * Ogp + ob;
+    __m512i a[8], b[8], c[8 * 4];
+    for (int i = 0; i < P; i++) a[i] = b[i] = _mm512_setzero_si512();
+    for (int j = 0; j < 4 * P; j++) c[j] = _mm512_setzero_si512();
+    int cnt = 0;
+    for (int ky = 0; ky < p->kh; ky++) {
+        const uint8_t *tp = base + (size_t)ky * r->PW * pixb;
+        const uint8_t *ip = ib + (size_t)ky * KW * M * Ogp;
+        for (int m = 0; m < M; m++) {
+            if (cnt + KW > 256) {
+                flush_mem(a, b, c, P);
+                cnt = 0;
+            }
+            cnt += KW;
+            __m512i idx[8];
+            for (int kx = 0; kx < KW; kx++)
+                idx[kx] = _mm512_loadu_si512(ip + ((size_t)kx * M + m) * Ogp);
+#pragma GCC unroll 16
+            for (int j = 0; j < P + KW - 1; j++) {
+                const uint8_t *t = tp + j * pixb + (size_t)m * Kp;
+                __m512i t0 = _mm512_load_si512(t);
+                __m512i t1 = KC >= 2 ? _mm512_load_si512(t + 64) : t0;
+                const __m512i t2 = KC == 4 ? _mm512_load_si512(t + 128) : t0;
+                const __m512i t3 = KC == 4 ? _mm512_load_si512(t + 192) : t0;
+                /* Pin the table in registers: otherwise gcc re-reads it from memory as the
+                 * operand of every vpermt2b (which overwrites one source) - measured 3-5% slower. */
+                __asm__("" : "+v"(t0), "+v"(t1));
+#pragma GCC unroll 8
+                for (int kx = 0; kx < KW; kx++) {
+                    const int i = j - kx; /* output pixel this (input pixel, column) feeds */
+                    if (i < 0 || i >= P) continue;
+                    __m512i v;
+                    if (KC == 1) {
+                        v = _mm512_permutexvar_epi8(idx[kx], t0);
+                    } else {
+                        v = _mm512_permutex2var_epi8(t0, idx[kx], t1);
+                        if (KC == 4)
+                            v = _mm512_mask_blend_epi8(_mm512_movepi8_mask(idx[kx]), v,
+                                                       _mm512_permutex2var_epi8(t2, idx[kx], t3));
+                    }
+                    accumulate(&a[i], &b[i], v);
+                }
+            }
+        }
+    }
+    flush_mem(a, b, c, P);
+    for (int i = 0; i < P; i++) epilogue(r, c + 4 * i, oy, ox0 + i, g, ob);
+}
+
+#define PBLK 4
+#define PS1 8 /* output pixels per stride-1 block */
+
+INLINE T512 void conv_all_s1(const qlut_run *r, const int KW, const int KC) {
+    const qcnn_qconv_prepared *q = r->q;
+    for (int oy = 0; oy < r->oh; oy++)
+        for (int g = 0; g < q->p.groups; g++)
+            for (int ox = 0; ox < r->ow;) {
+                /* Split the rest of the row evenly into blocks of <= PS1 pixels (13 -> 7 + 6). */
+                const int left = r->ow - ox;
+                const int np = (left + (left + PS1 - 1) / PS1 - 1) / ((left + PS1 - 1) / PS1);
+                for (int ob = 0; ob < q->Ogp; ob += 64) {
+                    switch (np) {
+                    case 1: conv_block_s1(r, oy, ox, g, ob, 1, KW, KC); break;
+                    case 2: conv_block_s1(r, oy, ox, g, ob, 2, KW, KC); break;
+                    case 3: conv_block_s1(r, oy, ox, g, ob, 3, KW, KC); break;
+                    case 4: conv_block_s1(r, oy, ox, g, ob, 4, KW, KC); break;
+                    case 5: conv_block_s1(r, oy, ox, g, ob, 5, KW, KC); break;
+                    case 6: conv_block_s1(r, oy, ox, g, ob, 6, KW, KC); break;
+                    case 7: conv_block_s1(r, oy, ox, g, ob, 7, KW, KC); break;
+                    default: conv_block_s1(r, oy, ox, g, ob, 8, KW, KC); break;
+                    }
+                }
+                ox += np;
+            }
+}
+
+INLINE T512 void conv_all(const qlut_run *r, const int KC) {
+    const qcnn_qconv_prepared *q = r->q;
+    for (int oy = 0; oy < r->oh; oy++)
+        for (int g = 0; g < q->p.groups; g++)
+            for (int ox = 0; ox < r->ow;) {
+                const int left = r->ow - ox;
+                for (int ob = 0; ob < q->Ogp; ob += 64) {
+                    if (left >= PBLK) conv_block(r, oy, ox, g, ob, PBLK, KC);
+                    else if (left == 3) conv_block(r, oy, ox, g, ob, 3, KC);
+                    else if (left == 2) conv_block(r, oy, ox, g, ob, 2, KC);
+                    else conv_block(r, oy, ox, g, ob, 1, KC);
+                }
+                ox += left >= PBLK ? PBLK : left;
+            }
+}
+
+/* ------------------------------------------------------------------ fully connected */
+
+/* One chunk of NB channel blocks: each table is loaded once per subspace and used for NB
+ * blocks; indices stream sequentially (chunked layout, see qcnn_qconv_prepared.fcnb). */
+INLINE T512 void fc_chunk(const qlut_run *r, const uint8_t *ip, int ob0, const int NB, const int KC) {
+    const int M = r->q->M, Kp = r->q->Kp;
+    const uint8_t *tab = r->lq;
+    __m512i a[8], b[8], c[8][4];
+    for (int i = 0; i < NB; i++) {
+        a[i] = b[i] = _mm512_setzero_si512();
+        for (int j = 0; j < 4; j++) c[i][j] = _mm512_setzero_si512();
+    }
+    int cnt = 0;
+    for (int m = 0; m < M; m++, tab += Kp, ip += NB * 64) {
+        /* Kp < 64: the 64-byte table holding subspace m also holds its 64/Kp - 1 neighbours
+         * (indices were offset at prepare time). The bytes past the last subspace are never
+         * selected. */
+        const __m512i t0 = _mm512_load_si512(Kp < 64 ? r->lq + (size_t)m * Kp / 64 * 64 : tab);
+        const __m512i t1 = KC >= 2 ? _mm512_load_si512(tab + 64) : t0;
+        const __m512i t2 = KC == 4 ? _mm512_load_si512(tab + 128) : t0;
+        const __m512i t3 = KC == 4 ? _mm512_load_si512(tab + 192) : t0;
+        for (int i = 0; i < NB; i++) {
+            const __m512i idx = _mm512_load_si512(ip + 64 * i);
+            __m512i v;
+            if (KC == 1) {
+                v = _mm512_permutexvar_epi8(idx, t0);
+            } else {
+                v = _mm512_permutex2var_epi8(t0, idx, t1);
+                if (KC == 4)
+                    v = _mm512_mask_blend_epi8(_mm512_movepi8_mask(idx), v,
+                                               _mm512_permutex2var_epi8(t2, idx, t3));
+            }
+            accumulate(&a[i], &b[i], v);
+        }
+        if (++cnt == 256) {
+            for (int i = 0; i < NB; i++) flush(&a[i], &b[i], c[i]);
+            cnt = 0;
+        }
+    }
+    for (int i = 0; i < NB; i++) {
+        flush(&a[i], &b[i], c[i]);
+        epilogue(r, c[i], 0, 0, 0, ob0 + 64 * i);
+    }
+}
+
+INLINE T512 void fc_all(const qlut_run *r, const int KC) {
+    const qcnn_qconv_prepared *q = r->q;
+    const int nblk = q->Ogp / 64, NB = q->fcnb; /* NB == 8 */
+    for (int ch = 0; ch * NB < nblk; ch++) {
+        const uint8_t *ip = q->idx + (size_t)ch * NB * 64 * q->M;
+        const int ob0 = ch * NB * 64;
+        switch (nblk - ch * NB < NB ? nblk - ch * NB : NB) {
+        case 1: fc_chunk(r, ip, ob0, 1, KC); break;
+        case 2: fc_chunk(r, ip, ob0, 2, KC); break;
+        case 3: fc_chunk(r, ip, ob0, 3, KC); break;
+        case 4: fc_chunk(r, ip, ob0, 4, KC); break;
+        case 5: fc_chunk(r, ip, ob0, 5, KC); break;
+        case 6: fc_chunk(r, ip, ob0, 6, KC); break;
+        case 7: fc_chunk(r, ip, ob0, 7, KC); break;
+        default: fc_chunk(r, ip, ob0, 8, KC); break;
+        }
+    }
+}
+
+T512 void qlut_conv_avx512(const qlut_run *r) {
+    if (r->q->fcnb) {
+        switch (r->q->Kp) {
+        case 16: case 32: case 64: fc_all(r, 1); break;
+        case 128: fc_all(r, 2); break;
+        default: fc_all(r, 4); break;
+        }
+        return;
+    }
+    const int KC = r->q->Kp == 64 ? 1 : r->q->Kp == 128 ? 2 : 4;
+    if (r->q->p.stride_w == 1 && (r->q->p.kw == 3 || r->q->p.kw == 5)) {
+        /* The common AlexNet/VGG shapes get the table-reusing kernel. */
+        if (r->q->p.kw == 3) {
+            if (KC == 1) conv_all_s1(r, 3, 1);
+            else if (KC == 2) conv_all_s1(r, 3, 2);
+            else conv_all_s1(r, 3, 4);
+        } else {
+            if (KC == 1) conv_all_s1(r, 5, 1);
+            else if (KC == 2) conv_all_s1(r, 5, 2);
+            else conv_all_s1(r, 5, 4);
+        }
+        return;
+    }
+    if (KC == 1) conv_all(r, 1);
+    else if (KC == 2) conv_all(r, 2);
+    else conv_all(r, 4);
+}
+#endif

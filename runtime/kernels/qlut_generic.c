@@ -1,0 +1,421 @@
+/* Prepared LUT conv / fc: layer preparation, the per-image driver, and the portable C kernels
+ * (float and int8 tables). The x86 kernels in qlut_avx2.c / qlut_avx512.c plug into the same
+ * driver through the hooks declared in qlut_internal.h. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "qlut_internal.h"
+
+#define ALIGN64(n) (((size_t)(n) + 63) & ~(size_t)63)
+
+static void *align_ptr(void *p) { return (void *)(((uintptr_t)p + 63) & ~(uintptr_t)63); }
+
+/* ------------------------------------------------------------------ preparation */
+
+static const char *check_params(const qcnn_qconv_params *p) {
+    if (p->cin <= 0 || p->cout <= 0 || p->groups <= 0) return "cin, cout and groups must be > 0";
+    if (p->cin % p->groups || p->cout % p->groups)
+        return "cin and cout must be multiples of groups";
+    if (p->kh <= 0 || p->kw <= 0 || p->stride_h <= 0 || p->stride_w <= 0)
+        return "kernel size and strides must be > 0";
+    if (p->pad_top < 0 || p->pad_left < 0 || p->pad_bottom < 0 || p->pad_right < 0)
+        return "pads must be >= 0";
+    if (p->subvec <= 0 || p->ncode < 1 || p->ncode > 256)
+        return "subvec must be > 0 and ncode in 1..256";
+    int cg = p->cin / p->groups;
+    if (p->nsub != (cg + p->subvec - 1) / p->subvec)
+        return "nsub must equal ceil((cin/groups)/subvec)";
+    if (!p->codebooks || !p->indices) return "codebooks and indices are required";
+    return NULL;
+}
+
+static int table_entries(qcnn_isa isa, qcnn_lut_mode mode, int K, int fc) {
+    if (mode != QCNN_LUT_INT8 || isa == QCNN_ISA_GENERIC) return K;
+    /* AVX-512 FC with small K: 4 (K <= 16) or 2 (K <= 32) consecutive subspaces share one 64-byte
+     * vpermb table, their indices offset at prepare time; tables stay small to build. */
+    if (isa == QCNN_ISA_AVX512VBMI && fc && K <= 32) return K <= 16 ? 16 : 32;
+    if (isa == QCNN_ISA_AVX512VBMI) return K <= 64 ? 64 : K <= 128 ? 128 : 256;
+    /* AVX2: 16-entry vpshufb chunks; above 128 entries two halves of 8 chunks. */
+    return K <= 128 ? (K + 15) / 16 * 16 : 256;
+}
+
+static qcnn_qconv_prepared *prepare(const qcnn_qconv_params *p, qcnn_isa isa, qcnn_lut_mode mode,
+                                    int fc, const char **err) {
+    const char *e = check_params(p);
+    if (!e && mode != QCNN_LUT_REF && mode != QCNN_LUT_FLOAT && mode != QCNN_LUT_INT8)
+        e = "unknown LUT mode";
+    if (!e) {
+        /* Every index must address a codeword: checked once here, never in the hot loops. */
+        size_t n = (size_t)p->kh * p->kw * p->nsub * p->cout;
+        for (size_t i = 0; i < n; i++)
+            if (p->indices[i] >= p->ncode) {
+                e = "an index is >= ncode";
+                break;
+            }
+    }
+    if (e) {
+        if (err) *err = e;
+        return NULL;
+    }
+    qcnn_isa best = qcnn_isa_detect();
+    if (isa > best) isa = best;
+    if (mode != QCNN_LUT_INT8) isa = QCNN_ISA_GENERIC;
+
+    qcnn_qconv_prepared *q = calloc(1, sizeof *q);
+    if (!q) goto oom;
+    q->p = *p;
+    q->fc = fc;
+    q->mode = mode;
+    q->isa = isa;
+    q->Cg = p->cin / p->groups;
+    q->Og = p->cout / p->groups;
+    q->M = p->nsub;
+    q->K = p->ncode;
+    q->Cs = p->subvec;
+    q->Kp = table_entries(isa, mode, q->K, fc);
+    q->cblk = isa == QCNN_ISA_AVX512VBMI ? 64 : isa == QCNN_ISA_AVX2 ? 32 : q->Og;
+    q->Ogp = (q->Og + q->cblk - 1) / q->cblk * q->cblk;
+
+    const int G = p->groups, M = q->M, Cs = q->Cs, K = q->K, Kp = q->Kp;
+    const size_t T = (size_t)p->kh * p->kw * M; /* look-ups per output channel and pixel */
+    size_t cb_bytes = ALIGN64((size_t)G * M * Cs * Kp * sizeof(float));
+    size_t idx_bytes = isa == QCNN_ISA_GENERIC ? 0 : (size_t)G * T * q->Ogp;
+    q->mem = malloc(cb_bytes + idx_bytes + 64);
+    if (!q->mem) goto oom;
+    q->cbt = align_ptr(q->mem);
+    for (int g = 0; g < G; g++)
+        for (int m = 0; m < M; m++)
+            for (int c = 0; c < Cs; c++)
+                for (int k = 0; k < Kp; k++)
+                    q->cbt[(((size_t)g * M + m) * Cs + c) * Kp + k] =
+                        p->codebooks[(((size_t)g * M + m) * K + (k < K ? k : 0)) * Cs + c];
+    if (isa == QCNN_ISA_GENERIC) {
+        q->idx = p->indices; /* generic kernels read the file layout directly */
+    } else {
+#if QLUT_X86
+        uint8_t *d = (uint8_t *)q->cbt + cb_bytes;
+        const int blk = q->cblk;
+        memset(d, 0, idx_bytes);
+        if (fc) {
+            /* FC (1x1 conv, T = M): chunks of fcnb channel blocks, each chunk [M][blocks][blk]. */
+            const int nb = q->fcnb = isa == QCNN_ISA_AVX512VBMI ? 8 : 4, nblk = q->Ogp / blk;
+            /* Subspaces sharing one 64-byte table (Kp < 64, AVX-512 only): index m % share
+             * looks in the share's (m % share)-th quarter/half. */
+            const int share = isa == QCNN_ISA_AVX512VBMI && Kp < 64 ? 64 / Kp : 1;
+            /* Where output o's index of subspace m goes: base[o] + m * step[o]. Computed once per
+             * channel so the loop over all M x Og indices (millions for fc6) is a plain scatter. */
+            size_t *base = malloc((size_t)q->Og * sizeof *base), *step = malloc((size_t)q->Og * sizeof *step);
+            if (!base || !step) {
+                free(base);
+                free(step);
+                goto oom;
+            }
+            for (int o = 0; o < q->Og; o++) {
+                const int bk = o / blk, ch = bk / nb;
+                const int nbc = nblk - ch * nb < nb ? nblk - ch * nb : nb;
+                base[o] = (size_t)ch * nb * blk * M + (size_t)(bk - ch * nb) * blk + qlut_block_pos(o % blk, blk);
+                step[o] = (size_t)nbc * blk;
+            }
+            for (int m = 0; m < M; m++) {
+                const uint8_t *src = p->indices + (size_t)m * q->Og;
+                const uint8_t add = (uint8_t)((m % share) * Kp);
+                for (int o = 0; o < q->Og; o++)
+                    d[base[o] + (size_t)m * step[o]] = (uint8_t)(src[o] + add);
+            }
+            free(base);
+            free(step);
+        } else {
+            for (size_t gt = 0; gt < (size_t)G * T; gt++)
+                for (int o = 0; o < q->Og; o++)
+                    d[gt * q->Ogp + o / blk * blk + qlut_block_pos(o % blk, blk)] =
+                        p->indices[gt * q->Og + o];
+        }
+        q->idx = d;
+#endif
+    }
+    return q;
+oom:
+    qcnn_qconv_free(q);
+    if (err) *err = "out of memory";
+    return NULL;
+}
+
+qcnn_qconv_prepared *qcnn_qconv_prepare(const qcnn_qconv_params *p, qcnn_isa isa,
+                                        qcnn_lut_mode mode, const char **err) {
+    return prepare(p, isa, mode, 0, err);
+}
+
+void qcnn_qconv_free(qcnn_qconv_prepared *q) {
+    if (!q) return;
+    free(q->mem);
+    free(q);
+}
+
+qcnn_isa qcnn_qconv_isa(const qcnn_qconv_prepared *q) { return q->isa; }
+
+size_t qlut_work_bytes(const qcnn_qconv_prepared *q) {
+    /* The generic kernels accumulate one output pixel's channels of a group here. */
+    return ALIGN64((size_t)q->Ogp * 4);
+}
+
+/* Scratch layout of one run (each part 64-byte aligned). */
+typedef struct {
+    size_t Lf, tmin, lq, tsum, off, work, total;
+} scratch_layout;
+
+static scratch_layout layout(const qcnn_qconv_prepared *q, int h, int w) {
+    const qcnn_qconv_params *p = &q->p;
+    scratch_layout s = {0};
+    int oh, ow;
+    qcnn_conv_out_size(h, w, p->kh, p->kw, p->stride_h, p->stride_w, p->pad_top, p->pad_left,
+                       p->pad_bottom, p->pad_right, &oh, &ow);
+    size_t PH = (size_t)h + p->pad_top + p->pad_bottom, PW = (size_t)w + p->pad_left + p->pad_right;
+    size_t tabs = (size_t)h * w * p->groups * q->M;
+    size_t o = 0;
+    s.Lf = o;   o += ALIGN64(tabs * q->Kp * sizeof(float));
+    s.tmin = o; o += ALIGN64(tabs * sizeof(float));
+    if (q->mode == QCNN_LUT_INT8) {
+        s.lq = o;   o += ALIGN64(PH * PW * p->groups * q->M * q->Kp);
+        s.tsum = o; o += ALIGN64(PH * PW * p->groups * sizeof(float));
+        s.off = o;  o += ALIGN64((size_t)oh * ow * p->groups * sizeof(float));
+    }
+    s.work = o; o += qlut_work_bytes(q);
+    s.total = o + 64; /* slack to align the caller's pointer */
+    return s;
+}
+
+size_t qcnn_qconv_scratch_bytes(const qcnn_qconv_prepared *q, int h, int w) {
+    if (q->mode == QCNN_LUT_REF)
+        return (q->fc ? qcnn_qfc_ref_scratch_floats(&(qcnn_qfc_params){.nsub = q->M, .ncode = q->K})
+                      : qcnn_qconv_ref_scratch_floats(&q->p, h, w)) * sizeof(float) + 64;
+    return layout(q, h, w).total;
+}
+
+/* ------------------------------------------------------------------ portable kernels */
+
+float qlut_build_generic(const qcnn_qconv_prepared *q, const float *x, int h, int w, float *Lf,
+                         float *tmin) {
+    const int G = q->p.groups, M = q->M, Cs = q->Cs, Kp = q->Kp, Cg = q->Cg;
+    float maxr = 0.0f;
+    for (size_t pix = 0; pix < (size_t)h * w; pix++)
+        for (int g = 0; g < G; g++)
+            for (int m = 0; m < M; m++) {
+                const float *xs = x + pix * q->p.cin + g * Cg + m * Cs;
+                const float *cb = q->cbt + ((size_t)g * M + m) * Cs * Kp;
+                const int nc = Cg - m * Cs < Cs ? Cg - m * Cs : Cs; /* last subspace may be short */
+                const size_t t = (pix * G + g) * M + m;
+                float *L = Lf + t * Kp;
+                /* Same summation order as the reference (0 + x0*d0 + x1*d1 ...). */
+                for (int k = 0; k < Kp; k++) L[k] = 0.0f;
+                for (int c = 0; c < nc; c++) {
+                    const float xc = xs[c], *d = cb + (size_t)c * Kp;
+                    for (int k = 0; k < Kp; k++) L[k] += xc * d[k];
+                }
+                float mn = L[0], mx = L[0];
+                for (int k = 1; k < Kp; k++) {
+                    mn = L[k] < mn ? L[k] : mn;
+                    mx = L[k] > mx ? L[k] : mx;
+                }
+                tmin[t] = mn;
+                if (mx - mn > maxr) maxr = mx - mn;
+            }
+    return maxr;
+}
+
+static inline uint8_t quant1(float v) {
+    if (!(v >= 0.0f)) return 0; /* also catches NaN */
+    if (v >= 255.0f) return 255;
+    return (uint8_t)(v + 0.5f); /* v >= 0: truncation after +0.5 rounds to nearest */
+}
+
+void qlut_quant_generic(const qcnn_qconv_prepared *q, const float *Lf, const float *tmin,
+                        size_t ntab, float inv, uint8_t *lq) {
+    const int Kp = q->Kp;
+    for (size_t t = 0; t < ntab; t++)
+        for (int k = 0; k < Kp; k++)
+            lq[t * Kp + k] = quant1((Lf[t * Kp + k] - tmin[t]) * inv);
+}
+
+/* y = acc*s + (offset + bias), ReLU: the one epilogue formula every int8 kernel uses. */
+static void epilogue_generic(const qlut_run *r, const uint32_t *acc, int oy, int ox, int g) {
+    const qcnn_qconv_prepared *q = r->q;
+    const int Og = q->Og;
+    const float off = r->off[((size_t)oy * r->ow + ox) * q->p.groups + g];
+    float *yp = r->y + ((size_t)oy * r->ow + ox) * q->p.cout + (size_t)g * Og;
+    const float *b = q->p.bias ? q->p.bias + (size_t)g * Og : NULL;
+    for (int o = 0; o < Og; o++) {
+        float v = (float)acc[o] * r->step + (b ? off + b[o] : off);
+        yp[o] = q->p.relu && v < 0.0f ? 0.0f : v;
+    }
+}
+
+void qlut_conv_generic(const qlut_run *r) {
+    const qcnn_qconv_prepared *q = r->q;
+    const qcnn_qconv_params *p = &q->p;
+    const int G = p->groups, M = q->M, Kp = q->Kp, Og = q->Og, Ogp = q->Ogp;
+    uint32_t *acc = r->work;
+    for (int oy = 0; oy < r->oh; oy++)
+        for (int ox = 0; ox < r->ow; ox++)
+            for (int g = 0; g < G; g++) {
+                memset(acc, 0, (size_t)Og * sizeof *acc);
+                for (int ky = 0; ky < p->kh; ky++)
+                    for (int kx = 0; kx < p->kw; kx++) {
+                        /* Padding pixels have all-zero tables: no bounds checks needed. */
+                        size_t pix = (size_t)(oy * p->stride_h + ky) * r->PW + ox * p->stride_w + kx;
+                        const uint8_t *tabs = r->lq + (pix * G + g) * M * Kp;
+                        const uint8_t *ip = q->idx + (((size_t)g * p->kh + ky) * p->kw + kx) * M * Ogp;
+                        for (int m = 0; m < M; m++) {
+                            const uint8_t *t = tabs + (size_t)m * Kp, *ii = ip + (size_t)m * Ogp;
+                            for (int o = 0; o < Og; o++) acc[o] += t[ii[o]];
+                        }
+                    }
+                epilogue_generic(r, acc, oy, ox, g);
+            }
+}
+
+/* Float tables, generic C: same sums as the reference but with the codebooks pre-transposed
+ * and the tables built in one vectorizable pass. */
+static void conv_float_generic(const qcnn_qconv_prepared *q, const float *Lf, int h, int w,
+                               int oh, int ow, float *y, float *acc) {
+    const qcnn_qconv_params *p = &q->p;
+    const int G = p->groups, M = q->M, Kp = q->Kp, Og = q->Og;
+    for (int oy = 0; oy < oh; oy++)
+        for (int ox = 0; ox < ow; ox++)
+            for (int g = 0; g < G; g++) {
+                for (int o = 0; o < Og; o++) acc[o] = p->bias ? p->bias[g * Og + o] : 0.0f;
+                for (int ky = 0; ky < p->kh; ky++) {
+                    int iy = oy * p->stride_h + ky - p->pad_top;
+                    if (iy < 0 || iy >= h) continue;
+                    for (int kx = 0; kx < p->kw; kx++) {
+                        int ix = ox * p->stride_w + kx - p->pad_left;
+                        if (ix < 0 || ix >= w) continue;
+                        const float *tabs = Lf + (((size_t)iy * w + ix) * G + g) * M * Kp;
+                        const uint8_t *ip = q->idx + (((size_t)g * p->kh + ky) * p->kw + kx) * M * Og;
+                        for (int m = 0; m < M; m++) {
+                            const float *t = tabs + (size_t)m * Kp;
+                            const uint8_t *ii = ip + (size_t)m * Og;
+                            for (int o = 0; o < Og; o++) acc[o] += t[ii[o]];
+                        }
+                    }
+                }
+                float *yp = y + ((size_t)oy * ow + ox) * p->cout + (size_t)g * Og;
+                for (int o = 0; o < Og; o++) yp[o] = p->relu && acc[o] < 0.0f ? 0.0f : acc[o];
+            }
+}
+
+/* ------------------------------------------------------------------ per-image driver */
+
+void qcnn_qconv_run(const qcnn_qconv_prepared *q, const float *x, int h, int w, float *y,
+                    void *scratch, float *lut_step) {
+    const qcnn_qconv_params *p = &q->p;
+    uint8_t *s = align_ptr(scratch);
+    if (lut_step) *lut_step = 0.0f;
+    if (q->mode == QCNN_LUT_REF) {
+        if (q->fc) {
+            qcnn_qfc_params f = {p->cin, p->cout, q->Cs, q->M, q->K, p->codebooks, p->indices,
+                                 p->bias, p->relu};
+            qcnn_qfc_ref(&f, x, y, (float *)s);
+        } else {
+            qcnn_qconv_ref(p, x, h, w, y, (float *)s);
+        }
+        return;
+    }
+    qlut_run r;
+    r.q = q;
+    qcnn_conv_out_size(h, w, p->kh, p->kw, p->stride_h, p->stride_w, p->pad_top, p->pad_left,
+                       p->pad_bottom, p->pad_right, &r.oh, &r.ow);
+    if (r.oh <= 0 || r.ow <= 0) return;
+    r.PH = h + p->pad_top + p->pad_bottom;
+    r.PW = w + p->pad_left + p->pad_right;
+    scratch_layout sl = layout(q, h, w);
+    float *Lf = (float *)(s + sl.Lf), *tmin = (float *)(s + sl.tmin);
+    r.work = s + sl.work;
+
+    qlut_build_fn build = qlut_build_generic;
+    qlut_quant_fn quant = qlut_quant_generic;
+    qlut_conv_fn conv = qlut_conv_generic;
+#if QLUT_X86
+    if (q->isa == QCNN_ISA_AVX2) {
+        build = qlut_build_avx2;
+        quant = qlut_quant_avx2;
+        conv = qlut_conv_avx2;
+    } else if (q->isa == QCNN_ISA_AVX512VBMI) {
+        build = qlut_build_avx512;
+        quant = qlut_quant_avx512;
+        conv = qlut_conv_avx512;
+    }
+#endif
+    float maxr = build(q, x, h, w, Lf, tmin);
+    if (q->mode == QCNN_LUT_FLOAT) {
+        conv_float_generic(q, Lf, h, w, r.oh, r.ow, y, (float *)r.work);
+        return;
+    }
+
+    /* One step for the whole image so byte sums over pixels and subspaces stay exact integers.
+     * Constant tables (range 0) quantize to 0 whatever the step. */
+    float step = maxr > 1e-30f ? maxr / 255.0f : 1.0f;
+    r.step = step;
+    if (lut_step) *lut_step = step;
+    const float inv = 1.0f / step;
+
+    const int G = p->groups, M = q->M;
+    const size_t tab_bytes = (size_t)q->Kp, pix_bytes = (size_t)G * M * tab_bytes;
+    uint8_t *lq = s + sl.lq;
+    float *tsum = (float *)(s + sl.tsum), *off = (float *)(s + sl.off);
+    r.lq = lq;
+    r.off = off;
+    /* Padding pixels: zero tables and zero offsets, so the kernels need no bounds checks. */
+    for (int py = 0; py < r.PH; py++) {
+        int iy = py - p->pad_top;
+        uint8_t *row = lq + (size_t)py * r.PW * pix_bytes;
+        float *trow = tsum + (size_t)py * r.PW * G;
+        if (iy < 0 || iy >= h) {
+            memset(row, 0, (size_t)r.PW * pix_bytes);
+            memset(trow, 0, (size_t)r.PW * G * sizeof(float));
+            continue;
+        }
+        memset(row, 0, (size_t)p->pad_left * pix_bytes);
+        memset(row + (size_t)(p->pad_left + w) * pix_bytes, 0, (size_t)p->pad_right * pix_bytes);
+        size_t t0 = (size_t)iy * w * G * M;
+        quant(q, Lf + t0 * q->Kp, tmin + t0, (size_t)w * G * M, inv,
+              row + (size_t)p->pad_left * pix_bytes);
+        for (int px = 0; px < r.PW; px++) {
+            int ix = px - p->pad_left;
+            for (int g = 0; g < G; g++) {
+                float sum = 0.0f;
+                if (ix >= 0 && ix < w)
+                    for (int m = 0; m < M; m++) sum += tmin[t0 + ((size_t)ix * G + g) * M + m];
+                trow[(size_t)px * G + g] = sum;
+            }
+        }
+    }
+    for (int oy = 0; oy < r.oh; oy++)
+        for (int ox = 0; ox < r.ow; ox++)
+            for (int g = 0; g < G; g++) {
+                float sum = 0.0f;
+                for (int ky = 0; ky < p->kh; ky++)
+                    for (int kx = 0; kx < p->kw; kx++)
+                        sum += tsum[((size_t)(oy * p->stride_h + ky) * r.PW + ox * p->stride_w + kx) * G + g];
+                off[((size_t)oy * r.ow + ox) * G + g] = sum;
+            }
+    r.y = y;
+    conv(&r);
+}
+
+/* ------------------------------------------------------------------ fully connected */
+
+qcnn_qfc_prepared *qcnn_qfc_prepare(const qcnn_qfc_params *f, qcnn_isa isa, qcnn_lut_mode mode,
+                                    const char **err) {
+    qcnn_qconv_params p = {f->in, f->out, 1, 1, 1, 1, 1, 0, 0, 0, 0, f->subvec, f->nsub,
+                           f->ncode, f->codebooks, f->indices, f->bias, f->relu};
+    return prepare(&p, isa, mode, 1, err);
+}
+
+size_t qcnn_qfc_scratch_bytes(const qcnn_qfc_prepared *q) { return qcnn_qconv_scratch_bytes(q, 1, 1); }
+
+void qcnn_qfc_run(const qcnn_qfc_prepared *q, const float *x, float *y, void *scratch,
+                  float *lut_step) {
+    qcnn_qconv_run(q, x, 1, 1, y, scratch, lut_step);
+}
+
+void qcnn_qfc_free(qcnn_qfc_prepared *q) { qcnn_qconv_free(q); }

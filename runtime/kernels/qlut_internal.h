@@ -1,0 +1,78 @@
+/* Internal to the LUT kernels (qlut_*.c): the prepared-layer object and the per-ISA hooks.
+ * Not part of the ABI; the runtime only sees qcnn_kernels.h. */
+#ifndef QLUT_INTERNAL_H
+#define QLUT_INTERNAL_H
+
+#include "qcnn_kernels.h"
+
+struct qcnn_qconv_prepared {
+    qcnn_qconv_params p; /* copy; codebooks/bias still point at the caller's arrays */
+    qcnn_lut_mode mode;
+    qcnn_isa isa;     /* ISA actually used */
+    int fc;           /* prepared through qcnn_qfc_prepare (1x1 conv on a 1x1 image) */
+    int Cg, Og, M, K, Cs;
+    int Kp;           /* entries per table in the LUTs (K rounded up to what the ISA looks up) */
+    int cblk;         /* output channels per SIMD block (64 AVX-512, 32 AVX2, Og generic) */
+    int Ogp;          /* Og rounded up to cblk */
+    float *cbt;       /* codebooks transposed [G][M][Cs][Kp]; entries k >= K copy entry 0 so
+                       * they never widen a table's min/max */
+    const uint8_t *idx; /* [G][KH][KW][M][Ogp]; SIMD layouts permute channels inside a block */
+    int fcnb;         /* FC on SIMD: blocks per chunk; idx is then [chunk][M][blocks of chunk][cblk]
+                       * so the kernel streams it sequentially, one table load per M per chunk */
+    void *mem;        /* owned allocation behind cbt (and idx when it is a copy) */
+};
+
+/* Everything an ISA's accumulate kernel needs for one image. */
+typedef struct {
+    const qcnn_qconv_prepared *q;
+    int oh, ow, PH, PW;  /* output size; padded input grid the byte tables live on */
+    const uint8_t *lq;   /* [PH][PW][G][M][Kp] byte tables, all-zero on padding pixels */
+    const float *off;    /* [oh][ow][G]: sum of the table minima each output pixel adds */
+    float step;          /* table quantization step s */
+    float *y;            /* [oh][ow][cout] */
+    void *work;          /* per-run work area of qlut_work_bytes() bytes, 64-byte aligned */
+} qlut_run;
+
+/* Builds float tables Lf[h*w][G][M][Kp] and their minima tmin[h*w][G][M]; returns the largest
+ * max-min range over all tables. */
+typedef float (*qlut_build_fn)(const qcnn_qconv_prepared *q, const float *x, int h, int w,
+                               float *Lf, float *tmin);
+/* Quantizes ntab consecutive tables: lq = trunc((Lf - tmin) * inv + 0.5), clamped to 0..255,
+ * written in the ISA's table layout. */
+typedef void (*qlut_quant_fn)(const qcnn_qconv_prepared *q, const float *Lf, const float *tmin,
+                              size_t ntab, float inv, uint8_t *lq);
+typedef void (*qlut_conv_fn)(const qlut_run *r);
+
+float qlut_build_generic(const qcnn_qconv_prepared *q, const float *x, int h, int w, float *Lf,
+                         float *tmin);
+void qlut_quant_generic(const qcnn_qconv_prepared *q, const float *Lf, const float *tmin,
+                        size_t ntab, float inv, uint8_t *lq);
+void qlut_conv_generic(const qlut_run *r);
+
+#if defined(__x86_64__) || defined(_M_X64)
+#define QLUT_X86 1
+float qlut_build_avx2(const qcnn_qconv_prepared *q, const float *x, int h, int w, float *Lf,
+                      float *tmin);
+void qlut_quant_avx2(const qcnn_qconv_prepared *q, const float *Lf, const float *tmin,
+                     size_t ntab, float inv, uint8_t *lq);
+void qlut_conv_avx2(const qlut_run *r);
+float qlut_build_avx512(const qcnn_qconv_prepared *q, const float *x, int h, int w, float *Lf,
+                        float *tmin);
+void qlut_quant_avx512(const qcnn_qconv_prepared *q, const float *Lf, const float *tmin,
+                       size_t ntab, float inv, uint8_t *lq);
+void qlut_conv_avx512(const qlut_run *r);
+/* Index layouts: position of channel c inside a SIMD block of `blk` bytes. The 16-bit widening
+ * trick sums byte pairs (2j, 2j+1) as one word, so channel j goes to byte 2j and channel
+ * blk/2 + j to byte 2j+1: the low bytes' sums are channels 0..blk/2-1 in order, the high
+ * bytes' sums the rest. */
+static inline int qlut_block_pos(int c, int blk) {
+    return c < blk / 2 ? 2 * c : 2 * (c - blk / 2) + 1;
+}
+#else
+#define QLUT_X86 0
+#endif
+
+/* Bytes of qlut_run.work the ISA's conv kernel needs. */
+size_t qlut_work_bytes(const qcnn_qconv_prepared *q);
+
+#endif

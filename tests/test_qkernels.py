@@ -1,0 +1,285 @@
+"""Product-quantized (LUT) conv / fc kernels: every variant against a numpy implementation of
+the paper's Eq. 6 (float64) and against the C float reference.
+
+int8 variants are checked against an analytical bound: each look-up's table entry is rounded to
+the nearest multiple of the per-image step s (returned by run()), so an output that sums n
+look-ups is off by at most n*s/2 (plus float rounding, bounded by 1e-5 of the sum of |terms|).
+"""
+import os
+import threading
+
+import numpy as np
+import pytest
+
+_core = pytest.importorskip("qcnn.runtime._core")
+
+
+def variants():
+    """(isa, lut) pairs: the float oracle, the generic float path, int8 on every ISA here."""
+    out = [("generic", "ref"), ("generic", "float")]
+    out += [(isa, "int8") for isa in _core.isa_available()]
+    return out
+
+
+VARIANTS = variants()
+
+
+def make_conv(rng, cin, cout, G, kh, kw, Cs, K):
+    Cg = cin // G
+    M = -(-Cg // Cs)
+    cb = rng.standard_normal((G, M, K, Cs)).astype(np.float32)
+    idx = rng.integers(0, K, size=(G, kh, kw, M, cout // G), dtype=np.uint8)
+    return cb, idx, M
+
+
+def np_qconv(x, cb, idx, bias, G, strides, pads, relu):
+    """Eq. 6 in float64. Returns (y, abs_terms, n_lookups) per output element."""
+    H, W, cin = x.shape
+    _, M, K, Cs = cb.shape
+    _, kh, kw, _, Og = idx.shape
+    Cg = cin // G
+    sh, sw = strides
+    pt, pl, pb, pr = pads
+    xg = np.zeros((H, W, G, M * Cs))
+    xg[..., :Cg] = x.reshape(H, W, G, Cg)
+    L = np.einsum("hwgmc,gmkc->hwgmk", xg.reshape(H, W, G, M, Cs), cb.astype(np.float64))
+    Lp = np.zeros((H + pt + pb, W + pl + pr, G, M, K))
+    Lp[pt:pt + H, pl:pl + W] = L
+    valid = np.zeros((H + pt + pb, W + pl + pr))
+    valid[pt:pt + H, pl:pl + W] = 1
+    OH = (H + pt + pb - kh) // sh + 1
+    OW = (W + pl + pr - kw) // sw + 1
+    y = np.zeros((OH, OW, G, Og))
+    a = np.zeros((OH, OW, G, Og))
+    n = np.zeros((OH, OW, 1, 1))
+    for ky in range(kh):
+        for kx in range(kw):
+            sl = Lp[ky:ky + sh * (OH - 1) + 1:sh, kx:kx + sw * (OW - 1) + 1:sw]  # OH,OW,G,M,K
+            n += valid[ky:ky + sh * (OH - 1) + 1:sh, kx:kx + sw * (OW - 1) + 1:sw][:, :, None, None] * M
+            for g in range(G):
+                ii = np.broadcast_to(idx[g, ky, kx][None, None].astype(np.intp), (OH, OW, M, Og))
+                t = np.take_along_axis(sl[:, :, g], ii, axis=3)  # OH,OW,M,Og
+                y[:, :, g] += t.sum(axis=2)
+                a[:, :, g] += np.abs(t).sum(axis=2)
+    y = y.reshape(OH, OW, G * Og)
+    a = a.reshape(OH, OW, G * Og)
+    if bias is not None:
+        y += bias
+        a += np.abs(bias)
+    if relu:
+        y = np.maximum(y, 0)
+    return y, a, np.broadcast_to(n.reshape(OH, OW, 1), y.shape)
+
+
+def np_table_step(x, cb, G):
+    """The int8 step the kernels should pick: max over tables of (max - min) / 255."""
+    H, W, cin = x.shape
+    _, M, K, Cs = cb.shape
+    Cg = cin // G
+    xg = np.zeros((H, W, G, M * Cs), np.float32)
+    xg[..., :Cg] = x.reshape(H, W, G, Cg)
+    L = np.einsum("hwgmc,gmkc->hwgmk", xg.reshape(H, W, G, M, Cs), cb)
+    return float((L.max(-1) - L.min(-1)).max()) / 255.0
+
+
+def check_close(got, step, lut, y64, absterms, nlook):
+    if lut == "int8":
+        assert step > 0
+        bound = nlook * step / 2 * (1 + 1e-3) + 1e-5 * absterms + 1e-6
+    else:
+        assert step == 0.0
+        bound = 1e-5 * (absterms + np.abs(y64)) + 1e-6
+    err = np.abs(got.astype(np.float64) - y64)
+    worst = np.unravel_index(np.argmax(err - bound), err.shape)
+    assert np.all(err <= bound), f"err {err[worst]} > bound {bound[worst]} at {worst}"
+    if lut == "int8":
+        rel = np.linalg.norm(got - y64) / max(np.linalg.norm(y64), 1e-12)
+        assert rel < 0.03, f"relative L2 error {rel}"
+    return err
+
+
+# cin, cout, G, kh, kw, strides, pads(t,l,b,r), Cs, K, H, W, relu, bias
+CONV_CASES = [
+    (3, 5, 1, 1, 1, (1, 1), (0, 0, 0, 0), 2, 2, 1, 1, False, False),
+    (7, 9, 1, 3, 3, (1, 1), (1, 1, 1, 1), 3, 16, 7, 5, True, True),
+    (12, 6, 2, 5, 5, (2, 2), (2, 1, 0, 3), 4, 32, 9, 8, False, True),
+    (9, 12, 3, 3, 3, (1, 2), (0, 1, 2, 0), 2, 64, 6, 7, True, False),
+    (6, 10, 2, 11, 11, (4, 4), (2, 2, 2, 2), 2, 128, 23, 19, True, True),
+    (16, 70, 1, 3, 3, (1, 1), (1, 1, 1, 1), 8, 256, 5, 5, False, True),
+    (10, 130, 2, 1, 1, (1, 1), (0, 0, 0, 0), 5, 100, 3, 4, True, True),
+    (5, 3, 1, 3, 3, (1, 1), (3, 3, 3, 3), 3, 17, 1, 1, False, True),
+    (96, 64, 2, 5, 5, (1, 1), (2, 2, 2, 2), 8, 128, 7, 9, True, True),
+    (64, 40, 1, 3, 3, (1, 1), (1, 1, 1, 1), 2, 200, 5, 6, False, True),   # 288 look-ups/output
+    (128, 33, 1, 3, 3, (1, 1), (1, 0, 1, 2), 1, 3, 4, 3, True, False),    # 1152 look-ups/output
+    (24, 66, 3, 1, 1, (4, 4), (0, 0, 0, 0), 8, 64, 9, 9, False, True),
+    (11, 192, 1, 3, 3, (2, 1), (0, 2, 1, 0), 4, 129, 8, 11, True, True),
+    (8, 384, 1, 3, 3, (1, 1), (1, 1, 1, 1), 8, 128, 13, 13, True, True),
+    (4, 8, 1, 3, 3, (1, 1), (1, 1, 1, 1), 2, 64, 2, 1, False, True),      # 1-pixel rows
+    (6, 64, 2, 5, 5, (1, 1), (2, 2, 2, 2), 3, 40, 3, 17, True, False),
+]
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=[f"conv{i}" for i in range(len(CONV_CASES))])
+@pytest.mark.parametrize("isa,lut", VARIANTS)
+def test_qconv_matches_numpy(case, isa, lut):
+    cin, cout, G, kh, kw, strides, pads, Cs, K, H, W, relu, has_bias = case
+    rng = np.random.default_rng(hash(case) % 2**32)
+    cb, idx, M = make_conv(rng, cin, cout, G, kh, kw, Cs, K)
+    bias = rng.standard_normal(cout).astype(np.float32) if has_bias else None
+    x = rng.standard_normal((H, W, cin)).astype(np.float32)
+    k = _core.QConvKernel(cin, cout, G, kh, kw, strides, pads, Cs, M, K, cb, idx, bias, relu,
+                          isa=isa, lut=lut)
+    assert k.isa == (isa if lut == "int8" else "generic")
+    y = np.full(k.out_shape(H, W), np.nan, np.float32)
+    scratch = np.empty(k.scratch_nbytes(H, W), np.uint8)
+    step = k.run(x, y, scratch)
+    y64, absterms, nlook = np_qconv(x, cb, idx, bias, G, strides, pads, relu)
+    assert y.shape == y64.shape
+    check_close(y, step, lut, y64, absterms, nlook)
+    if lut == "int8":
+        assert step == pytest.approx(np_table_step(x, cb, G), rel=1e-4)
+
+    # ... and against the C float oracle on the same input.
+    ref = _core.QConvKernel(cin, cout, G, kh, kw, strides, pads, Cs, M, K, cb, idx, bias, relu,
+                            lut="ref")
+    yr = np.empty_like(y)
+    ref.run(x, yr, np.empty(ref.scratch_nbytes(H, W), np.uint8))
+    check_close(y, step, lut, yr.astype(np.float64), absterms, nlook)
+
+
+# in, out, Cs, K, relu, bias
+FC_CASES = [
+    (10, 7, 3, 2, False, False),
+    (100, 130, 4, 32, True, True),
+    (64, 1000, 1, 16, False, True),
+    (33, 65, 4, 256, True, False),
+    (1024, 64, 1, 64, False, True),
+    (50, 200, 7, 128, True, True),
+    (2048, 96, 8, 100, False, True),
+    (40, 50, 2, 40, True, True),     # AVX2: 3, 5 and 6 vpshufb chunks
+    (30, 33, 3, 70, False, True),
+    (20, 40, 1, 90, False, False),
+    (300, 1100, 3, 32, True, True),  # several chunks of channel blocks + a partial one
+    (7, 70, 1, 5, False, True),      # 7 subspaces: 4 share a table, then 3
+]
+
+
+@pytest.mark.parametrize("case", FC_CASES, ids=[f"fc{i}" for i in range(len(FC_CASES))])
+@pytest.mark.parametrize("isa,lut", VARIANTS)
+def test_qfc_matches_numpy(case, isa, lut):
+    nin, nout, Cs, K, relu, has_bias = case
+    rng = np.random.default_rng(hash(case) % 2**32)
+    cb, idx, M = make_conv(rng, nin, nout, 1, 1, 1, Cs, K)
+    bias = rng.standard_normal(nout).astype(np.float32) if has_bias else None
+    x = rng.standard_normal(nin).astype(np.float32)
+    k = _core.QFcKernel(nin, nout, Cs, M, K, cb[0], idx[0, 0, 0], bias, relu, isa=isa, lut=lut)
+    y = np.full(nout, np.nan, np.float32)
+    step = k.run(x, y, np.empty(k.scratch_nbytes(), np.uint8))
+    y64, absterms, nlook = np_qconv(x.reshape(1, 1, nin), cb, idx, bias, 1, (1, 1), (0, 0, 0, 0), relu)
+    check_close(y, step, lut, y64.reshape(-1), absterms.reshape(-1), nlook.reshape(-1))
+
+
+@pytest.mark.parametrize("isa", _core.isa_available())
+def test_int8_deterministic_across_runs_and_threads(isa):
+    rng = np.random.default_rng(7)
+    cin, cout, G, Cs, K, H, W = 48, 128, 2, 8, 128, 11, 13
+    cb, idx, M = make_conv(rng, cin, cout, G, 5, 5, Cs, K)
+    bias = rng.standard_normal(cout).astype(np.float32)
+    k = _core.QConvKernel(cin, cout, G, 5, 5, (1, 1), (2, 2, 2, 2), Cs, M, K, cb, idx, bias, True,
+                          isa=isa, lut="int8")
+    xs = [rng.standard_normal((H, W, cin)).astype(np.float32) for _ in range(4)]
+
+    def run(x):
+        y = np.empty(k.out_shape(H, W), np.float32)
+        k.run(x, y, np.empty(k.scratch_nbytes(H, W), np.uint8))
+        return y
+
+    expected = [run(x) for x in xs]
+    for x, e in zip(xs, expected):
+        assert np.array_equal(run(x), e)  # bit-identical on repeat
+
+    results = {}
+
+    def worker(t):
+        results[t] = [run(xs[(t + i) % 4]) for i in range(20)]
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for t in range(4):
+        for i, y in enumerate(results[t]):
+            assert np.array_equal(y, expected[(t + i) % 4])
+
+
+def test_isa_detection_matches_cpuinfo(monkeypatch):
+    avail = _core.isa_available()
+    assert avail[0] == "generic"
+    try:
+        flags = next(l for l in open("/proc/cpuinfo") if l.startswith("flags")).split()
+    except (OSError, StopIteration):
+        flags = None
+    if flags is not None:
+        has512 = all(f in flags for f in ("avx512f", "avx512bw", "avx512vl", "avx512vbmi"))
+        assert ("avx2" in avail) == ("avx2" in flags and "fma" in flags)
+        assert ("avx512vbmi" in avail) == (has512 and "avx2" in flags and "fma" in flags)
+    monkeypatch.delenv("QCNN_ISA", raising=False)
+    assert _core.isa_selected() == avail[-1]
+    monkeypatch.setenv("QCNN_ISA", "generic")
+    assert _core.isa_selected() == "generic"
+    monkeypatch.setenv("QCNN_ISA", "avx512vbmi")  # never raises above what the CPU has
+    assert _core.isa_selected() == avail[-1]
+
+
+def test_bad_inputs_raise_value_error():
+    rng = np.random.default_rng(0)
+    cb, idx, M = make_conv(rng, 8, 4, 1, 3, 3, 4, 16)
+    args = (8, 4, 1, 3, 3, (1, 1), (1, 1, 1, 1), 4, M, 16)
+    with pytest.raises(ValueError, match="dtype"):
+        _core.QConvKernel(*args, cb.astype(np.float64), idx)
+    with pytest.raises(ValueError, match="shape"):
+        _core.QConvKernel(*args, cb, idx[..., :3])
+    with pytest.raises(ValueError, match="nsub"):
+        _core.QConvKernel(8, 4, 1, 3, 3, (1, 1), (1, 1, 1, 1), 4, M + 1, 16, cb, idx)
+    bad = idx.copy()
+    bad[0, 1, 1, 0, 2] = 16
+    with pytest.raises(ValueError, match="ncode"):
+        _core.QConvKernel(*args, cb, bad)
+    with pytest.raises(ValueError, match="isa"):
+        _core.QConvKernel(*args, cb, idx, isa="sse9")
+    with pytest.raises(ValueError, match="lut"):
+        _core.QConvKernel(*args, cb, idx, lut="int4")
+    k = _core.QConvKernel(*args, cb, idx)
+    x = np.zeros((5, 6, 8), np.float32)
+    y = np.zeros(k.out_shape(5, 6), np.float32)
+    with pytest.raises(ValueError, match="scratch"):
+        k.run(x, y, np.empty(k.scratch_nbytes(5, 6) - 1, np.uint8))
+    s = np.empty(k.scratch_nbytes(5, 6), np.uint8)
+    with pytest.raises(ValueError, match="x"):
+        k.run(np.zeros((5, 6, 7), np.float32), y, s)
+    with pytest.raises(ValueError, match=r"expected shape \(5, 6, 4\)"):
+        k.run(x, np.zeros((5, 5, 4), np.float32), s)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        k.run(np.zeros((6, 5, 8), np.float32).transpose(1, 0, 2), y, s)
+    k.run(x, y, s)  # a valid call still works
+    assert np.all(y == 0)
+
+
+def test_readonly_weights_are_accepted(tmp_path):
+    """The runtime hands in views of a read-only mmap."""
+    rng = np.random.default_rng(1)
+    cb, idx, M = make_conv(rng, 6, 8, 1, 3, 3, 3, 16)
+    f = tmp_path / "w.bin"
+    f.write_bytes(cb.tobytes() + idx.tobytes())
+    mm = np.memmap(f, mode="r", dtype=np.uint8)
+    cbv = mm[: cb.nbytes].view(np.float32).reshape(cb.shape)
+    idxv = mm[cb.nbytes:].reshape(idx.shape)
+    assert not cbv.flags.writeable
+    for lut in ("ref", "int8"):
+        k = _core.QConvKernel(6, 8, 1, 3, 3, (1, 1), (1, 1, 1, 1), 3, M, 16, cbv, idxv, lut=lut)
+        x = rng.standard_normal((4, 4, 6)).astype(np.float32)
+        y = np.empty(k.out_shape(4, 4), np.float32)
+        step = k.run(x, y, np.empty(k.scratch_nbytes(4, 4), np.uint8))
+        y64, a, n = np_qconv(x, cb, idx, None, 1, (1, 1), (1, 1, 1, 1), False)
+        check_close(y, step, lut, y64, a, n)

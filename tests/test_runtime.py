@@ -1,0 +1,224 @@
+"""qcnn.runtime.Model against the decode_to_onnx oracle run by onnxruntime, plus API behaviour."""
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from qcnn import QcnnFormatError
+from qcnn.runtime import Model, _core
+from qcnn.schema import ir, writer
+
+ort = pytest.importorskip("onnxruntime")
+
+
+def _oracle(path, x):
+    from qcnn.converter import decode_to_onnx
+
+    sess = ort.InferenceSession(decode_to_onnx(str(path)).SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+
+
+def _rel_l2(a, b):
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def _qw(rng, groups, kh, kw, cin_g, cout_g, subvec, ncode):
+    nsub = -(-cin_g // subvec)
+    return ir.QuantizedWeights(subvec, nsub, ncode,
+                               (rng.standard_normal((groups, nsub, ncode, subvec)) * 0.3).astype(np.float32),
+                               rng.integers(0, ncode, (groups, kh, kw, nsub, cout_g)).astype(np.uint8))
+
+
+def make_fire_model(seed=0):
+    """SqueezeNet-like: dense conv, quantized 1x1 squeeze, two expands concatenated, residual Add,
+    average pooling with padding, global average pooling, softmax."""
+    rng = np.random.default_rng(seed)
+    f32 = lambda *s: (rng.standard_normal(s) * 0.3).astype(np.float32)  # noqa: E731
+    ops = [
+        ir.Conv("conv1", ["x"], ["a"], cin=3, cout=12, kernel=(3, 3), strides=(2, 2), pads=(0, 1, 1, 0),
+                weights=f32(12, 3, 3, 3), bias=f32(12), relu=True),
+        ir.MaxPool("pool1", ["a"], ["b"], kernel=(3, 3), strides=(2, 2), ceil_mode=True),
+        ir.Conv("squeeze", ["b"], ["s"], cin=12, cout=5, kernel=(1, 1), weights=_qw(rng, 1, 1, 1, 12, 5, 3, 16),
+                bias=f32(5), relu=True),
+        ir.Conv("expand1", ["s"], ["e1"], cin=5, cout=6, kernel=(1, 1), weights=_qw(rng, 1, 1, 1, 5, 6, 2, 8),
+                bias=f32(6), relu=True),
+        ir.Conv("expand3", ["s"], ["e3"], cin=5, cout=6, kernel=(3, 3), pads=(1, 1, 1, 1),
+                weights=_qw(rng, 1, 3, 3, 5, 6, 5, 32), bias=f32(6), relu=True),
+        ir.Concat("concat", ["e1", "e3"], ["c"]),
+        ir.Add("add", ["c", "b"], ["r"], relu=False),
+        ir.Relu("relu", ["r"], ["rr"]),
+        ir.AveragePool("avg", ["rr"], ["p"], kernel=(3, 3), strides=(2, 2), pads=(1, 1, 1, 1), count_include_pad=False),
+        ir.Conv("classifier", ["p"], ["k"], cin=12, cout=7, kernel=(1, 1), weights=_qw(rng, 1, 1, 1, 12, 7, 4, 64),
+                bias=f32(7), relu=True),
+        ir.GlobalAveragePool("gap", ["k"], ["g"]),
+        ir.Flatten("flatten", ["g"], ["f"]),
+        ir.Softmax("softmax", ["f"], ["prob"]),
+    ]
+    shapes = {"x": (3, 17, 15), "a": (12, 8, 7), "b": (12, 4, 3), "s": (5, 4, 3), "e1": (6, 4, 3), "e3": (6, 4, 3),
+              "c": (12, 4, 3), "r": (12, 4, 3), "rr": (12, 4, 3), "p": (12, 2, 2), "k": (7, 2, 2), "g": (7, 1, 1),
+              "f": (7,), "prob": (7,)}
+    tensors = [ir.TensorInfo(n, s) for n, s in shapes.items()]
+    return ir.Model("x", shapes["x"], tensors, ops, ["prob"])
+
+
+@pytest.fixture
+def fire_qcnn(tmp_path):
+    path = tmp_path / "fire.qcnn"
+    writer.write_model(make_fire_model(), path)
+    return path
+
+
+@pytest.mark.parametrize("which", ["tiny", "fire"])
+def test_float_lut_matches_oracle(which, tiny_qcnn, fire_qcnn):
+    path = tiny_qcnn if which == "tiny" else fire_qcnn
+    m = Model(path, lut="float")
+    c, h, w = m.input_shape[1:]
+    x = np.random.default_rng(1).standard_normal((3, c, h, w)).astype(np.float32)
+    assert _rel_l2(m.run(x), _oracle(path, x)) <= 1e-5
+
+
+@pytest.mark.parametrize("which", ["tiny", "fire"])
+def test_int8_lut_is_close_to_oracle(which, tmp_path, tiny_model_factory):
+    # Compare logits (the softmax is dropped): softmax of random-weight nets is so peaked that it
+    # amplifies any rounding, which says nothing about the tables.
+    model = tiny_model_factory() if which == "tiny" else make_fire_model()
+    model.operators.pop()
+    model.outputs = [model.operators[-1].outputs[0]]
+    path = tmp_path / "logits.qcnn"
+    writer.write_model(model, path)
+    m = Model(path, lut="int8")
+    c, h, w = m.input_shape[1:]
+    x = np.random.default_rng(2).standard_normal((4, c, h, w)).astype(np.float32)
+    y, ref = m.run(x), _oracle(path, x)
+    assert _rel_l2(y, ref) <= 0.03
+    assert (y.argmax(1) == ref.argmax(1)).mean() >= 0.75
+
+
+@pytest.mark.parametrize("isa", _core.isa_available())
+def test_every_isa_agrees(isa, fire_qcnn):
+    x = np.random.default_rng(3).standard_normal((2, 3, 17, 15)).astype(np.float32)
+    ref = Model(fire_qcnn, lut="float", isa="generic").run(x)
+    np.testing.assert_allclose(Model(fire_qcnn, lut="float", isa=isa).run(x), ref, rtol=1e-4, atol=1e-6)
+
+
+def test_batch_equals_single_images(fire_qcnn):
+    m = Model(fire_qcnn)
+    x = np.random.default_rng(4).standard_normal((5, 3, 17, 15)).astype(np.float32)
+    batch = m.run(x)
+    for i in range(5):
+        np.testing.assert_array_equal(m.run(x[i : i + 1])[0], batch[i])
+
+
+def test_threads_give_bit_identical_results(fire_qcnn):
+    m = Model(fire_qcnn)
+    xs = [np.random.default_rng(10 + i).standard_normal((1, 3, 17, 15)).astype(np.float32) for i in range(8)]
+    expected = [m.run(x) for x in xs]
+    failures = []
+
+    def worker(i):
+        for _ in range(25):
+            if not np.array_equal(m.run(xs[i]), expected[i]):
+                failures.append(i)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures
+
+
+def test_metadata_properties(tiny_qcnn):
+    with Model(tiny_qcnn) as m:
+        assert m.input_shape == (-1, 3, 8, 8)
+        assert m.labels == [f"class {i}" for i in range(10)]
+        assert m.preprocessing.crop == (224, 224)
+        assert [layer["name"] for layer in m.layers][:2] == ["conv1", "conv2"]
+        assert m.layers[1]["quantized"] and m.layers[1]["ncode"] == 16 and not m.layers[0]["quantized"]
+    assert m.closed
+
+
+@pytest.mark.parametrize("bad, message", [
+    (np.zeros((1, 3, 8, 8), np.float64), "dtype"),
+    (np.zeros((3, 8, 8), np.float32), "shape"),
+    (np.zeros((1, 3, 8, 9), np.float32), "shape"),
+    (np.zeros((0, 3, 8, 8), np.float32), "empty"),
+    ([[0.0]], "numpy array"),
+])
+def test_bad_inputs_raise_value_error(tiny_qcnn, bad, message):
+    with pytest.raises(ValueError, match=message):
+        Model(tiny_qcnn).run(bad)
+
+
+def test_non_contiguous_and_nan_inputs(tiny_qcnn):
+    m = Model(tiny_qcnn, lut="float")
+    x = np.random.default_rng(5).standard_normal((2, 3, 8, 16)).astype(np.float32)[:, :, :, ::2]
+    assert not x.flags.c_contiguous
+    np.testing.assert_array_equal(m.run(x), m.run(np.ascontiguousarray(x)))
+    image_1 = x[1].copy()
+    x[0] = np.nan  # a NaN image: no crash, and the other image of the batch is unaffected
+    y = m.run(x)
+    assert y.shape == (2, 10)
+    np.testing.assert_array_equal(y[1], m.run(image_1[None])[0])
+    x[1] = np.inf
+    assert m.run(x).shape == (2, 10)
+
+
+def test_closed_model_raises(tiny_qcnn):
+    m = Model(tiny_qcnn)
+    m.close()
+    with pytest.raises(ValueError, match="closed"):
+        m.run(np.zeros((1, 3, 8, 8), np.float32))
+
+
+def test_corrupt_file_raises_format_error(tiny_qcnn):
+    data = bytearray(tiny_qcnn.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    tiny_qcnn.write_bytes(bytes(data))
+    with pytest.raises(QcnnFormatError):
+        Model(tiny_qcnn)
+
+
+def test_extension_links_no_blas():
+    so = Path(_core.__file__)
+    out = subprocess.run(["ldd", str(so)], capture_output=True, text=True).stdout.lower()
+    assert out, "ldd printed nothing"
+    for lib in ("blas", "lapack", "mkl", "atlas", "openblas"):
+        assert lib not in out, out
+
+
+def test_runtime_imports_nothing_but_numpy(tiny_qcnn):
+    code = ("import sys; from qcnn.runtime import Model; import numpy as np; "
+            f"m = Model({str(tiny_qcnn)!r}); m.run(np.zeros((1, 3, 8, 8), np.float32)); "
+            "bad = [m for m in ('onnx', 'onnxruntime', 'flatbuffers', 'PIL', 'tqdm') if m in sys.modules]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/")
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_run_path_calls_no_numpy_matmul(tiny_qcnn, monkeypatch):
+    m = Model(tiny_qcnn)
+
+    def forbidden(*a, **k):
+        raise AssertionError("the runtime called a BLAS-backed numpy function")
+
+    for name in ("dot", "matmul", "tensordot", "einsum", "inner"):
+        monkeypatch.setattr(np, name, forbidden)
+    m.run(np.zeros((1, 3, 8, 8), np.float32))
+
+
+def test_qcnn_run_cli(tmp_path, tiny_model):
+    PIL = pytest.importorskip("PIL.Image")
+    tiny_model.preprocessing.resize_shorter = 8
+    tiny_model.preprocessing.crop = (8, 8)
+    path = tmp_path / "m.qcnn"
+    writer.write_model(tiny_model, path)
+    img = tmp_path / "img.png"
+    PIL.fromarray((np.random.default_rng(0).random((12, 10, 3)) * 255).astype(np.uint8)).save(img)
+    from qcnn.runtime.cli import main
+
+    assert main([str(path), str(img), "--top", "3"]) == 0
+    assert main([str(tmp_path / "missing.qcnn"), str(img)]) == 2
