@@ -524,3 +524,16 @@ def test_decode_cli_roundtrip(tmp_path, small_onnx, small_data):
 
     np.testing.assert_allclose(ort_run(proto, held[:2]), run_model(read_model(str(q)), held[:2])["logits"],
                                rtol=1e-4, atol=1e-4)
+
+
+def test_ec_early_stop_and_ridge_modes(small_onnx, small_data):
+    calib, _ = small_data
+    r = convert(small_onnx, calib=calib[:40], ec_iters=5, ec_tol=10.0, **SMALL_SETTINGS)  # any gain < 10: stop
+    rows = {x["name"]: x for x in r.report["layers"]}
+    assert rows["conv2"]["ec_sweeps"] == 1 and rows["fc1"]["ec_sweeps"] == 1
+    assert len(rows["conv2"]["error_curve"]) == 6  # padded with the final value
+    # conv2 sees 40 images x 256 positions > 144 inputs: Gram statistics; fc1 sees 40 rows < 2048 inputs
+    assert rows["conv2"]["stats_mode"] == "gram" and rows["conv2"]["ridge"] == pytest.approx(1e-3)
+    assert rows["fc1"]["stats_mode"] == "rows" and rows["fc1"]["ridge"] == pytest.approx(0.3)
+    full = convert(small_onnx, calib=calib[:40], ec_iters=5, ec_tol=0.0, **SMALL_SETTINGS)
+    assert {x["name"]: x for x in full.report["layers"]}["conv2"]["ec_sweeps"] >= 2
