@@ -88,13 +88,22 @@ def main(argv=None):
 
     os.makedirs(a.workdir, exist_ok=True)
     images = os.path.join(SHARED, "data", "imagenet-samples")
-    if a.model in ("alexnet", "vgg19", "zfnet512", "vgg16"):
+    if a.model in ("alexnet", "vgg19", "zfnet512"):
         import onnx
 
         src = os.path.join(a.workdir, f"{a.model}.onnx")
         if not os.path.exists(src):
             onnx.save(load_light("bvlc_alexnet" if a.model == "alexnet" else a.model, seed=0), src)
         prep = a.preprocess or "caffe"
+    elif a.model in ("vgg16", "caffenet"):
+        import onnx
+
+        from qcnn.models import build_model
+
+        src = os.path.join(a.workdir, f"{a.model}.onnx")
+        if not os.path.exists(src):
+            onnx.save(build_model(a.model, seed=0), src)
+        prep = a.preprocess or "imagenet"
     elif a.model == "squeezenet1.1":
         src = os.path.join(SHARED, "models", "squeezenet1.1.onnx")
         prep = a.preprocess or "imagenet"
@@ -116,9 +125,13 @@ def main(argv=None):
     from qcnn.schema.reader import read_model
 
     fm = import_onnx(src)
+    if a.heldout <= 0:
+        return
     p = calibration.make_preprocessing(prep, fm.input_shape)
     x, desc = calibration.load_calibration(images, fm.input_shape, p, a.heldout, seed=0, offset=a.calib_count)
     print(f"  held-out: {desc} (disjoint from the calibration images)")
+    if a.heldout <= 0:
+        return
     ev_ec = heldout_errors(fm, read_model(ec_out), x)
     ev_pl = heldout_errors(fm, read_model(pl_out), x) if not a.skip_plain else None
     calib_err = {r["name"]: r for r in rep["layers"]}
