@@ -130,8 +130,6 @@ def main(argv=None):
     p = calibration.make_preprocessing(prep, fm.input_shape)
     x, desc = calibration.load_calibration(images, fm.input_shape, p, a.heldout, seed=0, offset=a.calib_count)
     print(f"  held-out: {desc} (disjoint from the calibration images)")
-    if a.heldout <= 0:
-        return
     ev_ec = heldout_errors(fm, read_model(ec_out), x)
     ev_pl = heldout_errors(fm, read_model(pl_out), x) if not a.skip_plain else None
     calib_err = {r["name"]: r for r in rep["layers"]}
