@@ -424,12 +424,19 @@ def _convert(model_path, output, calib, calib_count, seed, preprocess, mean, std
     model.labels = label_list
     model.producer = f"qcnn-convert ({model.producer})" if model.producer else "qcnn-convert"
     report["seconds"] = round(time.time() - t_start, 2)
-    model.metadata["qcnn.report"] = json.dumps(report, sort_keys=True)
+    model.metadata["qcnn.report"] = json.dumps(_without_timings(report), sort_keys=True)
     result = ConversionResult(model, plans, report)
     if output is not None:
         result.output_bytes = write(model, output)
         report["output_bytes"] = result.output_bytes
     return result
+
+
+def _without_timings(report: dict) -> dict:
+    """The report as stored in the file: no wall-clock fields, so equal inputs give equal bytes."""
+    stored = {k: v for k, v in report.items() if k != "seconds"}
+    stored["layers"] = [{k: v for k, v in r.items() if k != "seconds"} for r in report["layers"]]
+    return stored
 
 
 def _is_dir(p) -> bool:

@@ -537,3 +537,15 @@ def test_ec_early_stop_and_ridge_modes(small_onnx, small_data):
     assert rows["fc1"]["stats_mode"] == "rows" and rows["fc1"]["ridge"] == pytest.approx(0.3)
     full = convert(small_onnx, calib=calib[:40], ec_iters=5, ec_tol=0.0, **SMALL_SETTINGS)
     assert {x["name"]: x for x in full.report["layers"]}["conv2"]["ec_sweeps"] >= 2
+
+
+def test_same_seed_gives_identical_files(tmp_path, small_onnx, small_data):
+    calib, _ = small_data
+    np.save(tmp_path / "c.npy", calib[:30])
+    outs = []
+    for i, seed in enumerate((5, 5, 6)):
+        out = tmp_path / f"o{i}.qcnn"
+        assert cli_main([small_onnx, "-o", str(out), "--calib", str(tmp_path / "c.npy"), "--seed", str(seed),
+                         "--conv", "4/16", "--fc", "4/16", "--ec-iters", "1", "-q"]) == 0
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1] and outs[0] != outs[2]
