@@ -28,6 +28,9 @@ from .errors import ConversionError
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
 NPZ_KEYS = ("x", "x_calib", "x_train", "x_test", "data", "images")
 
+# Largest resize/crop side the file format accepts (schema/reader.py).
+MAX_IMAGE_SIDE = 8192
+
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 
@@ -64,6 +67,8 @@ def make_preprocessing(preset: Optional[str], input_shape: Sequence[int], mean=N
     if scale is not None:
         p.scale = float(scale)
     if size is not None:
+        if not 0 <= int(size) <= MAX_IMAGE_SIDE:
+            raise ConversionError(f"--size must be in 0..{MAX_IMAGE_SIDE} pixels, got {size}")
         p.resize_shorter = int(size)
     if crop is not None:
         p.crop = tuple(int(c) for c in crop)

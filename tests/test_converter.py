@@ -443,7 +443,7 @@ def _dynamic_model(path):
 
 @pytest.mark.parametrize("case", [
     "missing", "not_onnx", "unsupported", "dynamic", "bad_ck", "k_big", "k_small", "cs_too_big", "no_calib",
-    "no_images", "unwritable", "bad_layer_name", "npz_shape",
+    "no_images", "unwritable", "bad_layer_name", "npz_shape", "huge_resize",
 ])
 def test_cli_errors_exit_2_with_one_line(case, tmp_path, small_onnx, capsys):
     out = tmp_path / "out.qcnn"
@@ -488,6 +488,9 @@ def test_cli_errors_exit_2_with_one_line(case, tmp_path, small_onnx, capsys):
     elif case == "bad_layer_name":
         args += ["--skip", "nope"]
         match = "no Conv/Gemm layer named 'nope'"
+    elif case == "huge_resize":
+        args += ["--size", "100000"]
+        match = "--size must be in 0..8192"
     elif case == "npz_shape":
         np.save(tmp_path / "c.npy", np.zeros((4, 3, 8, 8), np.float32))
         args = [small_onnx, "-o", str(out), "--calib", str(tmp_path / "c.npy")]
