@@ -98,7 +98,7 @@ def main(argv=None):
     elif a.model in ("vgg16", "caffenet"):
         import onnx
 
-        from qcnn.models import build_model
+        from qcnn.models.build import build_model
 
         src = os.path.join(a.workdir, f"{a.model}.onnx")
         if not os.path.exists(src):
