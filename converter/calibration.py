@@ -81,6 +81,23 @@ def make_preprocessing(preset: Optional[str], input_shape: Sequence[int], mean=N
     return p
 
 
+def from_model_hint(text: str, input_shape: Sequence[int]) -> Optional[ir.Preprocessing]:
+    """ir.Preprocessing from the `qcnn.preprocess` JSON that qcnn.models stores in its ONNX files."""
+    import json
+
+    try:
+        d = json.loads(text)
+        chans = input_shape[0] if len(input_shape) == 3 else 1
+        hw = tuple(input_shape[1:]) if len(input_shape) == 3 else (0, 0)
+        order = d.get("channel_order", "GRAY" if chans == 1 else "RGB")
+        return ir.Preprocessing(mean=_per_channel(d.get("mean", [0.0]), chans, "mean"),
+                                std=_per_channel(d.get("std", [1.0]), chans, "std"), scale=float(d.get("scale", 1.0)),
+                                channel_order=order, resize_shorter=256 if 0 < max(hw) <= 256 and chans == 3
+                                else max(hw), crop=hw)
+    except (ValueError, TypeError, AttributeError, ConversionError):
+        return None
+
+
 def _per_channel(values, chans, flag) -> List[float]:
     vals = [float(v) for v in values]
     if len(vals) == 1:

@@ -28,7 +28,7 @@ import numpy as np
 
 from qcnn.schema import ir
 
-from . import calibration, quantize
+from . import calibration, onnx_import, quantize
 from .errors import ConversionError
 from .forward import conv_output_hw, image_chunks, last_uses, pad_nhwc, patches, run_op
 from .onnx_import import import_onnx
@@ -359,7 +359,12 @@ def _convert(model_path, output, calib, calib_count, seed, preprocess, mean, std
                               ".npz), or use --no-ec for plain k-means quantization")
     t_start = time.time()
     model = import_onnx(model_path, input_shape)
+    hint = model.metadata.pop(onnx_import.SOURCE_PREPROCESS_KEY, None)
     prep = calibration.make_preprocessing(preprocess, model.input_shape, mean, std, scale, size, crop, bgr)
+    if prep is None and hint is not None:
+        prep = calibration.from_model_hint(hint, model.input_shape)
+        if prep is not None:
+            log("preprocessing: taken from the model's qcnn.preprocess metadata")
     if prep is None and isinstance(calib, str) and _is_dir(calib) and len(model.input_shape) == 3:
         prep = calibration.make_preprocessing("imagenet", model.input_shape)
         log("note: image calibration without --preprocess: using --preprocess imagenet")

@@ -34,6 +34,8 @@ from .errors import ConversionError
 # real dimension); a folded shape holding it at position 0 means "the batch dimension".
 BATCH_SENTINEL = 1_000_003
 
+SOURCE_PREPROCESS_KEY = "_source.qcnn.preprocess"
+
 _IGNORED_ATTRS_OK = {"training_mode", "is_test", "consumed_inputs", "spatial", "storage_order"}
 
 
@@ -629,6 +631,11 @@ def import_onnx(path_or_proto, input_shape: Optional[Sequence[int]] = None) -> i
     proto, digest = load_onnx(path_or_proto)
     model = _Importer(proto, input_shape).run()
     model.source_sha256 = digest
+    # qcnn.models writes the expected input normalisation into metadata_props; convert() uses it
+    # as the default preprocessing (and removes this key).
+    for prop in proto.metadata_props:
+        if prop.key == "qcnn.preprocess":
+            model.metadata[SOURCE_PREPROCESS_KEY] = prop.value
     if not any(isinstance(o, (ir.Conv, ir.Gemm)) for o in model.operators):
         raise ConversionError("the model has no Conv/Gemm layer to quantize")
     return model

@@ -552,3 +552,20 @@ def test_same_seed_gives_identical_files(tmp_path, small_onnx, small_data):
                          "--conv", "4/16", "--fc", "4/16", "--ec-iters", "1", "-q"]) == 0
         outs.append(out.read_bytes())
     assert outs[0] == outs[1] and outs[0] != outs[2]
+
+
+def test_mnist_mlp_with_npz_and_model_preprocessing(shared_dir, tmp_path):
+    """qcnn.models' MNIST MLP carries its preprocessing; uint8 x_train from mnist.npz is scaled by it."""
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[1] / "models" / "onnx" / "mnist-mlp3.onnx"
+    npz = shared_dir / "data" / "mnist.npz"
+    if not src.exists() or not npz.exists():
+        pytest.skip("MNIST model or data missing")
+    r = convert(str(src), calib=str(npz), calib_count=300, ec_iters=2, report_plain=True)
+    assert r.model.preprocessing is not None and r.model.preprocessing.scale == pytest.approx(1 / 255)
+    assert r.model.preprocessing.channel_order == "GRAY"
+    assert "_source.qcnn.preprocess" not in r.model.metadata
+    quantized = [x for x in r.report["layers"] if x["quantized"]]
+    assert quantized and all(x["error"] < x["plain_error"] for x in quantized)
+    assert r.report["network"]["top1_agreement"] > 0.9
