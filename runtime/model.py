@@ -31,6 +31,11 @@ def _unpacked_indices(w: ir.QuantizedWeights, what: str) -> np.ndarray:
     return out.reshape(w.index_shape)
 
 
+def _private(a: Optional[np.ndarray]) -> Optional[np.ndarray]:
+    """A C-contiguous float32 copy that does not live in the file mapping."""
+    return None if a is None else np.array(a, dtype=np.float32, order="C", copy=True)
+
+
 class _Step:
     """One operator bound to its kernel: reads buffers `inputs`, writes buffer `output`."""
 
@@ -56,7 +61,7 @@ class Model:
     >>> y = m.run(x)                      # x: float32 (N, C, H, W)
     """
 
-    def __init__(self, path, lut: str = "int8", isa: str = "auto"):
+    def __init__(self, path, lut: str = "int8", isa: str = "auto", max_activation_bytes: int = 1 << 30):
         if lut not in ("int8", "float"):
             raise ValueError(f"lut must be 'int8' or 'float', got {lut!r}")
         self.path = str(path)
@@ -69,8 +74,11 @@ class Model:
         model = self._file.model
         self._ir = model
         self.isa = _core.isa_selected() if isa == "auto" else isa
+        self.max_activation_bytes = int(max_activation_bytes)
         self._steps = self._build(model, isa)
         self._plan_buffers(model)
+        self._layers = self._describe_layers()
+        self._release_mapping()
 
     # ------------------------------------------------------------------ what the file says
     @property
@@ -101,6 +109,9 @@ class Model:
     @property
     def layers(self) -> List[dict]:
         """One dict per operator: name, op, output shape, and for conv/fc how its weights are stored."""
+        return [dict(d) for d in self._layers]
+
+    def _describe_layers(self) -> List[dict]:
         out = []
         for step in self._steps:
             op = step.op
@@ -125,7 +136,12 @@ class Model:
         return steps
 
     def _kernel(self, op, isa):
-        """The compiled kernel for a conv / fully-connected operator (None for the other ops)."""
+        """The compiled kernel for a conv / fully-connected operator (None for the other ops).
+
+        Kernels get private copies of what they read at run time (codebooks and biases are small;
+        indices are unpacked anyway), never views of the mapping: a file truncated or rewritten in
+        place on disk after loading cannot fault a running model (SIGBUS).
+        """
         what = f"operator {op.name!r}"
         dense_isa = {"avx512vbmi": "avx512"}.get(isa, isa)  # dense kernels need AVX-512F only
         if isinstance(op, ir.Conv):
@@ -133,19 +149,18 @@ class Model:
             if isinstance(w, ir.QuantizedWeights):
                 return _core.QConvKernel(
                     op.cin, op.cout, op.groups, op.kernel[0], op.kernel[1], op.strides, op.pads,
-                    w.subvec, w.nsub, w.ncode, np.ascontiguousarray(w.codebooks, dtype=np.float32),
-                    _unpacked_indices(w, what), op.bias, bool(op.relu), isa=isa, lut=self.lut)
-            return _core.DenseConvKernel(w, op.bias, strides=op.strides, pads=op.pads, groups=op.groups,
+                    w.subvec, w.nsub, w.ncode, _private(w.codebooks), _unpacked_indices(w, what),
+                    _private(op.bias), bool(op.relu), isa=isa, lut=self.lut)
+            return _core.DenseConvKernel(_private(w), _private(op.bias), strides=op.strides, pads=op.pads, groups=op.groups,
                                          relu=bool(op.relu), isa=dense_isa)
         if isinstance(op, ir.Gemm):
             w = op.weights
             if isinstance(w, ir.QuantizedWeights):
                 return _core.QFcKernel(
                     op.in_features, op.out_features, w.subvec, w.nsub, w.ncode,
-                    np.ascontiguousarray(w.codebooks[0], dtype=np.float32),
-                    _unpacked_indices(w, what).reshape(w.nsub, op.out_features),
-                    op.bias, bool(op.relu), isa=isa, lut=self.lut)
-            return _core.DenseFcKernel(w, op.bias, relu=bool(op.relu), isa=dense_isa)
+                    _private(w.codebooks[0]), _unpacked_indices(w, what).reshape(w.nsub, op.out_features),
+                    _private(op.bias), bool(op.relu), isa=isa, lut=self.lut)
+            return _core.DenseFcKernel(_private(w), _private(op.bias), relu=bool(op.relu), isa=dense_isa)
         return None
 
     def _plan_buffers(self, model: ir.Model):
@@ -187,6 +202,11 @@ class Model:
                 shape = step.in_shapes[0]
                 step.scratch_nbytes = int(step.kernel.scratch_nbytes(shape[1], shape[2])) if step.kind == "Conv" \
                     else int(step.kernel.scratch_nbytes())
+        total = 4 * sum(sizes) + max([st.scratch_nbytes for st in self._steps] + [0])
+        if total > self.max_activation_bytes:
+            raise MemoryError(f"{self.path}: running this model needs {total / 2**20:.0f} MiB of activation memory "
+                              f"per thread, above the limit of {self.max_activation_bytes / 2**20:.0f} MiB "
+                              f"(raise it with Model(..., max_activation_bytes=N) if the model is trusted)")
         self._slot_sizes = sizes
         self._output_slots = [slot_of[n] for n in model.outputs]
         self._output_shapes = [self._shape_of(n, model) for n in model.outputs]
@@ -284,6 +304,21 @@ class Model:
             else:  # the reader only admits known kinds
                 raise AssertionError(kind)
 
+    def _release_mapping(self):
+        """Drop every view of the file mapping (kernels hold private copies) and unmap it."""
+        for op in self._ir.operators:
+            w = getattr(op, "weights", None)
+            if isinstance(w, ir.QuantizedWeights):
+                w.codebooks = w.packed_indices = w.indices = None
+            elif w is not None:
+                op.weights = None
+            if hasattr(op, "bias") and isinstance(op.bias, np.ndarray):
+                op.bias = None
+        try:
+            self._file.close()
+        except BufferError:  # a view escaped somewhere; the GC unmaps when it goes
+            pass
+
     # ------------------------------------------------------------------ lifetime
     def close(self):
         """Release the mapping. Waits for runs in progress on other threads; later calls raise."""
@@ -295,10 +330,6 @@ class Model:
                 self._cond.wait()
         self._steps = []
         self._local = threading.local()
-        try:
-            self._file.close()
-        except BufferError:  # the caller still holds views of the weights; the GC unmaps later
-            pass
 
     @property
     def closed(self) -> bool:

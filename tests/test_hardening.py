@@ -229,9 +229,6 @@ def test_input_tensor_size_is_bounded():
         reader.parse(data)
 
 
-@pytest.mark.xfail(strict=True, reason="schema/writer.write_model keeps mkstemp's 0600 mode: a model written by "
-                                       "qcnn-convert is unreadable to other users (converter/cli.py chmods its "
-                                       "own temp files, the writer does not)")
 def test_written_file_has_the_usual_mode(tmp_path):
     umask = os.umask(0o022)
     try:

@@ -176,8 +176,6 @@ def test_small_file_with_huge_activations_fails_cleanly_under_a_memory_limit(tmp
 
 
 @needs_rlimit
-@pytest.mark.xfail(strict=True, reason="Model does not bound its activation working set: a 5 KB file can make "
-                                       "run() allocate (and fill) 16.6 GB; proposed: refuse at load above a limit")
 def test_small_file_with_huge_activations_is_refused_at_load(tmp_path):
     path = str(tmp_path / "amp.qcnn")
     _amplifier(path)
@@ -194,8 +192,6 @@ def _truncate_while_loaded(path):
     return "ok"
 
 
-@pytest.mark.xfail(strict=True, reason="weights are read from the mmap at run time: truncating the file on disk "
-                                       "while a Model is loaded kills the process with SIGBUS")
 def test_file_truncated_on_disk_while_loaded(tmp_path):
     path = str(tmp_path / "t.qcnn")
     writer.write_model(seeds.tiny(), path)
@@ -214,9 +210,6 @@ def test_replacing_the_file_atomically_while_loaded_is_safe(tmp_path):
     assert not np.array_equal(Model(path).run(_x()), y0)
 
 
-@pytest.mark.xfail(strict=True, reason="MaxPool/AveragePool with ceil_mode and a window wider than the padded "
-                                       "input: shapes.py/ONNX/onnxruntime say 1 output, runtime/kernels/ops_pool.c "
-                                       "qcnn_pool_out_size returns 0 (span < 0)")
 def test_pool_ceil_mode_window_wider_than_padded_input(tmp_path):
     from qcnn.converter.forward import run_model
 
@@ -356,8 +349,6 @@ def test_qcnn_run_refuses_a_fifo_and_a_directory(run_model_256, tmp_path):
 
 
 @needs_rlimit
-@pytest.mark.xfail(strict=True, reason="runtime/cli.py catches only OSError/ValueError: Pillow's "
-                                       "DecompressionBombError escapes as a traceback (exit 1)")
 def test_qcnn_run_decompression_bomb_is_a_one_line_error(run_model_256, tmp_path):
     from PIL import Image
 
@@ -368,8 +359,6 @@ def test_qcnn_run_decompression_bomb_is_a_one_line_error(run_model_256, tmp_path
 
 
 @needs_rlimit
-@pytest.mark.xfail(strict=True, reason="runtime/preprocess.py resizes the whole image before cropping: a 1x60000 "
-                                       "PNG (312 bytes) becomes a 256x15.4M image (11.8 GB)")
 def test_qcnn_run_thin_image_needs_bounded_memory(run_model_256, tmp_path):
     from PIL import Image
 
