@@ -308,7 +308,8 @@ def convert(model_path, output: Optional[str] = None, *, calib=None, calib_count
             layers: Optional[Dict[str, Tuple[int, int]]] = None, skip: Sequence[str] = (),
             pad_subspaces: bool = False, ec: bool = True, ec_iters: int = 4, ec_ridge: float = 1e-3,
             multilayer: bool = True, kmeans_iters: int = 30, labels=None, report_plain: bool = False,
-            input_shape=None, progress: bool = False, log: Optional[Callable[[str], None]] = None) -> ConversionResult:
+            input_shape=None, progress: bool = False, log: Optional[Callable[[str], None]] = None,
+            plan=None, plan_lut: str = "int8") -> ConversionResult:
     """Convert an ONNX model (path or ModelProto) to a quantized ir.Model; write it if `output` is given.
 
     `calib` is a path (image folder, .npy, .npz) or an array (N, *input_shape) already preprocessed.
@@ -343,6 +344,15 @@ def convert(model_path, output: Optional[str] = None, *, calib=None, calib_count
         else:
             x, calib_desc = calibration.load_calibration(calib, model.input_shape, prep, calib_count, seed)
         log(f"calibration: {calib_desc}")
+
+    auto_plan = None
+    if plan is not None:  # --plan speed=S / size=X: per-layer C's/K or dense, see plan.py
+        from .plan import make_plan
+
+        auto_plan = make_plan(model, x, plan, lut=plan_lut, seed=seed, log=log)
+        layers, skip = auto_plan.overrides()
+        plans = plan_layers(model, conv, fc, last_fc, layers, skip, pad_subspaces)
+        log(auto_plan.format())
 
     opts = Options(ec=ec, ec_iters=ec_iters, ec_ridge=ec_ridge, multilayer=multilayer,
                    kmeans_iters=kmeans_iters, report_plain=report_plain, seed=seed, progress=progress)
@@ -384,6 +394,8 @@ def convert(model_path, output: Optional[str] = None, *, calib=None, calib_count
     }
     if "_network" in layer_reports:
         report["network"] = layer_reports["_network"]
+    if auto_plan is not None:
+        report["plan"] = auto_plan.to_json()
     model.preprocessing = prep
     model.labels = label_list
     model.producer = f"qcnn-convert ({model.producer})" if model.producer else "qcnn-convert"
