@@ -106,7 +106,7 @@ def main(argv=None):
             for method, ec in (("plain", False), ("ec", True)):
                 path = tmp / f"{name}-{method}-{seed}.qcnn"
                 res = convert(src, str(path), calib=xc, layers=hidden, skip=[last], ec=ec, ec_iters=args.ec_iters,
-                              seed=seed, report_plain=True)
+                              seed=seed, report_plain=True, calib_count=len(xc))
                 for lut in ("int8", "float"):
                     run[f"{method}_{lut}"] = error_pct(path, x_test, y_test, lut)
                 run[f"{method}_resp_err"] = {row["name"]: row.get("error") for row in res.report["layers"] if row["quantized"]}

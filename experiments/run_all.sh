@@ -1,0 +1,8 @@
+#!/bin/sh
+# Regenerate every number in experiments/results/ (single core pinned; shared data at ../shared).
+set -e
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python}
+taskset -c ${CORE:-1} $PY experiments/mnist_table.py
+taskset -c ${CORE:-1} $PY experiments/squeezenet.py
+taskset -c ${CORE:-1} $PY experiments/ec_study.py
