@@ -23,7 +23,6 @@ network output error (each layer's error is relative to its own response energy)
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple

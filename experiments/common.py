@@ -13,7 +13,7 @@ import platform
 import subprocess
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict
 
 import numpy as np
 
@@ -51,7 +51,7 @@ def stamp() -> str:
 def imagenet_split(input_shape=(3, 224, 224), preset="imagenet"):
     """The 500 photos sorted by file name; even positions calibrate, odd positions evaluate.
 
-    Returns (x_calib, y_calib, x_eval, y_eval, names_eval) with labels from `<wnid>_<name>.JPEG`.
+    Returns (x_calib, y_calib, x_eval, y_eval) with labels from `<wnid>_<name>.JPEG`.
     """
     root = shared()
     files = calibration.list_images(str(root / "data" / "imagenet-samples"))

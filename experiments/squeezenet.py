@@ -35,6 +35,7 @@ def main(argv=None):
     ap.add_argument("--calib-count", type=int, default=100, help="calibration images for EC (of the 250)")
     ap.add_argument("--error-images", type=int, default=48, help="held-out images for response errors")
     ap.add_argument("--runs", type=int, default=40)
+    ap.add_argument("--keep", help="write the .qcnn files here (for squeezenet_time.py --keep)")
     ap.add_argument("--out", default=str(common.HERE / "results"))
     args = ap.parse_args(argv)
     out_dir = Path(args.out)
@@ -61,7 +62,8 @@ def main(argv=None):
     max_speed = dense_ms / fastest
     print(f"conv time: dense {dense_ms:.3f} ms, fastest possible {fastest:.3f} ms ({max_speed:.2f}x)")
 
-    tmp = Path(tempfile.mkdtemp(prefix="qcnn-sq-"))
+    tmp = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="qcnn-sq-"))
+    tmp.mkdir(parents=True, exist_ok=True)
     # dense .qcnn (all layers kept dense): the runtime's own dense speed and its overheads
     names = [lo.name for lo in scored]
     convert(str(onnx_path), str(tmp / "dense.qcnn"), skip=names, ec=False)
@@ -84,9 +86,11 @@ def main(argv=None):
         res = convert(str(onnx_path), str(path), calib=xc[:args.calib_count], layers=layers, skip=skip, ec=True,
                       seed=0, preprocess="imagenet")
         conv_s = time.time() - t0
+        # FLOPs and bytes from the plan (it counts the dense layers too; the converter report's totals
+        # leave --skip layers out)
         row = {"target": t, "speed_target": speed, "plan": {lo.name: lo.candidates[lo.chosen].label for lo in p.layers},
-               "plan_totals": p.totals(), "flops_speedup": res.report["total"]["speedup"],
-               "compression": res.report["total"]["compression"], "convert_s": conv_s,
+               "plan_totals": p.totals(), "flops_speedup": p.totals()["speedup_flops"],
+               "compression": p.totals()["compression"], "convert_s": conv_s,
                "calib_error_sum": sum(r.get("error", 0) for r in res.report["layers"])}
         for lut in ("int8", "float"):
             m = Model(path, lut=lut)
@@ -154,8 +158,8 @@ def markdown(r) -> str:
          "|---|---|---|---|---|---|---|"]
     for p in r["plans"]:
         i, f = p["int8"], p["float"]
-        L.append(f"| speed={p['target']} ({p['plan_totals']['speedup_time']:.2f}x planned) | {p['flops_speedup']:.2f}x | "
-                 f"{p['compression']:.1f}x | {i['ms']:.2f} | {i['speedup_vs_ort']:.2f}x | {i['top1']:.1f} / {i['top5']:.1f} "
+        L.append(f"| speed={p['target']} ({p['plan_totals']['speedup_time']:.2f}x planned) | {p['plan_totals']['speedup_flops']:.2f}x | "
+                 f"{p['plan_totals']['compression']:.1f}x | {i['ms']:.2f} | {i['speedup_vs_ort']:.2f}x | {i['top1']:.1f} / {i['top5']:.1f} "
                  f"({o['top1'] - i['top1']:+.1f} / {o['top5'] - i['top5']:+.1f}) | {f['top1']:.1f} / {f['top5']:.1f} "
                  f"({o['top1'] - f['top1']:+.1f} / {o['top5'] - f['top5']:+.1f}) |")
     L += ["", "(drop = ORT minus qcnn, in points; positive = worse.)", ""]
