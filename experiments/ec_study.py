@@ -78,11 +78,13 @@ def main(argv=None):
             print(f"{name} {variant}: converted in {v['convert_s']} s; top-1 agreement int8 {v['agree_int8']:.0f}% "
                   f"float {v['agree_float']:.0f}%; logits error {v['errors']['_output']['error']:.4f}", flush=True)
         results[name] = r
-    out = {"date": common.stamp(), "machine": common.machine(), "models": results, "seconds": round(time.time() - t_start)}
-    common.save_json(out, out_dir / "ec_study.json")
-    md = markdown(out)
-    (out_dir / "ec_study.md").write_text(md)
-    print(md)
+        # written after every net, so a long VGG-16 run does not hold back the AlexNet tables
+        out = {"date": common.stamp(), "machine": common.machine(), "models": results,
+               "seconds": round(time.time() - t_start)}
+        common.save_json(out, out_dir / "ec_study.json")
+        md = markdown(out)
+        (out_dir / "ec_study.md").write_text(md)
+        print(md, flush=True)
 
 
 def markdown(o) -> str:

@@ -5,7 +5,8 @@
 Data: the 500 photos of shared/data/imagenet-samples, sorted by file name; even positions (250)
 calibrate, odd positions (250) are held out for every accuracy and response-error number.
 Baseline: onnxruntime fp32, 1 thread. qcnn: int8 look-up tables (runtime default) and float tables.
-Timing: batch 1, 1 thread, medians of round-robin runs of all engines in this one process.
+Timing: batch 1, 1 thread, medians of round-robin runs of all engines in this one process, measured
+as thread CPU time (the machine is shared: wall time mostly measures waiting for a core).
 Writes experiments/results/squeezenet.{json,md,png}.
 """
 from __future__ import annotations

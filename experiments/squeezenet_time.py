@@ -63,7 +63,7 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     common.save_json(res, out / "squeezenet_time.json")
     L = [f"### SqueezeNet 1.1: where the time goes ({res['date']}; {res['machine']})", "",
-         f"End-to-end medians of {args.runs} round-robin runs (batch 1, 1 thread): " +
+         f"End-to-end medians of {args.runs} round-robin runs, thread CPU time (batch 1, 1 thread): " +
          ", ".join(f"{k} {v:.2f} ms" for k, v in ms.items()), "",
          "Summed per-op time (ORT profiler kernel times; qcnn per-step times of the all-dense model):", "",
          "| op type | onnxruntime ms | qcnn ms |", "|---|---|---|"]
