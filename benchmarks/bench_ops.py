@@ -1,8 +1,8 @@
 """Benchmark the runtime's non-quantized ops against onnxruntime (1 thread), same run.
 
 Each case runs our kernel (NHWC, one image) and a one-node onnxruntime model (NCHW, same
-shapes) alternately, and reports medians in ms plus the ratio ours/onnxruntime (< 1 means
-faster). Pin to one core for stable numbers:
+shapes) alternately, call by call, and reports both medians in ms plus the ratio
+ours/onnxruntime (< 1 means faster). Pin to one core for stable numbers:
 
     taskset -c 1 python benchmarks/bench_ops.py [--isa auto|generic|avx2|avx512] [--repeat N]
 """
@@ -35,17 +35,23 @@ def ort_session(op, x_nchw, attrs, inits=()):
     return lambda: sess.run(None, {"x": x_nchw})
 
 
-def median_ms(fn, repeat, min_time=0.3):
-    fn()  # warm-up (page faults, caches)
-    times = []
+def paired_medians_ms(ours, theirs, repeat, clock, min_time=0.5):
+    """Median times of two functions run alternately, so that load from other processes
+    (the machine is shared) hits both sides alike. clock: time.thread_time counts only this
+    thread's CPU time (not time spent preempted); both sides compute on the calling thread
+    (onnxruntime with one intra-op thread runs its kernels inline)."""
+    ours(), theirs()  # warm-up (page faults, caches, lazy init)
+    t_ours, t_theirs = [], []
     t_end = time.perf_counter() + min_time
-    while len(times) < repeat or time.perf_counter() < t_end:
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-        if len(times) >= 20 * repeat:
-            break
-    return 1e3 * statistics.median(times)
+    while len(t_ours) < repeat or (time.perf_counter() < t_end and len(t_ours) < 20 * repeat):
+        t0 = clock()
+        ours()
+        t1 = clock()
+        theirs()
+        t2 = clock()
+        t_ours.append(t1 - t0)
+        t_theirs.append(t2 - t1)
+    return 1e3 * statistics.median(t_ours), 1e3 * statistics.median(t_theirs)
 
 
 def conv_case(rng, h, w, cin, cout, k, stride, pad, groups, isa):
@@ -109,6 +115,8 @@ def main():
     ap.add_argument("--isa", default="auto", help="auto|generic|avx2|avx512 for our kernels")
     ap.add_argument("--repeat", type=int, default=30, help="minimum timed runs per kernel")
     ap.add_argument("--only", default="", help="substring filter on case names")
+    ap.add_argument("--clock", choices=["cpu", "wall"], default="cpu",
+                    help="cpu: this thread's CPU time (robust on a loaded machine); wall: perf_counter")
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     isa = args.isa
@@ -128,19 +136,17 @@ def main():
         ("MaxPool 111x111x64 3x3/2 ceil", lambda: maxpool_case(rng, 111, 111, 64, 3, 2, True)),
         ("FC 9216->4096", lambda: fc_case(rng, 9216, 4096, isa)),
     ]
+    clock = time.thread_time if args.clock == "cpu" else time.perf_counter
     isa_used = _core.DenseConvKernel(np.zeros((1, 1, 1, 1), np.float32), isa=isa).isa
     print(f"Machine: {platform.node()} — {cpu_name()}; onnxruntime {ort.__version__} (1 thread); "
-          f"ours: isa={isa_used}; medians of >= {args.repeat} runs\n")
+          f"ours: isa={isa_used}; medians of >= {args.repeat} runs, {args.clock} time\n")
     print("| op | ours (ms) | onnxruntime (ms) | ours / ort |")
     print("|---|---:|---:|---:|")
     for name, make in cases:
         if args.only and args.only.lower() not in name.lower():
             continue
         ours, theirs = make()
-        # interleave the two so machine noise hits both alike
-        a1, b1 = median_ms(ours, args.repeat), median_ms(theirs, args.repeat)
-        a2, b2 = median_ms(ours, args.repeat), median_ms(theirs, args.repeat)
-        a, b = min(a1, a2), min(b1, b2)
+        a, b = paired_medians_ms(ours, theirs, args.repeat, clock)
         print(f"| {name} | {a:.3f} | {b:.3f} | {a / b:.2f} |", flush=True)
 
 

@@ -4,8 +4,9 @@ against onnxruntime running the equivalent dense Conv / Gemm (fp32, one thread).
     taskset -c 1 python benchmarks/bench_qkernels.py [--runs 50] [--layers conv2,fc6] [--variants ...]
 
 Weights are random (speed does not depend on their values). Each variant is timed as the median
-of --runs calls of kernel.run() (including its small Python-side argument checks) after warm-up,
-pinned to one CPU. Prints a markdown table of ms and speed-ups over onnxruntime.
+(or --stat min) of --runs calls of kernel.run() (including its small Python-side argument checks)
+after warm-up, pinned to one CPU. Prints a markdown table of ms and speed-ups over onnxruntime,
+then the int8 error against the float reference on the same layers.
 """
 import argparse
 import os
@@ -29,7 +30,10 @@ LAYERS = {
 }
 
 
-def median_ms(fn, runs):
+STAT = statistics.median
+
+
+def time_ms(fn, runs):
     for _ in range(3):
         fn()
     ts = []
@@ -37,27 +41,58 @@ def median_ms(fn, runs):
         t0 = time.perf_counter()
         fn()
         ts.append(time.perf_counter() - t0)
-    return statistics.median(ts) * 1e3
+    return STAT(ts) * 1e3
 
 
-def make_kernel(spec, rng, isa, lut):
+def make_weights(spec, rng):
     kind, H, W, cin, cout, G, k, s, pad, Cs, K = spec
     M = -(-(cin // G) // Cs)
     cb = rng.standard_normal((G, M, K, Cs)).astype(np.float32)
     idx = rng.integers(0, K, size=(G, k, k, M, cout // G), dtype=np.uint8)
     bias = rng.standard_normal(cout).astype(np.float32)
+    x = np.abs(rng.standard_normal((H, W, cin))).astype(np.float32)  # post-ReLU-like input
+    return cb, idx, bias, x
+
+
+def make_kernel(spec, weights, isa, lut, relu=True):
+    """Returns run() -> int8 step, and the output array it writes."""
+    kind, H, W, cin, cout, G, k, s, pad, Cs, K = spec
+    cb, idx, bias, x = weights
+    M = cb.shape[1]
     if kind == "fc":
-        kern = _core.QFcKernel(cin, cout, Cs, M, K, cb[0], idx[0, 0, 0], bias, True, isa=isa, lut=lut)
-        x = np.abs(rng.standard_normal(cin)).astype(np.float32)
+        kern = _core.QFcKernel(cin, cout, Cs, M, K, cb[0], idx[0, 0, 0], bias, relu, isa=isa, lut=lut)
+        x = x.reshape(cin)
         y = np.empty(cout, np.float32)
         scratch = np.empty(kern.scratch_nbytes(), np.uint8)
     else:
         kern = _core.QConvKernel(cin, cout, G, k, k, (s, s), (pad,) * 4, Cs, M, K, cb, idx, bias,
-                                 True, isa=isa, lut=lut)
-        x = np.abs(rng.standard_normal((H, W, cin))).astype(np.float32)
+                                 relu, isa=isa, lut=lut)
         y = np.empty(kern.out_shape(H, W), np.float32)
         scratch = np.empty(kern.scratch_nbytes(H, W), np.uint8)
-    return lambda: kern.run(x, y, scratch)
+    return (lambda: kern.run(x, y, scratch)), y
+
+
+def error_table(layers, isas, rng):
+    """int8 vs the float reference (no ReLU), on random weights and a post-ReLU-like input."""
+    print()
+    print("int8 error vs float reference (random weights, |N(0,1)| input, pre-ReLU):")
+    print()
+    print("| layer | isa | step s | look-ups n | max abs err | bound n*s/2 | max/bound | rel L2 err |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name in layers:
+        spec = LAYERS[name]
+        kind, H, W, cin, cout, G, k, s, pad, Cs, K = spec
+        w = make_weights(spec, rng)
+        run, yref = make_kernel(spec, w, "generic", "ref", relu=False)
+        run()
+        n = k * k * w[0].shape[1]  # look-ups per output (interior pixels)
+        for isa in isas:
+            run, y = make_kernel(spec, w, isa, "int8", relu=False)
+            step = run()
+            err = np.abs(y.astype(np.float64) - yref)
+            rel = np.linalg.norm(y - yref) / np.linalg.norm(yref)
+            print(f"| {name} | {isa} | {step:.4g} | {n} | {err.max():.4g} | {n * step / 2:.4g} | "
+                  f"{err.max() / (n * step / 2):.3f} | {rel:.2e} |", flush=True)
 
 
 def make_ort(spec, rng):
@@ -108,16 +143,21 @@ def main():
                          "(default: int8 on every ISA here + generic float)")
     ap.add_argument("--cpu", type=int, default=1, help="CPU to pin to (default 1)")
     ap.add_argument("--no-ort", action="store_true")
+    ap.add_argument("--no-errors", action="store_true", help="skip the int8 error table")
+    ap.add_argument("--stat", choices=("median", "min"), default="median",
+                    help="statistic over runs (min is robust when other jobs share the CPU)")
     a = ap.parse_args()
+    global STAT
+    STAT = min if a.stat == "min" else statistics.median
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {a.cpu})
     if a.variants:
         variants = [tuple(v.split(":")) for v in a.variants.split(",")]
     else:
-        variants = [("generic", "float")] + [(i, "int8") for i in _core.isa_available()]
+        variants = [("generic", "float")] + [(i, "int8") for i in _core.isa_available()]  # noqa
     names = [f"{i} {l}" for i, l in variants]
     rng = np.random.default_rng(0)
-    print(f"CPU: {cpu_model()}; pinned to cpu {a.cpu}; median of {a.runs} runs; ms")
+    print(f"CPU: {cpu_model()}; pinned to cpu {a.cpu}; {a.stat} of {a.runs} runs; ms")
     print()
     cols = (["onnxruntime fp32"] if not a.no_ort else []) + names
     ratio_cols = [n for n in names] if not a.no_ort else []
@@ -128,15 +168,18 @@ def main():
         spec = LAYERS[name]
         row = {}
         if not a.no_ort:
-            row["onnxruntime fp32"] = median_ms(make_ort(spec, rng), a.runs)
+            row["onnxruntime fp32"] = time_ms(make_ort(spec, rng), a.runs)
+        w = make_weights(spec, rng)
         for (isa, lut), n in zip(variants, names):
-            row[n] = median_ms(make_kernel(spec, rng, isa, lut), a.runs)
+            row[n] = time_ms(make_kernel(spec, w, isa, lut)[0], a.runs)
         for c in cols:
             totals[c] += row[c]
         ratios = "".join(f" | {row['onnxruntime fp32'] / row[n]:.1f}x" for n in ratio_cols)
         print(f"| {name} | " + " | ".join(f"{row[c]:.3f}" for c in cols) + ratios + " |", flush=True)
     ratios = "".join(f" | {totals['onnxruntime fp32'] / totals[n]:.1f}x" for n in ratio_cols)
     print("| total | " + " | ".join(f"{totals[c]:.3f}" for c in cols) + ratios + " |")
+    if not a.no_errors:
+        error_table(a.layers.split(","), [i for i, l in variants if l == "int8"], rng)
 
 
 if __name__ == "__main__":

@@ -58,16 +58,18 @@ def heldout_errors(float_model: ir.Model, q_model: ir.Model, x: np.ndarray) -> d
 
 
 def run_cli(args, log_path):
-    """Run qcnn-convert in a child; returns (seconds, peak RSS MB of the child)."""
+    """Run qcnn-convert in a child; returns (wall seconds, CPU seconds, peak RSS MB of the children so far)."""
     t = time.time()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     with open(log_path, "w") as log:
         rc = subprocess.call([sys.executable, "-c", "import sys; from qcnn.converter.cli import main; sys.exit(main())"]
                              + args, stdout=log, stderr=subprocess.STDOUT)
     dt = time.time() - t
     if rc:
         sys.exit(f"conversion failed ({rc}), see {log_path}")
-    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    return dt, rss
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return dt, cpu, after.ru_maxrss / 1024
 
 
 def main(argv=None):
@@ -103,14 +105,14 @@ def main(argv=None):
               "-q"] + a.extra.split()
     ec_out = os.path.join(a.workdir, f"{name}.ec.qcnn")
     pl_out = os.path.join(a.workdir, f"{name}.plain.qcnn")
-    t_ec, rss_ec = run_cli(common + ["-o", ec_out, "--json", ec_out + ".json", "--report-plain"], ec_out + ".log")
-    print(f"{name}: EC conversion {t_ec:.1f} s, peak RSS {rss_ec:.0f} MB, file {os.path.getsize(ec_out)} bytes, "
+    t_ec, cpu_ec, rss_ec = run_cli(common + ["-o", ec_out, "--json", ec_out + ".json", "--report-plain"], ec_out + ".log")
+    print(f"{name}: EC conversion {t_ec:.1f} s wall ({cpu_ec:.1f} s CPU, load {os.getloadavg()[0]:.1f}), peak RSS {rss_ec:.0f} MB, file {os.path.getsize(ec_out)} bytes, "
           f"ONNX {os.path.getsize(src)} bytes -> {os.path.getsize(src) / os.path.getsize(ec_out):.1f}x smaller")
     rep = json.load(open(ec_out + ".json"))
     print(f"  theoretical speed-up {rep['total']['speedup']:.2f}x, weight compression {rep['total']['compression']:.1f}x")
     if not a.skip_plain:
-        t_pl, _ = run_cli(common + ["-o", pl_out, "--no-ec"], pl_out + ".log")
-        print(f"  plain conversion {t_pl:.1f} s")
+        t_pl, cpu_pl, _ = run_cli(common + ["-o", pl_out, "--no-ec"], pl_out + ".log")
+        print(f"  plain conversion {t_pl:.1f} s wall ({cpu_pl:.1f} s CPU)")
     from qcnn.schema.reader import read_model
 
     fm = import_onnx(src)

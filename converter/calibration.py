@@ -86,27 +86,12 @@ def _per_channel(values, chans, flag) -> List[float]:
 
 
 def preprocess_image(img, prep: ir.Preprocessing, hw: Tuple[int, int]) -> np.ndarray:
-    """PIL image -> (C, H, W) float32 following `prep`."""
-    from PIL import Image
+    """PIL image -> (C, H, W) float32 following `prep` (the runtime's implementation, so that
+    calibration inputs and `Model.preprocess` agree exactly)."""
+    from qcnn.runtime.preprocess import to_input
 
-    img = img.convert("L" if prep.channel_order == "GRAY" else "RGB")
-    if prep.resize_shorter:
-        w, h = img.size
-        s = prep.resize_shorter / min(w, h)
-        img = img.resize((max(1, round(w * s)), max(1, round(h * s))), Image.BILINEAR)
-    ch, cw = prep.crop if prep.crop != (0, 0) else hw
-    w, h = img.size
-    if w < cw or h < ch:
-        raise ValueError(f"image is {w}x{h}, smaller than the {cw}x{ch} crop")
-    left, top = (w - cw) // 2, (h - ch) // 2
-    img = img.crop((left, top, left + cw, top + ch))
-    a = np.asarray(img, dtype=np.float32)
-    if a.ndim == 2:
-        a = a[:, :, None]
-    if prep.channel_order == "BGR":
-        a = a[:, :, ::-1]
-    a = (a * prep.scale - np.asarray(prep.mean, np.float32)) / np.asarray(prep.std, np.float32)
-    return np.ascontiguousarray(a.transpose(2, 0, 1), dtype=np.float32)
+    chans = 1 if prep.channel_order == "GRAY" else len(prep.mean)
+    return to_input(img, prep, (chans,) + tuple(hw))
 
 
 def list_images(folder: str) -> List[str]:

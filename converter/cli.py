@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--report-plain", action="store_true", help="also report the plain k-means response error")
     g.add_argument("--input-shape", help="N,C,H,W (or N,F) for models with dynamic dimensions")
     g.add_argument("--decode", metavar="QCNN", help="decode a .qcnn to a dense ONNX model (-o X.onnx)")
+    g.add_argument("--threads", type=int, default=1,
+                   help="BLAS threads (default 1: many small products, faster single-threaded; 0 = numpy default)")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bars or table")
     return p
 
@@ -149,7 +151,7 @@ def run(argv=None) -> int:
         pad_subspaces=args.pad_subspaces, ec=not args.no_ec, ec_iters=args.ec_iters, ec_ridge=args.ec_ridge,
         multilayer=not args.no_multilayer, kmeans_iters=args.kmeans_iters, labels=args.labels,
         report_plain=args.report_plain, input_shape=shape, progress=verbose and sys.stderr.isatty(), log=log,
-        plan=args.plan, plan_lut=args.plan_lut)
+        threads=args.threads if args.threads > 0 else None, plan=args.plan, plan_lut=args.plan_lut)
     from .convert import write
 
     nbytes = write(result.model, args.output)

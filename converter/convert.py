@@ -309,11 +309,23 @@ def convert(model_path, output: Optional[str] = None, *, calib=None, calib_count
             pad_subspaces: bool = False, ec: bool = True, ec_iters: int = 4, ec_ridge: float = 1e-3,
             multilayer: bool = True, kmeans_iters: int = 30, labels=None, report_plain: bool = False,
             input_shape=None, progress: bool = False, log: Optional[Callable[[str], None]] = None,
-            plan=None, plan_lut: str = "int8") -> ConversionResult:
+            threads: Optional[int] = 1, plan=None, plan_lut: str = "int8") -> ConversionResult:
     """Convert an ONNX model (path or ModelProto) to a quantized ir.Model; write it if `output` is given.
 
     `calib` is a path (image folder, .npy, .npz) or an array (N, *input_shape) already preprocessed.
+    `threads`: BLAS threads during the conversion (None: numpy's default); see _blas.py.
     """
+    from ._blas import blas_threads
+
+    with blas_threads(threads):
+        return _convert(model_path, output, calib, calib_count, seed, preprocess, mean, std, scale, size, crop,
+                        bgr, conv, fc, last_fc, layers, skip, pad_subspaces, ec, ec_iters, ec_ridge, multilayer,
+                        kmeans_iters, labels, report_plain, input_shape, progress, log, plan, plan_lut)
+
+
+def _convert(model_path, output, calib, calib_count, seed, preprocess, mean, std, scale, size, crop, bgr, conv,
+             fc, last_fc, layers, skip, pad_subspaces, ec, ec_iters, ec_ridge, multilayer, kmeans_iters, labels,
+             report_plain, input_shape, progress, log, plan=None, plan_lut="int8") -> ConversionResult:
     log = log or (lambda msg: None)
     for what, (c, k) in (("--conv", conv), ("--fc", fc), ("--last-fc", last_fc)):
         check_ck(c, k, what)

@@ -171,44 +171,59 @@ def _kmeanspp(X: np.ndarray, K: int, rng: np.random.Generator) -> np.ndarray:
     return C
 
 
-def _assign(X: np.ndarray, C: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """Nearest centre of every point; returns (labels (S, N), squared distances (S, N))."""
-    d = np.matmul(X, C.transpose(0, 2, 1)) * -2.0
-    d += (C ** 2).sum(-1)[:, None, :]
-    lab = d.argmin(axis=2)
-    dist = np.take_along_axis(d, lab[..., None], axis=2)[..., 0] + (X ** 2).sum(-1)
-    return lab, np.maximum(dist, 0)
+def _labels(X32: np.ndarray, C: np.ndarray) -> np.ndarray:
+    """Nearest centre of every point (S, N). float32 distances: only their order matters.
+
+    The sub-vectors are short (C's <= 8 typically), where an explicit loop over the dimensions
+    beats numpy's stacked matmul by a wide margin.
+    """
+    C32 = C.astype(np.float32)
+    d = np.empty(X32.shape[:2] + (C32.shape[1],), dtype=np.float32)
+    d[:] = (C32 * C32).sum(-1)[:, None, :]
+    tmp = np.empty_like(d)
+    for j in range(X32.shape[2]):
+        np.multiply(X32[:, :, j, None], C32[:, None, :, j], out=tmp)
+        tmp *= -2.0
+        d += tmp
+    return d.argmin(axis=2)
 
 
-def kmeans_batch(X: np.ndarray, K: int, rng: np.random.Generator, iters: int = 30) -> Tuple[np.ndarray, np.ndarray]:
-    """Lloyd's k-means on S independent problems X (S, N, d). Returns centres (S, K, d), labels (S, N)."""
+def kmeans_batch(X: np.ndarray, K: int, rng: np.random.Generator, iters: int = 30,
+                 tol: float = 1e-3) -> Tuple[np.ndarray, np.ndarray]:
+    """Lloyd's k-means on S independent problems X (S, N, d). Returns centres (S, K, d), labels (S, N).
+
+    Stops after `iters` iterations or when at most a fraction `tol` of the labels changed.
+    """
     S, N, d = X.shape
+    X32 = X.astype(np.float32)
     C = _kmeanspp(X, K, rng)
-    lab, dist = _assign(X, C)
+    lab = _labels(X32, C)
     for _ in range(iters):
-        counts = np.zeros((S, K))
-        sums = np.zeros((S, K, d))
         flat = (np.arange(S)[:, None] * K + lab).reshape(-1)
         counts = np.bincount(flat, minlength=S * K).reshape(S, K).astype(np.float64)
+        sums = np.empty((S, K, d))
         for j in range(d):
             sums[:, :, j] = np.bincount(flat, weights=X[:, :, j].reshape(-1), minlength=S * K).reshape(S, K)
         newC = np.where(counts[..., None] > 0, sums / np.maximum(counts, 1)[..., None], C)
-        # an empty cluster takes the point that is currently worst represented
-        for s, k in zip(*np.nonzero(counts == 0)):
-            far = int(dist[s].argmax())
-            newC[s, k] = X[s, far]
-            dist[s, far] = 0
+        empty = np.nonzero(counts == 0)
+        if len(empty[0]):
+            # an empty cluster takes the point that is currently worst represented
+            dist = ((X - np.take_along_axis(C, lab[..., None], axis=1)) ** 2).sum(-1)
+            for s, k in zip(*empty):
+                far = int(dist[s].argmax())
+                newC[s, k] = X[s, far]
+                dist[s, far] = -1.0
         C = newC
-        new_lab, dist = _assign(X, C)
-        if np.array_equal(new_lab, lab):
-            lab = new_lab
-            break
+        new_lab = _labels(X32, C)
+        changed = np.count_nonzero(new_lab != lab)
         lab = new_lab
+        if changed <= tol * lab.size:  # (nearly) converged: EC refines the rest anyway
+            break
     return C, lab
 
 
 def kmeans_layer(Wb: np.ndarray, geom: LayerGeom, rng: np.random.Generator, iters: int = 30,
-                 chunk_elems: int = 1 << 24) -> Tuple[np.ndarray, np.ndarray]:
+                 chunk_elems: int = 1 << 21) -> Tuple[np.ndarray, np.ndarray]:
     """Plain Q-CNN: k-means per (group, subspace) over all kernel positions and output channels.
 
     Wb (G, D, Cout/G) -> codebooks (G, M, K, C's) float64, assignments (G, P, M, Cout/G) int64.
@@ -344,12 +359,8 @@ def ec_solve(F: np.ndarray, Y: np.ndarray, codebooks: np.ndarray, assign: np.nda
 
     cols = [geom.subspace_columns(m) for m in range(M)]
     Fm_cache = [np.ascontiguousarray(F[:, c]) for c in cols]
-    Hs = []
-    for m in range(M):
-        H = Fm_cache[m].T @ Fm_cache[m]
-        if mu:
-            H = H + mu * np.eye(len(H))
-        Hs.append(H)
+    H0s = [Fm.T @ Fm for Fm in Fm_cache]  # data part of the subspace metric
+    Hs = [H + mu * np.eye(len(H)) if mu else H for H in H0s]
     history: List[float] = []
     drift: List[float] = []
     record()
@@ -357,8 +368,9 @@ def ec_solve(F: np.ndarray, Y: np.ndarray, codebooks: np.ndarray, assign: np.nda
         for m in range(M):
             Fm, c = Fm_cache[m], cols[m]
             Um = W[c]
-            Rm = R + Fm @ Um
-            L = Fm.T @ Rm
+            # L = F_m^T (R + F_m U_m): the residual target of subspace m, without forming R + F_m U_m
+            L = Fm.T @ R
+            L += H0s[m] @ Um
             if mu:
                 L += mu * W0[c]
             Am = A[:, m, :]
@@ -367,7 +379,7 @@ def ec_solve(F: np.ndarray, Y: np.ndarray, codebooks: np.ndarray, assign: np.nda
                 Am = update_assignment(Hs[m], L, Am, cb[m])
             A[:, m, :] = Am
             Unew = cb[m][Am].transpose(0, 2, 1).reshape(P * C, -1)
-            R = Rm - Fm @ Unew
+            R -= Fm @ (Unew - Um)  # in place: R is the largest array of the solver
             W[c] = Unew
             if progress:
                 progress()

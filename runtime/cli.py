@@ -32,7 +32,7 @@ def main(argv=None) -> int:
 
     try:
         model = Model(args.model, lut=args.lut)
-    except (QcnnFormatError, FileNotFoundError) as exc:
+    except (QcnnFormatError, OSError, MemoryError) as exc:
         print(f"qcnn-run: error: {exc}", file=sys.stderr)
         return 2
     results = []
@@ -40,8 +40,12 @@ def main(argv=None) -> int:
         for path in args.images:
             try:
                 x = model.preprocess([path])
-            except (OSError, ValueError) as exc:
-                print(f"qcnn-run: error: {path}: {exc}", file=sys.stderr)
+            except MemoryError:
+                print(f"qcnn-run: error: {path}: image too large to decode", file=sys.stderr)
+                return 2
+            except Exception as exc:  # Pillow raises many types (incl. DecompressionBombError)
+                print(f"qcnn-run: error: {path}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+                      file=sys.stderr)
                 return 2
             y = np.asarray(model.run(x)).reshape(1, -1)
             probs = y if _ends_in_softmax(model) else _softmax(y)

@@ -31,6 +31,11 @@ def _unpacked_indices(w: ir.QuantizedWeights, what: str) -> np.ndarray:
     return out.reshape(w.index_shape)
 
 
+def _private(a: Optional[np.ndarray]) -> Optional[np.ndarray]:
+    """A C-contiguous float32 copy that does not live in the file mapping."""
+    return None if a is None else np.array(a, dtype=np.float32, order="C", copy=True)
+
+
 class _Step:
     """One operator bound to its kernel: reads buffers `inputs`, writes buffer `output`."""
 
@@ -56,7 +61,7 @@ class Model:
     >>> y = m.run(x)                      # x: float32 (N, C, H, W)
     """
 
-    def __init__(self, path, lut: str = "int8", isa: str = "auto"):
+    def __init__(self, path, lut: str = "int8", isa: str = "auto", max_activation_bytes: int = 1 << 30):
         if lut not in ("int8", "float"):
             raise ValueError(f"lut must be 'int8' or 'float', got {lut!r}")
         self.path = str(path)
@@ -69,8 +74,11 @@ class Model:
         model = self._file.model
         self._ir = model
         self.isa = _core.isa_selected() if isa == "auto" else isa
+        self.max_activation_bytes = int(max_activation_bytes)
         self._steps = self._build(model, isa)
         self._plan_buffers(model)
+        self._layers = self._describe_layers()
+        self._release_mapping()
 
     # ------------------------------------------------------------------ what the file says
     @property
@@ -101,6 +109,9 @@ class Model:
     @property
     def layers(self) -> List[dict]:
         """One dict per operator: name, op, output shape, and for conv/fc how its weights are stored."""
+        return [dict(d) for d in self._layers]
+
+    def _describe_layers(self) -> List[dict]:
         out = []
         for step in self._steps:
             op = step.op
@@ -125,7 +136,12 @@ class Model:
         return steps
 
     def _kernel(self, op, isa):
-        """The compiled kernel for a conv / fully-connected operator (None for the other ops)."""
+        """The compiled kernel for a conv / fully-connected operator (None for the other ops).
+
+        Kernels get private copies of what they read at run time (codebooks and biases are small;
+        indices are unpacked anyway), never views of the mapping: a file truncated or rewritten in
+        place on disk after loading cannot fault a running model (SIGBUS).
+        """
         what = f"operator {op.name!r}"
         dense_isa = {"avx512vbmi": "avx512"}.get(isa, isa)  # dense kernels need AVX-512F only
         if isinstance(op, ir.Conv):
@@ -133,19 +149,18 @@ class Model:
             if isinstance(w, ir.QuantizedWeights):
                 return _core.QConvKernel(
                     op.cin, op.cout, op.groups, op.kernel[0], op.kernel[1], op.strides, op.pads,
-                    w.subvec, w.nsub, w.ncode, np.ascontiguousarray(w.codebooks, dtype=np.float32),
-                    _unpacked_indices(w, what), op.bias, bool(op.relu), isa=isa, lut=self.lut)
-            return _core.DenseConvKernel(w, op.bias, strides=op.strides, pads=op.pads, groups=op.groups,
+                    w.subvec, w.nsub, w.ncode, _private(w.codebooks), _unpacked_indices(w, what),
+                    _private(op.bias), bool(op.relu), isa=isa, lut=self.lut)
+            return _core.DenseConvKernel(_private(w), _private(op.bias), strides=op.strides, pads=op.pads, groups=op.groups,
                                          relu=bool(op.relu), isa=dense_isa)
         if isinstance(op, ir.Gemm):
             w = op.weights
             if isinstance(w, ir.QuantizedWeights):
                 return _core.QFcKernel(
                     op.in_features, op.out_features, w.subvec, w.nsub, w.ncode,
-                    np.ascontiguousarray(w.codebooks[0], dtype=np.float32),
-                    _unpacked_indices(w, what).reshape(w.nsub, op.out_features),
-                    op.bias, bool(op.relu), isa=isa, lut=self.lut)
-            return _core.DenseFcKernel(w, op.bias, relu=bool(op.relu), isa=dense_isa)
+                    _private(w.codebooks[0]), _unpacked_indices(w, what).reshape(w.nsub, op.out_features),
+                    _private(op.bias), bool(op.relu), isa=isa, lut=self.lut)
+            return _core.DenseFcKernel(_private(w), _private(op.bias), relu=bool(op.relu), isa=dense_isa)
         return None
 
     def _plan_buffers(self, model: ir.Model):
@@ -187,6 +202,11 @@ class Model:
                 shape = step.in_shapes[0]
                 step.scratch_nbytes = int(step.kernel.scratch_nbytes(shape[1], shape[2])) if step.kind == "Conv" \
                     else int(step.kernel.scratch_nbytes())
+        total = 4 * sum(sizes) + max([st.scratch_nbytes for st in self._steps] + [0])
+        if total > self.max_activation_bytes:
+            raise MemoryError(f"{self.path}: running this model needs {total / 2**20:.0f} MiB of activation memory "
+                              f"per thread, above the limit of {self.max_activation_bytes / 2**20:.0f} MiB "
+                              f"(raise it with Model(..., max_activation_bytes=N) if the model is trusted)")
         self._slot_sizes = sizes
         self._output_slots = [slot_of[n] for n in model.outputs]
         self._output_shapes = [self._shape_of(n, model) for n in model.outputs]
@@ -201,13 +221,33 @@ class Model:
         raise KeyError(name)
 
     def _buffers(self):
-        """This thread's activation slots and scratch (allocated on first use, then reused)."""
-        bufs = getattr(self._local, "bufs", None)
-        if bufs is None:
+        """This thread's workspace (allocated on first use, then reused): activation slots, scratch,
+        and every step's input/output views, made once so `run` does no shape arithmetic."""
+        ws = getattr(self._local, "ws", None)
+        if ws is None:
             slots = [np.empty(n, dtype=np.float32) for n in self._slot_sizes]
-            scratch = np.empty(self._scratch_nbytes, dtype=np.uint8)
-            bufs = self._local.bufs = (slots, scratch)
-        return bufs
+
+            def view(slot, shape, flat=False):
+                v = slots[slot][: int(np.prod(shape))]
+                return v if flat else v.reshape(_hwc(shape))
+
+            steps = []
+            for st in self._steps:
+                flat = st.kind == "Gemm"
+                ins = [view(s, shp, flat) for s, shp in zip(st.inputs, st.in_shapes)]
+                out = view(st.output, st.out_shape, flat)
+                if st.kind == "Flatten" and len(st.in_shapes[0]) == 3:
+                    out = out.reshape(st.in_shapes[0])  # written in (C, H, W) order
+                elif st.kind == "GlobalAveragePool":
+                    out = out.reshape(-1)
+                steps.append((st, ins, out))
+            ws = self._local.ws = {
+                "input": view(0, self._ir.input_shape),
+                "steps": steps,
+                "outputs": [view(s, shp) for s, shp in zip(self._output_slots, self._output_shapes)],
+                "scratch": np.empty(self._scratch_nbytes, dtype=np.uint8),
+            }
+        return ws
 
     # ------------------------------------------------------------------ run
     def _check_input(self, x) -> np.ndarray:
@@ -232,35 +272,26 @@ class Model:
         try:
             n = x.shape[0]
             results = [np.empty((n,) + s, dtype=np.float32) for s in self._output_shapes]
-            slots, scratch = self._buffers()
+            ws = self._buffers()
             for i in range(n):
-                self._run_one(x[i], slots, scratch)
-                for r, slot, shape in zip(results, self._output_slots, self._output_shapes):
-                    act = slots[slot][: int(np.prod(shape))]
-                    r[i] = act.reshape(_hwc(shape)).transpose(2, 0, 1) if len(shape) == 3 else act
+                self._run_one(x[i], ws)
+                for r, out, shape in zip(results, ws["outputs"], self._output_shapes):
+                    r[i] = out.transpose(2, 0, 1) if len(shape) == 3 else out
         finally:
             with self._cond:
                 self._active -= 1
                 self._cond.notify_all()
         return results[0] if len(results) == 1 else results
 
-    def _view(self, slots, slot, shape):
-        return slots[slot][: int(np.prod(shape))].reshape(_hwc(shape))
-
-    def _run_one(self, image_chw, slots, scratch):
-        c, h, w = self._ir.input_shape
-        np.copyto(self._view(slots, 0, (c, h, w)), image_chw.transpose(1, 2, 0))
-        for step in self._steps:
-            ins = [self._view(slots, s, shp) for s, shp in zip(step.inputs, step.in_shapes)]
-            out = self._view(slots, step.output, step.out_shape)
+    def _run_one(self, image_chw, ws):
+        np.copyto(ws["input"], image_chw.transpose(1, 2, 0))
+        scratch = ws["scratch"]
+        for step, ins, out in ws["steps"]:
             op, kind = step.op, step.kind
             if step.kernel is not None:
-                step.kernel.run(ins[0].reshape(-1) if kind == "Gemm" else ins[0],
-                                out.reshape(-1) if kind == "Gemm" else out, scratch)
+                step.kernel.run(ins[0], out, scratch)
             elif kind == "Relu":
-                if out is not ins[0]:
-                    np.copyto(out, ins[0])
-                _core.relu_(out.reshape(-1))
+                _core.relu(ins[0], out)  # in place when the planner gave both the same slot
             elif kind == "LRN":
                 _core.lrn(ins[0], out, op.size, op.alpha, op.beta, op.bias)
             elif kind == "MaxPool":
@@ -269,10 +300,10 @@ class Model:
                 _core.avgpool(ins[0], out, op.kernel[0], op.kernel[1], op.strides[0], op.strides[1], *op.pads,
                               bool(op.count_include_pad))
             elif kind == "GlobalAveragePool":
-                _core.global_avgpool(ins[0], out.reshape(-1))
+                _core.global_avgpool(ins[0], out)
             elif kind == "Flatten":
                 if len(step.in_shapes[0]) == 3:
-                    _core.nhwc_to_nchw(ins[0], out.reshape(step.in_shapes[0]))
+                    _core.nhwc_to_nchw(ins[0], out)
                 else:
                     np.copyto(out, ins[0].reshape(out.shape))
             elif kind == "Softmax":
@@ -283,6 +314,21 @@ class Model:
                 _core.add(ins[0], ins[1], out, bool(op.relu))
             else:  # the reader only admits known kinds
                 raise AssertionError(kind)
+
+    def _release_mapping(self):
+        """Drop every view of the file mapping (kernels hold private copies) and unmap it."""
+        for op in self._ir.operators:
+            w = getattr(op, "weights", None)
+            if isinstance(w, ir.QuantizedWeights):
+                w.codebooks = w.packed_indices = w.indices = None
+            elif w is not None:
+                op.weights = None
+            if hasattr(op, "bias") and isinstance(op.bias, np.ndarray):
+                op.bias = None
+        try:
+            self._file.close()
+        except BufferError:  # a view escaped somewhere; the GC unmaps when it goes
+            pass
 
     # ------------------------------------------------------------------ lifetime
     def close(self):
@@ -295,10 +341,6 @@ class Model:
                 self._cond.wait()
         self._steps = []
         self._local = threading.local()
-        try:
-            self._file.close()
-        except BufferError:  # the caller still holds views of the weights; the GC unmaps later
-            pass
 
     @property
     def closed(self) -> bool:

@@ -6,6 +6,7 @@
 # GIL released. Names private to this file start with _ops_ because all .pxi files share one
 # module namespace.
 
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from libc.stddef cimport size_t
 
 import numpy as _ops_np
@@ -24,10 +25,11 @@ cdef extern from "ops.h" nogil:
     int qcnn_dconv_out_size(const qcnn_dconv_params *p, int h, int w, int *oh, int *ow)
     size_t qcnn_dconv_packed_floats(const qcnn_dconv_params *p)
     void qcnn_dconv_pack(const qcnn_dconv_params *p, const float *w_onnx, float *packed)
-    void qcnn_dconv_ref(const qcnn_dconv_params *p, const float *x, int h, int w, float *y)
+    void qcnn_dconv_ref(const qcnn_dconv_params *p, const float *x, int h, int w, float *y,
+                        int ystride)
     size_t qcnn_dconv_scratch_floats(const qcnn_dconv_params *p, int h, int w)
     void qcnn_dconv_run(const qcnn_dconv_params *p, int isa, const float *x, int h, int w,
-                        float *y, float *scratch)
+                        float *y, int ystride, float *scratch)
 
     ctypedef struct qcnn_dfc_params:
         int in_ "in"
@@ -62,20 +64,30 @@ cdef extern from "ops.h" nogil:
 
 
 # "ref" is the plain reference loop; the others name a fast path (qcnn_isa values).
+_OPS_F32 = _ops_np.dtype(_ops_np.float32)
 _OPS_ISA_CODES = {"auto": -1, "generic": 0, "avx2": 1, "avx512": 2}
 _OPS_ISA_NAMES = {0: "generic", 1: "avx2", 2: "avx512"}
+
+
+# Resolved once per name and process: CPUID is slow under a hypervisor and would dominate
+# small ops (a 30 us pool), so QCNN_ISA is read at the first call that says "auto".
+_OPS_ISA_RESOLVED = {}
 
 
 cdef int _ops_isa(object isa, bint allow_ref) except -3:
     """Resolve an isa name to a code (-2 = reference loops); ValueError if unusable."""
     if allow_ref and isa == "ref":
         return -2
+    code = _OPS_ISA_RESOLVED.get(isa)
+    if code is not None:
+        return code
     if isa not in _OPS_ISA_CODES:
         choices = ["ref"] + list(_OPS_ISA_CODES) if allow_ref else list(_OPS_ISA_CODES)
         raise ValueError(f"isa must be one of {choices}, got {isa!r}")
-    cdef int code = qcnn_ops_resolve_isa(_OPS_ISA_CODES[isa])
+    code = qcnn_ops_resolve_isa(_OPS_ISA_CODES[isa])
     if code < 0:
         raise ValueError(f"isa {isa!r} is not supported by this CPU")
+    _OPS_ISA_RESOLVED[isa] = code
     return code
 
 
@@ -86,10 +98,14 @@ def ops_available_isas():
 
 
 cdef object _ops_check(object a, str name, int ndim, bint writable=False):
-    """Check a float32, C-contiguous array of `ndim` dims; returns it (numpy array)."""
+    """Check a float32, C-contiguous array of `ndim` dims (0: any); returns it as an ndarray.
+    Buffers such as memoryviews are viewed without copying, so outputs stay shared."""
     if not isinstance(a, _ops_np.ndarray):
-        raise ValueError(f"{name}: expected a numpy float32 array, got {type(a).__name__}")
-    if a.dtype != _ops_np.float32:
+        try:
+            a = _ops_np.asarray(memoryview(a))
+        except TypeError:
+            raise ValueError(f"{name}: expected a float32 array or buffer, got {type(a).__name__}") from None
+    if a.dtype is not _OPS_F32 and a.dtype != _OPS_F32:  # `is`: fast path for the common case
         raise ValueError(f"{name}: expected dtype float32, got {a.dtype}")
     if ndim > 0 and a.ndim != ndim:
         raise ValueError(f"{name}: expected {ndim} dims, got shape {a.shape}")
@@ -106,9 +122,32 @@ cdef void _ops_shape(object a, str name, tuple expected) except *:
 
 
 cdef inline float *_ops_ptr(object a) except NULL:
-    """Data pointer of a checked, non-empty float32 C-contiguous array."""
-    cdef const float[::1] mv = a.reshape(-1)  # const: read-only inputs are fine
-    return <float *>&mv[0]
+    """Data pointer of a checked, non-empty float32 C-contiguous array (via the buffer
+    protocol: cheap, and fine for read-only inputs). The caller keeps `a` alive."""
+    cdef Py_buffer view
+    PyObject_GetBuffer(a, &view, PyBUF_SIMPLE)
+    cdef float *p = <float *>view.buf
+    PyBuffer_Release(&view)
+    return p
+
+
+cdef inline bint _ops_ranges_overlap(size_t pa, size_t na, size_t pb, size_t nb):
+    return na > 0 and nb > 0 and pa < pb + nb and pb < pa + na
+
+
+cdef bint _ops_overlap(object a, object b) except -1:
+    """Whether two checked C-contiguous arrays share memory (a bounds test, which is exact
+    for contiguous arrays, and much cheaper than numpy's general one)."""
+    if a.size == 0 or b.size == 0:
+        return False
+    return _ops_ranges_overlap(<size_t>_ops_ptr(a), a.nbytes, <size_t>_ops_ptr(b), b.nbytes)
+
+
+cdef void _ops_same_or_disjoint(object out, object inp, str name) except *:
+    """Elementwise ops may run in place (out is inp) but not on partly overlapping buffers."""
+    if out.size and inp.size and _ops_ptr(out) != _ops_ptr(inp) and _ops_overlap(out, inp):
+        raise ValueError(f"{name}: expected the same buffer as the output or a disjoint one, "
+                         "got a partly overlapping one")
 
 
 cdef inline void _ops_nonempty(object a, str name) except *:
@@ -185,14 +224,27 @@ cdef class DenseConvKernel:
             return 0
         return int(qcnn_dconv_scratch_floats(&self.p, h, w) * sizeof(float))
 
-    def run(self, x_hwc, y_hwc, scratch=None):
-        """y_hwc[:] = conv(x_hwc). scratch: writable buffer of >= scratch_nbytes(h, w) bytes."""
+    def run(self, x_hwc, y_hwc, scratch=None, int out_channel_offset=0):
+        """y_hwc[:] = conv(x_hwc). scratch: writable buffer of >= scratch_nbytes(h, w) bytes.
+
+        y_hwc may have more than cout channels: the result then goes to channels
+        [out_channel_offset, out_channel_offset + cout) and the others are left alone, so
+        e.g. the two expand convs of a SqueezeNet fire module can write straight into the
+        Concat's output instead of being copied there."""
         x = _ops_check(x_hwc, "x", 3)
         y = _ops_check(y_hwc, "y", 3, True)
         h, w, c = x.shape
         if c != self.p.cin:
             raise ValueError(f"x: expected {self.p.cin} channels, got shape {x.shape}")
-        _ops_shape(y, "y", self.out_shape(h, w))
+        oh, ow, cout = self.out_shape(h, w)
+        cdef int ystride = y.shape[2]
+        if (out_channel_offset < 0 or tuple(y.shape[:2]) != (oh, ow)
+                or out_channel_offset + cout > ystride):
+            want = (oh, ow, cout) if out_channel_offset == 0 else (oh, ow, f">= {out_channel_offset + cout}")
+            raise ValueError(f"y: expected shape {want} (out_channel_offset={out_channel_offset}), "
+                             f"got {tuple(y.shape)}")
+        if _ops_overlap(x, y):
+            raise ValueError("y: expected a buffer distinct from x, got an overlapping one")
         cdef size_t need = self.scratch_nbytes(h, w)
         cdef unsigned char[::1] s
         cdef float *sp = NULL
@@ -202,16 +254,19 @@ cdef class DenseConvKernel:
             s = memoryview(scratch).cast("B")
             if <size_t>s.shape[0] < need:
                 raise ValueError(f"scratch: expected >= {need} bytes, got {s.shape[0]}")
+            if (_ops_ranges_overlap(<size_t>&s[0], need, <size_t>_ops_ptr(x), x.nbytes) or
+                    _ops_ranges_overlap(<size_t>&s[0], need, <size_t>_ops_ptr(y), y.nbytes)):
+                raise ValueError("scratch: expected a buffer separate from x and y, got an overlapping one")
             sp = <float *>&s[0]
         cdef const float *xp = _ops_ptr(x)
-        cdef float *yp = _ops_ptr(y)
+        cdef float *yp = _ops_ptr(y) + out_channel_offset
         cdef int ih = h, iw = w, code = self.isa_code
         with nogil:
             if code == -2:
-                qcnn_dconv_ref(&self.p, xp, ih, iw, yp)
+                qcnn_dconv_ref(&self.p, xp, ih, iw, yp, ystride)
             else:
-                qcnn_dconv_run(&self.p, code, xp, ih, iw, yp, sp)
-        return y
+                qcnn_dconv_run(&self.p, code, xp, ih, iw, yp, ystride, sp)
+        return y_hwc
 
 
 cdef class DenseFcKernel:
@@ -255,11 +310,13 @@ cdef class DenseFcKernel:
 
     def run(self, x, y, scratch=None):
         """y[:] = W x + b for x of shape [in] (any float32 C-contiguous array of `in` values)."""
-        _ops_check(x, "x", 0)
-        _ops_check(y, "y", 1, True)
+        x = _ops_check(x, "x", 0)
+        y = _ops_check(y, "y", 1, True)
         if x.size != self.p.in_:
             raise ValueError(f"x: expected {self.p.in_} values, got shape {x.shape}")
         _ops_shape(y, "y", (self.p.out,))
+        if _ops_overlap(x, y):
+            raise ValueError("y: expected a buffer distinct from x, got an overlapping one")
         cdef const float *xp = _ops_ptr(x)
         cdef float *yp = _ops_ptr(y)
         cdef int code = self.isa_code
@@ -273,7 +330,7 @@ cdef class DenseFcKernel:
 
 def relu_(x):
     """In-place ReLU on any float32 C-contiguous array; returns x."""
-    _ops_check(x, "x", 0, True)
+    x = _ops_check(x, "x", 0, True)
     if x.size == 0:
         return x
     cdef float *p = _ops_ptr(x)
@@ -283,13 +340,31 @@ def relu_(x):
     return x
 
 
+def relu(x, y):
+    """y = max(x, 0) for same-shape float32 arrays (y may be x): one pass, no copy first."""
+    x = _ops_check(x, "x", 0)
+    y = _ops_check(y, "y", 0, True)
+    _ops_shape(y, "y", tuple(x.shape))
+    _ops_same_or_disjoint(y, x, "x")
+    if x.size == 0:
+        return y
+    cdef const float *xp = _ops_ptr(x)
+    cdef float *yp = _ops_ptr(y)
+    cdef size_t n = x.size
+    with nogil:
+        qcnn_relu(xp, yp, n)
+    return y
+
+
 def add(a, b, out, bint relu=False):
     """out = a + b (same shapes; out may be a or b), optionally followed by ReLU."""
-    _ops_check(a, "a", 0)
-    _ops_check(b, "b", 0)
-    _ops_check(out, "out", 0, True)
+    a = _ops_check(a, "a", 0)
+    b = _ops_check(b, "b", 0)
+    out = _ops_check(out, "out", 0, True)
     _ops_shape(b, "b", tuple(a.shape))
     _ops_shape(out, "out", tuple(a.shape))
+    _ops_same_or_disjoint(out, a, "a")
+    _ops_same_or_disjoint(out, b, "b")
     if a.size == 0:
         return out
     cdef const float *ap = _ops_ptr(a)
@@ -303,11 +378,12 @@ def add(a, b, out, bint relu=False):
 
 def softmax(x, y):
     """Numerically stable softmax over the last axis (1-D or 2-D [rows][n]); y may be x."""
-    _ops_check(x, "x", 0)
-    _ops_check(y, "y", 0, True)
+    x = _ops_check(x, "x", 0)
+    y = _ops_check(y, "y", 0, True)
     if x.ndim not in (1, 2):
         raise ValueError(f"x: expected 1 or 2 dims, got shape {x.shape}")
     _ops_shape(y, "y", tuple(x.shape))
+    _ops_same_or_disjoint(y, x, "x")
     _ops_nonempty(x, "x")
     cdef int n = x.shape[x.ndim - 1]
     cdef int rows = x.size // n
@@ -320,14 +396,14 @@ def softmax(x, y):
 
 def lrn(x, y, int size, float alpha, float beta, float bias=1.0, isa="auto"):
     """ONNX LRN across the channels of an NHWC tensor [..., C] (x and y distinct arrays)."""
-    _ops_check(x, "x", 0)
-    _ops_check(y, "y", 0, True)
+    x = _ops_check(x, "x", 0)
+    y = _ops_check(y, "y", 0, True)
     if x.ndim < 1:
         raise ValueError(f"x: expected at least 1 dim (channels last), got shape {x.shape}")
     _ops_shape(y, "y", tuple(x.shape))
     if size < 1:
         raise ValueError(f"size: expected >= 1, got {size}")
-    if _ops_np.shares_memory(x, y):
+    if _ops_overlap(x, y):
         raise ValueError("y: expected a buffer distinct from x, got an overlapping one")
     _ops_nonempty(x, "x")
     cdef int code = _ops_isa(isa, True)
@@ -355,10 +431,10 @@ def pool_out_size(int size, int k, int stride, int pad_begin=0, int pad_end=0, b
 
 cdef object _ops_pool(bint is_max, x, y, int kh, int kw, int sh, int sw, int pt, int pl, int pb,
                       int pr, bint count_include_pad, object isa):
-    _ops_check(x, "x", 3)
-    _ops_check(y, "y", 3, True)
+    x = _ops_check(x, "x", 3)
+    y = _ops_check(y, "y", 3, True)
     cdef int code = _ops_isa(isa, True)
-    if _ops_np.shares_memory(x, y):
+    if _ops_overlap(x, y):
         raise ValueError("y: expected a buffer distinct from x, got an overlapping one")
     if kh < 1 or kw < 1 or sh < 1 or sw < 1 or min(pt, pl, pb, pr) < 0:
         raise ValueError(f"pooling: expected kernel/strides >= 1 and pads >= 0, got "
@@ -403,8 +479,8 @@ def avgpool(x, y, int kh, int kw, int sh, int sw, int pt=0, int pl=0, int pb=0, 
 
 def global_avgpool(x, y):
     """Mean over H and W: x [H][W][C] -> y [C]."""
-    _ops_check(x, "x", 3)
-    _ops_check(y, "y", 1, True)
+    x = _ops_check(x, "x", 3)
+    y = _ops_check(y, "y", 1, True)
     _ops_nonempty(x, "x")
     h, w, c = x.shape
     _ops_shape(y, "y", (c,))
@@ -418,7 +494,7 @@ def global_avgpool(x, y):
 
 def concat_channels(inputs, out):
     """Concatenate NHWC tensors [H][W][Ci] along channels into out [H][W][sum Ci]."""
-    _ops_check(out, "out", 3, True)
+    out = _ops_check(out, "out", 3, True)
     oh, ow, oc = out.shape
     xs = [_ops_check(a, f"inputs[{i}]", 3) for i, a in enumerate(inputs)]
     if not xs:
@@ -441,7 +517,7 @@ def concat_channels(inputs, out):
         cx = a.shape[2]
         if cx == 0:
             continue
-        if _ops_np.shares_memory(a, out):
+        if _ops_overlap(a, out):
             raise ValueError("inputs: expected tensors distinct from out, got an overlapping one")
         xp = _ops_ptr(a)
         with nogil:
@@ -452,10 +528,12 @@ def concat_channels(inputs, out):
 
 def nhwc_to_nchw(x, y):
     """x [H][W][C] -> y [C][H][W] (so a following Flatten matches ONNX's NCHW order)."""
-    _ops_check(x, "x", 3)
-    _ops_check(y, "y", 3, True)
+    x = _ops_check(x, "x", 3)
+    y = _ops_check(y, "y", 3, True)
     h, w, c = x.shape
     _ops_shape(y, "y", (c, h, w))
+    if _ops_overlap(x, y):
+        raise ValueError("y: expected a buffer distinct from x, got an overlapping one")
     if x.size == 0:
         return y
     cdef const float *xp = _ops_ptr(x)

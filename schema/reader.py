@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import mmap
 import os
+import stat
 import struct
 import sys
 import zlib
@@ -64,11 +65,20 @@ class QcnnFile:
 def open_qcnn(path, unpack_indices: bool = False) -> QcnnFile:
     path = os.fspath(path)
     try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
+        # O_NONBLOCK: opening a FIFO named like a model must not wait for a writer forever.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISDIR(st.st_mode):
+                raise IsADirectoryError(path)
+            if not stat.S_ISREG(st.st_mode):
+                raise QcnnFormatError(f"{path}: not a regular file")
+            size = st.st_size
             if size == 0:
                 raise QcnnFormatError(f"{path}: empty file")
-            mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            mapping = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)  # the mapping keeps its own reference
+        finally:
+            os.close(fd)
     except FileNotFoundError:
         raise FileNotFoundError(f"no such .qcnn file: {path}") from None
     except IsADirectoryError:

@@ -112,6 +112,32 @@ def test_dense_conv_fast_paths_match_reference(isa):
 
 
 @pytest.mark.parametrize("isa", ISAS)
+def test_dense_conv_fast_paths_random_shapes(isa):
+    # random geometry (fixed seed): groups, strides, kernel sizes, asymmetric pads, odd sizes
+    rng = np.random.default_rng(99)
+    for _ in range(40):
+        groups = int(rng.choice([1, 1, 2, 3]))
+        cin, cout = groups * int(rng.integers(1, 12)), groups * int(rng.integers(1, 40))
+        kh, kw = int(rng.integers(1, 6)), int(rng.integers(1, 6))
+        sh, sw = int(rng.integers(1, 4)), int(rng.integers(1, 4))
+        pads = tuple(int(v) for v in rng.integers(0, 3, size=4))
+        h = int(rng.integers(max(1, kh - pads[0] - pads[2]), 14))
+        w = int(rng.integers(max(1, kw - pads[1] - pads[3]), 30))
+        weight = rng.standard_normal((cout, cin // groups, kh, kw)).astype(np.float32)
+        bias = rng.standard_normal(cout).astype(np.float32) if rng.random() < 0.7 else None
+        relu = bool(rng.random() < 0.5)
+        x = rng.standard_normal((h, w, cin)).astype(np.float32)
+        args = dict(strides=(sh, sw), pads=pads, groups=groups, relu=relu)
+        ref = _core.DenseConvKernel(weight, bias, isa="ref", **args)
+        fast = _core.DenseConvKernel(weight, bias, isa=isa, **args)
+        want = np.empty(ref.out_shape(h, w), np.float32)
+        got = np.full_like(want, np.nan)
+        ref.run(x, want)
+        fast.run(x, got, np.empty(fast.scratch_nbytes(h, w), np.uint8))
+        assert_close(got, want), (args, weight.shape, (h, w))
+
+
+@pytest.mark.parametrize("isa", ISAS)
 def test_dense_conv_fast_paths_large_weights(isa):
     # weights larger than the L2 budget: output-channel blocks are processed in several
     # passes over the image; 136 channels = 8.5 blocks, so the last block is partial
@@ -124,6 +150,27 @@ def test_dense_conv_fast_paths_large_weights(isa):
     ref.run(x, want)
     fast.run(x, got, np.empty(fast.scratch_nbytes(3, 13), np.uint8))
     assert_close(got, want)
+
+
+@pytest.mark.parametrize("isa", ["ref"] + ISAS)
+@pytest.mark.parametrize("k,pads", [(1, (0, 0, 0, 0)), (3, (1, 1, 1, 1))])
+def test_dense_conv_into_channel_slice_equals_concat(isa, k, pads):
+    # a fire module: two expand convs writing straight into the concatenated output
+    x = rand(9, 11, 24)
+    wa, ba, wb, bb = rand(20, 24, 1, 1), rand(20), rand(36, 24, k, k), rand(36)
+    ka = _core.DenseConvKernel(wa, ba, relu=True, isa=isa)
+    kb = _core.DenseConvKernel(wb, bb, pads=pads, relu=True, isa=isa)
+    scratch = np.empty(max(ka.scratch_nbytes(9, 11), kb.scratch_nbytes(9, 11)), np.uint8)
+    ya, yb = np.empty((9, 11, 20), np.float32), np.empty((9, 11, 36), np.float32)
+    ka.run(x, ya, scratch)
+    kb.run(x, yb, scratch)
+    out = np.full((9, 11, 60), np.nan, np.float32)  # 4 spare channels must stay untouched
+    ka.run(x, out, scratch, out_channel_offset=0)
+    kb.run(x, out, scratch, out_channel_offset=20)
+    np.testing.assert_array_equal(out[..., :56], np.concatenate([ya, yb], axis=2))
+    assert np.isnan(out[..., 56:]).all()
+    with pytest.raises(ValueError, match="out_channel_offset"):
+        kb.run(x, out, scratch, out_channel_offset=25)
 
 
 def test_dense_conv_writes_only_its_output():
@@ -149,6 +196,11 @@ def test_dense_conv_validation():
         kern.run(x, y, np.empty(4, np.uint8))
     with pytest.raises(ValueError, match="scratch"):
         kern.run(x, y, None)
+    with pytest.raises(ValueError, match="distinct from x"):
+        big = rand(5 * 5 * 8)
+        kern.run(big[:100].reshape(5, 5, 4), big.reshape(5, 5, 8), np.empty(kern.scratch_nbytes(5, 5), np.uint8))
+    with pytest.raises(ValueError, match="scratch: expected a buffer separate"):
+        kern.run(x, y, y)
     with pytest.raises(ValueError, match="smaller than"):
         _core.DenseConvKernel(rand(8, 4, 3, 3)).out_shape(2, 5)
     with pytest.raises(ValueError, match="groups"):
@@ -197,6 +249,15 @@ def test_relu_in_place():
     np.testing.assert_array_equal(x, hwc(want))
 
 
+def test_relu_out_of_place():
+    x = rand(3, 5, 17)
+    y = np.full_like(x, np.nan)
+    assert _core.relu(x, y) is y
+    np.testing.assert_array_equal(y, hwc(run_onnx("Relu", [nchw(x)])))
+    with pytest.raises(ValueError, match="expected shape"):
+        _core.relu(x, np.empty((3, 5, 16), np.float32))
+
+
 @pytest.mark.parametrize("relu", [False, True])
 def test_add(relu):
     a, b = rand(5, 6, 7), rand(5, 6, 7)
@@ -210,6 +271,26 @@ def test_add(relu):
     np.testing.assert_allclose(a, want, rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match="expected shape"):
         _core.add(a, rand(5, 6, 8), out)
+    buf = rand(20)
+    with pytest.raises(ValueError, match="partly overlapping"):
+        _core.add(buf[1:11], b.reshape(-1)[:10], buf[:10])
+
+
+def test_wrappers_accept_buffers_and_reject_bad_input():
+    x = rand(4, 4, 8)
+    y = np.zeros((8, 4, 4), np.float32)
+    _core.nhwc_to_nchw(memoryview(x), memoryview(y))  # a writable memoryview output is shared
+    np.testing.assert_array_equal(y, x.transpose(2, 0, 1))
+    with pytest.raises(ValueError, match="float32 array or buffer"):
+        _core.relu_([1.0, -1.0])
+    with pytest.raises(ValueError, match="read-only"):
+        ro = rand(3)
+        ro.flags.writeable = False
+        _core.relu_(ro)
+    with pytest.raises(ValueError, match="dtype float32"):
+        _core.softmax(np.zeros(3), np.zeros(3))
+    with pytest.raises(ValueError, match="isa"):
+        _core.lrn(x, np.empty_like(x), 5, 1e-4, 0.75, isa="neon")
 
 
 def test_softmax_stable_and_matches():
@@ -343,6 +424,24 @@ def test_avgpool_matches_onnxruntime(h, w, c, k, stride, pads, ceil_mode, count_
         np.testing.assert_allclose(y, hwc(want[n:n + 1]), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("isa", ISAS)
+def test_maxpool_fast_paths_random_shapes(isa):
+    rng = np.random.default_rng(5)
+    for _ in range(40):
+        kh, kw = int(rng.integers(1, 5)), int(rng.integers(1, 5))
+        sh, sw = int(rng.integers(1, 4)), int(rng.integers(1, 4))
+        pads = tuple(int(rng.integers(0, k)) for k in (kh, kw, kh, kw))  # ONNX: pad < kernel
+        h, w, c = int(rng.integers(kh, 12)), int(rng.integers(kw, 12)), int(rng.integers(1, 300))
+        ceil = bool(rng.random() < 0.5)
+        oh, ow = _pool_out(h, w, (kh, kw), (sh, sw), pads, ceil)
+        x = rng.standard_normal((h, w, c)).astype(np.float32)
+        want = np.empty((oh, ow, c), np.float32)
+        got = np.full_like(want, np.nan)
+        _core.maxpool(x, want, kh, kw, sh, sw, *pads, isa="ref")
+        _core.maxpool(x, got, kh, kw, sh, sw, *pads, isa=isa)
+        np.testing.assert_array_equal(got, want)
+
+
 def test_pool_out_size_rules():
     # floor vs ceil, and the ceil-mode rule that the last window must start in input/left pad
     assert _core.pool_out_size(55, 3, 2) == 27
@@ -366,3 +465,68 @@ def test_global_avgpool(shape):
     y = np.empty(shape[2], np.float32)
     _core.global_avgpool(x, y)
     np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------- end to end
+def shared_dir():
+    from pathlib import Path
+    return Path(__file__).resolve().parents[1].parent / "shared"
+
+
+def run_graph_with_ops(model, x_hwc, isa):
+    """Execute a Conv/Relu/MaxPool/Concat/GlobalAveragePool/Flatten graph with the ops here,
+    in NHWC, one image: a check that the ops compose with ONNX's semantics (incl. Flatten
+    order and pooling sizes) on a real network."""
+    from onnx import numpy_helper
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    vals = {model.graph.input[0].name: x_hwc}
+    for node in model.graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        ins = [vals.get(n) for n in node.input]
+        if node.op_type == "Conv":
+            pads = attrs.get("pads", [0, 0, 0, 0])
+            kern = _core.DenseConvKernel(inits[node.input[1]], inits.get(node.input[2]) if len(node.input) > 2 else None,
+                                         strides=attrs.get("strides", [1, 1]), pads=pads,
+                                         groups=attrs.get("group", 1), isa=isa)
+            h, w, _ = ins[0].shape
+            out = np.empty(kern.out_shape(h, w), np.float32)
+            kern.run(ins[0], out, np.empty(kern.scratch_nbytes(h, w), np.uint8))
+        elif node.op_type == "Relu":
+            out = _core.relu_(ins[0].copy())
+        elif node.op_type == "MaxPool":
+            k, s = attrs["kernel_shape"], attrs.get("strides", [1, 1])
+            p = attrs.get("pads", [0, 0, 0, 0])
+            ceil = attrs.get("ceil_mode", 0)
+            h, w, c = ins[0].shape
+            out = np.empty((_core.pool_out_size(h, k[0], s[0], p[0], p[2], ceil),
+                            _core.pool_out_size(w, k[1], s[1], p[1], p[3], ceil), c), np.float32)
+            _core.maxpool(ins[0], out, *k, *s, *p, isa=isa)
+        elif node.op_type == "Concat":
+            assert attrs["axis"] == 1  # NCHW channels
+            out = np.empty(ins[0].shape[:2] + (sum(a.shape[2] for a in ins),), np.float32)
+            _core.concat_channels(ins, out)
+        elif node.op_type == "GlobalAveragePool":
+            out = np.empty(ins[0].shape[2], np.float32)
+            _core.global_avgpool(ins[0], out)
+        elif node.op_type == "Flatten":
+            out = ins[0].reshape(-1)
+        else:
+            raise NotImplementedError(node.op_type)
+        vals[node.output[0]] = out
+    return vals[model.graph.output[0].name]
+
+
+@pytest.mark.parametrize("isa", ["ref"] + ISAS)
+def test_squeezenet_end_to_end_matches_onnxruntime(isa):
+    path = shared_dir() / "models" / "squeezenet1.1.onnx"
+    if not path.exists():
+        pytest.skip(f"{path} not found")
+    model = onnx.load(str(path))
+    x = np.random.default_rng(7).standard_normal((224, 224, 3)).astype(np.float32)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    want = sess.run(None, {model.graph.input[0].name: nchw(x)})[0].reshape(-1)
+    got = run_graph_with_ops(model, x, isa)
+    assert got.shape == want.shape
+    assert_close(got, want, rtol=1e-3, atol=1e-4)

@@ -114,6 +114,8 @@ CONV_CASES = [
     (24, 66, 3, 1, 1, (4, 4), (0, 0, 0, 0), 8, 64, 9, 9, False, True),
     (11, 192, 1, 3, 3, (2, 1), (0, 2, 1, 0), 4, 129, 8, 11, True, True),
     (8, 384, 1, 3, 3, (1, 1), (1, 1, 1, 1), 8, 128, 13, 13, True, True),
+    (4, 8, 1, 3, 3, (1, 1), (1, 1, 1, 1), 2, 64, 2, 1, False, True),      # 1-pixel rows
+    (6, 64, 2, 5, 5, (1, 1), (2, 2, 2, 2), 3, 40, 3, 17, True, False),
 ]
 
 
@@ -158,6 +160,7 @@ FC_CASES = [
     (30, 33, 3, 70, False, True),
     (20, 40, 1, 90, False, False),
     (300, 1100, 3, 32, True, True),  # several chunks of channel blocks + a partial one
+    (7, 70, 1, 5, False, True),      # 7 subspaces: 4 share a table, then 3
 ]
 
 

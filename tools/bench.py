@@ -133,8 +133,13 @@ def _ck(text: str) -> Tuple[int, int]:
     return int(c), int(k)
 
 
-def convert_cached(name: str, src: Path, cal: np.ndarray, kwargs: dict, settings: dict, cache: Path, log) -> Tuple[Path, float]:
-    """Convert `src` once per (source sha256, settings, calibration data); returns (path, seconds or 0 if cached)."""
+def convert_cached(name: str, src: Path, cal: np.ndarray, kwargs: dict, settings: dict, cache: Path, log,
+                   cpu: Optional[dict] = None) -> Tuple[Path, float]:
+    """Convert `src` once per (source sha256, settings, calibration data); returns (path, seconds or 0 if cached).
+
+    `cpu`, if given, receives {"seconds": CPU seconds of this process during the conversion}: on a
+    shared machine wall time says little about what the conversion costs.
+    """
     from qcnn.converter import convert
 
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode() + json.dumps(kwargs, sort_keys=True).encode()
@@ -146,9 +151,12 @@ def convert_cached(name: str, src: Path, cal: np.ndarray, kwargs: dict, settings
     cache.mkdir(parents=True, exist_ok=True)
     log(f"{name}: converting ({'EC' if settings['ec'] else 'k-means'}, conv {settings['conv']}, fc {settings['fc']}, "
         f"{cal.shape[0]} calibration inputs)")
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     convert(str(src), str(dst), calib=cal, calib_count=cal.shape[0], ec=settings["ec"], conv=_ck(settings["conv"]),
             fc=_ck(settings["fc"]), last_fc=_ck(settings["last_fc"]), log=lambda m: log(f"  {m}"), **kwargs)
+    if cpu is not None:
+        cpu["seconds"] = time.process_time() - c0
+    log(f"{name}: converted in {time.perf_counter() - t0:.0f} s ({time.process_time() - c0:.0f} s CPU)")
     return dst, time.perf_counter() - t0
 
 
@@ -222,6 +230,26 @@ def qcnn_layer_times(model, x: np.ndarray, runs: int) -> List[dict]:
     return out
 
 
+_OP_GROUPS = {
+    "Conv": "conv", "FusedConv": "conv", "ConvInteger": "conv", "QLinearConv": "conv",
+    "Gemm": "fully connected", "FusedGemm": "fully connected", "MatMul": "fully connected",
+    "MatMulInteger": "fully connected", "DynamicQuantizeMatMul": "fully connected",
+    "LRN": "LRN", "MaxPool": "pooling", "AveragePool": "pooling", "GlobalAveragePool": "pooling",
+    "Relu": "ReLU", "Softmax": "softmax", "Concat": "concat", "Add": "add",
+    "Flatten": "layout/reshape", "Reshape": "layout/reshape", "Transpose": "layout/reshape",
+    "ReorderInput": "layout/reshape", "ReorderOutput": "layout/reshape",
+}
+
+
+def op_group_times(layers: List[dict]) -> Dict[str, float]:
+    """Sum of per-layer ms by kind of operation (conv, fully connected, LRN, ...), so engines can be compared."""
+    out: Dict[str, float] = {}
+    for l in layers:
+        g = _OP_GROUPS.get(l["op"], "other")
+        out[g] = out.get(g, 0.0) + l["ms"]
+    return out
+
+
 # ---------------------------------------------------------------------------------------------- timing
 def time_engines(runners: Dict[str, callable], x: np.ndarray, runs: int, warmup: int = 3) -> Dict[str, dict]:
     """Round-robin timing of every engine on the same inputs (cycled), batch 1."""
@@ -262,11 +290,13 @@ def bench_model(name: str, path: Optional[str], args, out_dir: Path, log) -> dic
     cal, ev, kwargs, cal_desc = calibration_inputs(shape, args.calib, args.calib_count, out_dir, log)
     settings = conversion_settings(args)
     cache = out_dir / "cache"
-    qpath, convert_s = convert_cached(name, src, cal, kwargs, settings, cache, log)
+    cpu: dict = {}
+    qpath, convert_s = convert_cached(name, src, cal, kwargs, settings, cache, log, cpu)
     i8path = int8_cached(name, src, cache, log)
     files = {"onnx_fp32": src, "onnx_int8": i8path, "qcnn": qpath}
     res: dict = {"model": name, "source": str(src), "files": {k: str(v) for k, v in files.items()},
                  "calibration": cal_desc, "convert_seconds": round(convert_s, 1),
+                 "convert_cpu_seconds": round(cpu.get("seconds", 0.0), 1),
                  "bytes": {k: common.file_size(v) for k, v in files.items()}}
     info = qinspect.describe(qpath)
     res["theoretical_speedup"] = info["totals"]["speedup"]
@@ -293,6 +323,9 @@ def bench_model(name: str, path: Optional[str], args, out_dir: Path, log) -> dic
     lat = res["latency"]
     res["speedup_vs_fp32"] = lat["onnx_fp32"]["median_ms"] / lat["qcnn"]["median_ms"]
     res["speedup_vs_int8"] = lat["onnx_int8"]["median_ms"] / lat["qcnn"]["median_ms"]
+    res["speedup_vs_fp32_min"] = lat["onnx_fp32"]["min_ms"] / lat["qcnn"]["min_ms"]
+    res["speedup_vs_int8_min"] = lat["onnx_int8"]["min_ms"] / lat["qcnn"]["min_ms"]
+    res["load_average"] = round(os.getloadavg()[0], 2)
     res["compression_vs_fp32"] = res["bytes"]["onnx_fp32"] / res["bytes"]["qcnn"]
     res["compression_vs_int8"] = res["bytes"]["onnx_int8"] / res["bytes"]["qcnn"]
     if not args.no_rss:
@@ -329,20 +362,31 @@ def format_markdown(report: dict) -> str:
         rows.append([
             m["model"],
             *(f"{lat[e]['median_ms']:.2f} / {lat[e]['min_ms']:.2f}" for e in ENGINES),
-            f"{m['speedup_vs_fp32']:.2f}x / {m['speedup_vs_int8']:.2f}x",
+            f"{m['speedup_vs_fp32']:.2f}x / {m['speedup_vs_int8']:.2f}x "
+            f"({m['speedup_vs_fp32_min']:.2f}x / {m['speedup_vs_int8_min']:.2f}x)",
             f"{m['theoretical_speedup']:.2f}x",
             " / ".join(hb(m["bytes"][e]) for e in ENGINES),
             f"{m['compression_vs_fp32']:.1f}x / {m['compression_vs_int8']:.1f}x",
             " / ".join(f"{rss[e]:.0f}" for e in ENGINES) if rss else "n/a",
         ])
-    out += _table(["model", "ort fp32 ms (median / min)", "ort int8 ms", "qcnn ms", "qcnn speed-up vs fp32 / int8",
+    out += _table(["model", "ort fp32 ms (median / min)", "ort int8 ms", "qcnn ms", "qcnn speed-up vs fp32 / int8, median (min)",
                    "theoretical (paper FLOPs)", "size fp32 / int8 / qcnn", "compression vs fp32 / int8",
                    "peak RSS MB fp32 / int8 / qcnn"], rows)
     for m in report["models"]:
         if "layers" not in m:
             continue
         out += ["", f"## {m['model']}: per-layer times (ms, median)", "",
-                f"Calibration: {m['calibration']}; conversion took {m['convert_seconds']} s (0 = cached).", ""]
+                f"Calibration: {m['calibration']}; conversion took {m['convert_seconds']} s wall, "
+                f"{m.get('convert_cpu_seconds', 0)} s CPU (0 = cached). "
+                f"Load average after timing: {m.get('load_average', '?')} (on a busy machine medians suffer "
+                f"more than minimums).", ""]
+        g_q, g_o = op_group_times(m["layers"]["qcnn"]), op_group_times(m["layers"]["onnx_fp32"])
+        kinds = sorted(set(g_q) | set(g_o), key=lambda k: -(g_o.get(k, 0) + g_q.get(k, 0)))
+        out += ["By kind of operation (sum of the per-layer medians below):", ""]
+        out += _table(["operation", "onnxruntime fp32 ms", "qcnn ms", "ratio"],
+                      [[k, f"{g_o.get(k, 0):.3f}", f"{g_q.get(k, 0):.3f}",
+                        f"{g_o[k] / g_q[k]:.2f}x" if g_o.get(k) and g_q.get(k) else "-"] for k in kinds])
+        out.append("")
         for eng, title in (("qcnn", "qcnn (each plan step timed alone)"),
                            ("onnx_fp32", "onnxruntime fp32 (its profiler, kernel time per node)")):
             layers = m["layers"][eng]
@@ -351,6 +395,9 @@ def format_markdown(report: dict) -> str:
             out += _table(["layer", "op", "ms", "%"],
                           [[l["name"], l["op"], f"{l['ms']:.3f}", f"{100 * l['ms'] / total:.1f}"] for l in layers])
             out.append("")
+    if report.get("seconds"):
+        out += ["", f"Whole run: {report['seconds']['wall']} s wall, {report['seconds']['cpu_main_process']} s CPU "
+                    f"in the main process (RSS subprocesses not included)."]
     if report.get("plot_note"):
         out += ["", report["plot_note"]]
     return "\n".join(out) + "\n"
@@ -383,7 +430,8 @@ def write_plot(report: dict, path: Path) -> Optional[str]:
     a2.set_ylabel("compression (file size ratio)")
     a2.legend(fontsize=8)
     mi = report["machine"]
-    fig.suptitle(f"qcnn, batch 1, {report['settings']['threads']} thread(s) - {mi['cpu']}, ISA {mi['qcnn_isa']}",
+    fig.suptitle(f"qcnn, batch 1, {report['settings']['threads']} thread(s) - {mi['cpu']}, {mi['cores']} cores, "
+                 f"qcnn ISA {mi['qcnn_isa']}",
                  fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -432,6 +480,7 @@ def main(argv=None) -> int:
                                                "runs": args.runs, "lut": args.lut, "isa": args.isa},
               "models": []}
     status = 0
+    t0, c0 = time.perf_counter(), time.process_time()
     for name, path in models:
         try:
             report["models"].append(bench_model(name, path, args, out_dir, log))
@@ -439,6 +488,7 @@ def main(argv=None) -> int:
             log(f"{name}: FAILED: {exc.__class__.__name__}: {exc}")
             report["models"].append({"model": name, "error": f"{exc.__class__.__name__}: {exc}"})
             status = 1
+    report["seconds"] = {"wall": round(time.perf_counter() - t0, 1), "cpu_main_process": round(time.process_time() - c0, 1)}
     report["plot_note"] = write_plot(report, out_dir / "bench.png")
     with open(out_dir / "bench.json", "w") as f:
         json.dump(report, f, indent=2, default=str)

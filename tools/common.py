@@ -31,11 +31,13 @@ IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
 
 # ---------------------------------------------------------------------------------------------- data
 def shared_dir() -> Optional[Path]:
-    """The shared data folder: $QCNN_SHARED, else ../shared beside the repository or the cwd."""
+    """The shared data folder: $QCNN_SHARED if set (even if missing: that simulates a fresh machine),
+    else ../shared beside the repository or the current directory."""
     env = os.environ.get("QCNN_SHARED")
-    candidates = [Path(env)] if env else []
-    candidates += [Path(__file__).resolve().parents[1].parent / "shared", Path.cwd().parent / "shared",
-                   Path.cwd() / "shared"]
+    if env:
+        candidates = [Path(env)]
+    else:
+        candidates = [Path(__file__).resolve().parents[1].parent / "shared", Path.cwd().parent / "shared"]
     for c in candidates:
         if (c / "data").is_dir() or (c / "models").is_dir():
             return c
@@ -311,6 +313,10 @@ def machine_info(isa: str = "auto") -> Dict[str, object]:
         info["cores_usable"] = len(os.sched_getaffinity(0))
     except AttributeError:
         pass
+    try:  # other jobs on the machine make latencies noisy: say how busy it was
+        info["load_average"] = round(os.getloadavg()[0], 2)
+    except OSError:
+        pass
     try:
         from qcnn.runtime import _core
 
@@ -330,7 +336,9 @@ def machine_line(info: Dict[str, object]) -> str:
     usable = info.get("cores_usable")
     cores = f"{info['cores']} cores" + (f" ({usable} usable)" if usable and usable != info["cores"] else "")
     ort = f", onnxruntime {info['onnxruntime']}" if "onnxruntime" in info else ""
-    return f"machine: {info['cpu']}, {cores}; qcnn ISA {info['qcnn_isa']}; Python {info['python']}, numpy {info['numpy']}{ort}"
+    load = f"; load average {info['load_average']}" if "load_average" in info else ""
+    return (f"machine: {info['cpu']}, {cores}; qcnn ISA {info['qcnn_isa']}; Python {info['python']}, "
+            f"numpy {info['numpy']}{ort}{load}")
 
 
 def file_size(path) -> int:

@@ -29,6 +29,7 @@ def main(argv=None) -> int:
     p.add_argument("--lut", choices=["int8", "float"], default="int8")
     p.add_argument("--isa", default="auto")
     p.add_argument("--no-rss", action="store_true", help="skip the peak-memory subprocesses")
+    p.add_argument("--no-ec", action="store_true", help="plain k-means quantization instead of error correction")
     args = p.parse_args(argv)
     if args.calib_count < 1 or args.eval_count < 1:
         p.error("--calib-count and --eval-count must be >= 1")
@@ -77,8 +78,9 @@ def main(argv=None) -> int:
     # 3. conversion (cached by source, settings and calibration data)
     prep = make_preprocessing("imagenet", shape)
     cal = common.preprocess_images(calib_paths, prep, shape)
-    settings = {"conv": "8/128", "fc": "4/32", "last_fc": "1/16", "ec": True, "calib_count": len(calib_paths)}
-    log("converting with error correction (conv C's/K 8/128, fc 4/32, last fc 1/16)...")
+    settings = {"conv": "8/128", "fc": "4/32", "last_fc": "1/16", "ec": not args.no_ec, "calib_count": len(calib_paths)}
+    method = "plain k-means" if args.no_ec else "error correction"
+    log(f"converting with {method} (conv C's/K 8/128, fc 4/32, last fc 1/16)...")
     cached, secs = bench.convert_cached("alexnet", onnx_path, cal, {"preprocess": "imagenet"}, settings,
                                         out / "cache", log)
     qcnn_path = out / "alexnet.qcnn"
@@ -98,7 +100,7 @@ def main(argv=None) -> int:
     hb = common.human_bytes
     t = info["totals"]
     print()
-    print("qcnn demo: AlexNet (seeded random weights), Q-CNN with error correction")
+    print(f"qcnn demo: AlexNet (seeded random weights), Q-CNN with {method}")
     print(f"  size         ONNX {hb(r['bytes_onnx'])}  ->  .qcnn {hb(r['bytes_qcnn'])}   "
           f"({r['bytes_onnx'] / r['bytes_qcnn']:.1f}x smaller)")
     print(f"  agreement    top-1 {100 * r['top1_agreement']:.1f}%, top-5 overlap {100 * r['top5_overlap']:.1f}%, "

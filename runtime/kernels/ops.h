@@ -47,15 +47,20 @@ int qcnn_dconv_out_size(const qcnn_dconv_params *p, int h, int w, int *oh, int *
 size_t qcnn_dconv_packed_floats(const qcnn_dconv_params *p);
 void qcnn_dconv_pack(const qcnn_dconv_params *p, const float *w_onnx, float *packed);
 
-/* Plain reference: direct loops over the ONNX-layout weights. */
-void qcnn_dconv_ref(const qcnn_dconv_params *p, const float *x, int h, int w, float *y);
+/* Output y: pixel (oy, ox) channel co at y[(oy*OW + ox)*ystride + co]. ystride = cout for a
+ * dense [OH][OW][cout] tensor; larger to write into a channel slice of a wider tensor (e.g.
+ * straight into a Concat's output, y pointing at the slice's first channel).
+ *
+ * Plain reference: direct loops over the ONNX-layout weights. */
+void qcnn_dconv_ref(const qcnn_dconv_params *p, const float *x, int h, int w, float *y,
+                    int ystride);
 
 /* Fast path (register-blocked micro-kernel on the packed weights). scratch must hold
  * qcnn_dconv_scratch_floats(p, h, w) floats (a zero-padded copy of the input when the conv
  * has padding; 0 otherwise, scratch may then be NULL). */
 size_t qcnn_dconv_scratch_floats(const qcnn_dconv_params *p, int h, int w);
 void qcnn_dconv_run(const qcnn_dconv_params *p, int isa, const float *x, int h, int w, float *y,
-                    float *scratch);
+                    int ystride, float *scratch);
 
 /* ------------------------------------------------------------------ dense fully connected */
 /* y[o] = bias[o] + sum_i W[o][i] x[i]  (ONNX Gemm with transB=1), W float32 [out][in]. */
@@ -121,7 +126,7 @@ typedef struct {
     size_t xrow;      /* floats between input rows */
     size_t xseg;      /* floats between kernel-column segments */
     int kh, nseg, seglen; /* per kernel row: nseg segments of seglen contiguous floats */
-    const float *w;   /* packed weights of group g: nblk blocks of kh*nseg*seglen*16 floats */
+    const float *w;   /* packed weights of group g: ceil(cout_g/16) blocks of kh*nseg*seglen*16 floats */
     int b0, b1;       /* compute 16-channel blocks [b0, b1) of the group */
     int cout_g;       /* valid output channels of the group */
     float *y;         /* output at (oy, 0), channel g*cout_g */

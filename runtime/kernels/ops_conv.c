@@ -57,7 +57,8 @@ void qcnn_dconv_pack(const qcnn_dconv_params *p, const float *w_onnx, float *pac
                         }
 }
 
-void qcnn_dconv_ref(const qcnn_dconv_params *p, const float *x, int h, int w, float *y)
+void qcnn_dconv_ref(const qcnn_dconv_params *p, const float *x, int h, int w, float *y,
+                    int ystride)
 {
     int OH, OW;
     if (!qcnn_dconv_out_size(p, h, w, &OH, &OW))
@@ -84,7 +85,7 @@ void qcnn_dconv_ref(const qcnn_dconv_params *p, const float *x, int h, int w, fl
                 }
                 if (p->relu && acc < 0.0f)
                     acc = 0.0f;
-                y[((size_t)oy * OW + ox) * p->cout + co] = acc;
+                y[((size_t)oy * OW + ox) * ystride + co] = acc;
             }
 }
 
@@ -201,7 +202,7 @@ void qcnn_dconv_row_generic(const qcnn_dconv_row *r)
 
 /* ---------------------------------------------------------------- driver */
 void qcnn_dconv_run(const qcnn_dconv_params *p, int isa, const float *x, int h, int w, float *y,
-                    float *scratch)
+                    int ystride, float *scratch)
 {
     int OH, OW;
     if (!qcnn_dconv_out_size(p, h, w, &OH, &OW))
@@ -247,7 +248,7 @@ void qcnn_dconv_run(const qcnn_dconv_params *p, int isa, const float *x, int h, 
         r.xseg = C;
     }
     r.cout_g = cout_g;
-    r.ypix = p->cout;
+    r.ypix = ystride;
     r.ow = OW;
     r.relu = p->relu;
     const int nblk = nblocks(p);
@@ -269,7 +270,7 @@ void qcnn_dconv_run(const qcnn_dconv_params *p, int isa, const float *x, int h, 
             r.b1 = b0 + per < nblk ? b0 + per : nblk;
             for (int oy = 0; oy < OH; oy++) {
                 r.x = x + (size_t)oy * p->stride_h * r.xrow + g * cin_g;
-                r.y = y + (size_t)oy * OW * p->cout + g * cout_g;
+                r.y = y + (size_t)oy * OW * ystride + g * cout_g;
                 row_fn(&r);
             }
         }

@@ -9,9 +9,12 @@
 int qcnn_pool_out_size(int in, int k, int stride, int pad_begin, int pad_end, int ceil_mode)
 {
     const int span = in + pad_begin + pad_end - k;
-    if (k < 1 || stride < 1 || span < 0)
+    if (k < 1 || stride < 1 || (span < 0 && !ceil_mode))
         return 0;
-    int out = (ceil_mode ? (span + stride - 1) / stride : span / stride) + 1;
+    /* ceil(span / stride) also for a window wider than the padded input (span < 0): ONNX and
+     * onnxruntime then give one output, whose window is clipped to the input. */
+    int out = (ceil_mode ? (span >= 0 ? (span + stride - 1) / stride : -((-span) / stride))
+                         : span / stride) + 1;
     /* ONNX/PyTorch: the last window must start inside the input or the left padding */
     if (ceil_mode && (out - 1) * stride >= in + pad_begin)
         out--;

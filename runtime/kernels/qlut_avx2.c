@@ -20,21 +20,25 @@
 
 /* ------------------------------------------------------------------ float tables */
 
-/* NV*8 consecutive entries of one table; updates the running min/max vectors. */
-INLINE T2 void build_chunk(const float *xs, int nc, const float *cb, int Kp, float *L, __m256 *mn,
-                           __m256 *mx, const int NV) {
-    __m256 acc[4];
-    for (int v = 0; v < NV; v++) acc[v] = _mm256_setzero_ps();
-    for (int c = 0; c < nc; c++) {
-        const __m256 xc = _mm256_broadcast_ss(xs + c);
-        for (int v = 0; v < NV; v++)
-            acc[v] = _mm256_fmadd_ps(xc, _mm256_load_ps(cb + (size_t)c * Kp + 8 * v), acc[v]);
-    }
-    for (int v = 0; v < NV; v++) {
-        _mm256_store_ps(L + 8 * v, acc[v]);
-        *mn = _mm256_min_ps(*mn, acc[v]);
-        *mx = _mm256_max_ps(*mx, acc[v]);
-    }
+/* NV*8 consecutive entries of P tables (same group/subspace, P input pixels): the codebook
+ * slice loaded per channel serves P pixels. Updates each table's running min/max vectors. */
+INLINE T2 void build_chunk(const float *x, size_t xstride, int nc, const float *cb, int Kp, float *L,
+                           size_t Lstride, __m256 *mn, __m256 *mx, const int NV, const int P) {
+    __m256 acc[2][4];
+    for (int i = 0; i < P; i++)
+        for (int v = 0; v < NV; v++) acc[i][v] = _mm256_setzero_ps();
+    for (int c = 0; c < nc; c++)
+        for (int v = 0; v < NV; v++) {
+            const __m256 dv = _mm256_load_ps(cb + (size_t)c * Kp + 8 * v);
+            for (int i = 0; i < P; i++)
+                acc[i][v] = _mm256_fmadd_ps(_mm256_broadcast_ss(x + i * xstride + c), dv, acc[i][v]);
+        }
+    for (int i = 0; i < P; i++)
+        for (int v = 0; v < NV; v++) {
+            _mm256_store_ps(L + i * Lstride + 8 * v, acc[i][v]);
+            mn[i] = _mm256_min_ps(mn[i], acc[i][v]);
+            mx[i] = _mm256_max_ps(mx[i], acc[i][v]);
+        }
 }
 
 INLINE T2 float hreduce(__m256 v, int want_max) {
@@ -47,26 +51,51 @@ INLINE T2 float hreduce(__m256 v, int want_max) {
     return _mm_cvtss_f32(a);
 }
 
+/* Whole tables for P pixels; returns their largest range. */
+INLINE T2 float build_px(const float *x, size_t xstride, int nc, const float *cb, int Kp, float *L,
+                         size_t Lstride, float *tmin, size_t tstride, const int P) {
+    __m256 mn[2], mx[2];
+    for (int i = 0; i < P; i++) {
+        mn[i] = _mm256_set1_ps(__builtin_inff());
+        mx[i] = _mm256_set1_ps(-__builtin_inff());
+    }
+    int k = 0;
+    for (; k + 32 <= Kp; k += 32) build_chunk(x, xstride, nc, cb + k, Kp, L + k, Lstride, mn, mx, 4, P);
+    for (; k < Kp; k += 16) build_chunk(x, xstride, nc, cb + k, Kp, L + k, Lstride, mn, mx, 2, P);
+    float maxr = 0.0f;
+    for (int i = 0; i < P; i++) {
+        const float lo = hreduce(mn[i], 0), r = hreduce(mx[i], 1) - lo;
+        tmin[i * tstride] = lo;
+        maxr = r > maxr ? r : maxr;
+    }
+    return maxr;
+}
+
+/* (group, subspace) outer so its codebook stays in L1 across all pixels. */
 T2 float qlut_build_avx2(const qcnn_qconv_prepared *q, const float *x, int h, int w, float *Lf,
                          float *tmin) {
     const int G = q->p.groups, M = q->M, Cs = q->Cs, Kp = q->Kp, Cg = q->Cg;
+    const size_t npix = (size_t)h * w, tstride = (size_t)G * M, cin = q->p.cin;
     float maxr = 0.0f;
-    for (size_t pix = 0; pix < (size_t)h * w; pix++)
-        for (int g = 0; g < G; g++)
-            for (int m = 0; m < M; m++) {
-                const size_t t = (pix * G + g) * M + m;
-                const int nc = Cg - m * Cs < Cs ? Cg - m * Cs : Cs;
-                const float *xs = x + pix * q->p.cin + g * Cg + m * Cs;
-                const float *cb = q->cbt + ((size_t)g * M + m) * Cs * Kp;
-                float *L = Lf + t * Kp;
-                __m256 mn = _mm256_set1_ps(__builtin_inff()), mx = _mm256_set1_ps(-__builtin_inff());
-                int k = 0;
-                for (; k + 32 <= Kp; k += 32) build_chunk(xs, nc, cb + k, Kp, L + k, &mn, &mx, 4);
-                for (; k < Kp; k += 16) build_chunk(xs, nc, cb + k, Kp, L + k, &mn, &mx, 2);
-                const float lo = hreduce(mn, 0), hi = hreduce(mx, 1);
-                tmin[t] = lo;
-                maxr = hi - lo > maxr ? hi - lo : maxr;
+    for (int g = 0; g < G; g++)
+        for (int m = 0; m < M; m++) {
+            const int nc = Cg - m * Cs < Cs ? Cg - m * Cs : Cs;
+            const float *cb = q->cbt + ((size_t)g * M + m) * Cs * Kp;
+            const size_t t0 = (size_t)g * M + m;
+            const float *xs = x + g * Cg + m * Cs;
+            size_t pix = 0;
+            float r;
+            for (; pix + 2 <= npix; pix += 2) {
+                r = build_px(xs + pix * cin, cin, nc, cb, Kp, Lf + (pix * tstride + t0) * Kp,
+                             tstride * Kp, tmin + pix * tstride + t0, tstride, 2);
+                maxr = r > maxr ? r : maxr;
             }
+            if (pix < npix) {
+                r = build_px(xs + pix * cin, cin, nc, cb, Kp, Lf + (pix * tstride + t0) * Kp,
+                             tstride * Kp, tmin + pix * tstride + t0, tstride, 1);
+                maxr = r > maxr ? r : maxr;
+            }
+        }
     return maxr;
 }
 
@@ -177,10 +206,12 @@ INLINE T2 void conv_block(const qlut_run *r, int oy, int ox0, int g, int ob, con
             const uint8_t *ip = ib + ((size_t)ky * KW + kx) * M * Ogp;
             for (int m = 0; m < M; m++) {
                 const __m256i idx = _mm256_loadu_si256((const __m256i *)(ip + (size_t)m * Ogp));
+                const uint8_t *t = tp + (size_t)m * Kp;
+                __m256i v[4];
+                for (int i = 0; i < P; i++) v[i] = lookup(t + i * pstep, idx, NC, HALVES);
                 for (int i = 0; i < P; i++) {
-                    const __m256i v = lookup(tp + i * pstep + (size_t)m * Kp, idx, NC, HALVES);
-                    a[i] = _mm256_add_epi16(a[i], v);
-                    b[i] = _mm256_add_epi16(b[i], _mm256_srli_epi16(v, 8));
+                    a[i] = _mm256_add_epi16(a[i], v[i]);
+                    b[i] = _mm256_add_epi16(b[i], _mm256_srli_epi16(v[i], 8));
                 }
                 if (++cnt == 256) {
                     for (int i = 0; i < P; i++) flush(&a[i], &b[i], c[i]);
@@ -201,11 +232,12 @@ INLINE T2 void conv_all(const qlut_run *r, const int NC, const int HALVES) {
             for (int ox = 0; ox < r->ow;) {
                 const int left = r->ow - ox;
                 for (int ob = 0; ob < q->Ogp; ob += 32) {
-                    if (left >= 3) conv_block(r, oy, ox, g, ob, 3, NC, HALVES);
+                    if (left >= 4) conv_block(r, oy, ox, g, ob, 4, NC, HALVES);
+                    else if (left == 3) conv_block(r, oy, ox, g, ob, 3, NC, HALVES);
                     else if (left == 2) conv_block(r, oy, ox, g, ob, 2, NC, HALVES);
                     else conv_block(r, oy, ox, g, ob, 1, NC, HALVES);
                 }
-                ox += left >= 3 ? 3 : left;
+                ox += left >= 4 ? 4 : left;
             }
 }
 

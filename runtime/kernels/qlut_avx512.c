@@ -22,49 +22,72 @@
 
 /* ------------------------------------------------------------------ float tables */
 
-INLINE T512 float build_one(const float *xs, int nc, const float *cb, int Kp, float *L,
-                            float *mn_out, const int NV) {
-    __m512 acc[16];
-    for (int v = 0; v < NV; v++) acc[v] = _mm512_setzero_ps();
+/* P tables of the same (group, subspace) for P input pixels: the codebook slice loaded for
+ * each channel serves P pixels. Returns the largest range; writes tables and their minima. */
+INLINE T512 float build_px(const float *x, size_t xstride, int nc, const float *cb, int Kp,
+                           float *L, size_t Lstride, float *tmin, size_t tstride, const int NV,
+                           const int P) {
+    __m512 acc[4][16];
+    for (int i = 0; i < P; i++)
+        for (int v = 0; v < NV; v++) acc[i][v] = _mm512_setzero_ps();
     for (int c = 0; c < nc; c++) {
-        const __m512 xc = _mm512_set1_ps(xs[c]);
         const float *d = cb + (size_t)c * Kp;
-        for (int v = 0; v < NV; v++) acc[v] = _mm512_fmadd_ps(xc, _mm512_load_ps(d + 16 * v), acc[v]);
+        for (int v = 0; v < NV; v++) {
+            const __m512 dv = _mm512_load_ps(d + 16 * v);
+            for (int i = 0; i < P; i++)
+                acc[i][v] = _mm512_fmadd_ps(_mm512_set1_ps(x[i * xstride + c]), dv, acc[i][v]);
+        }
     }
-    __m512 mn = acc[0], mx = acc[0];
-    for (int v = 0; v < NV; v++) {
-        _mm512_store_ps(L + 16 * v, acc[v]);
-        mn = _mm512_min_ps(mn, acc[v]);
-        mx = _mm512_max_ps(mx, acc[v]);
+    float maxr = 0.0f;
+    for (int i = 0; i < P; i++) {
+        __m512 mn = acc[i][0], mx = acc[i][0];
+        for (int v = 0; v < NV; v++) {
+            _mm512_store_ps(L + i * Lstride + 16 * v, acc[i][v]);
+            mn = _mm512_min_ps(mn, acc[i][v]);
+            mx = _mm512_max_ps(mx, acc[i][v]);
+        }
+        const float lo = _mm512_reduce_min_ps(mn), r = _mm512_reduce_max_ps(mx) - lo;
+        tmin[i * tstride] = lo;
+        maxr = r > maxr ? r : maxr;
     }
-    float lo = _mm512_reduce_min_ps(mn), hi = _mm512_reduce_max_ps(mx);
-    *mn_out = lo;
-    return hi - lo;
+    return maxr;
 }
 
+/* (group, subspace) outer so its codebook (Cs x Kp floats) stays in L1 across all pixels. */
 INLINE T512 float build_all(const qcnn_qconv_prepared *q, const float *x, int h, int w, float *Lf,
-                            float *tmin, const int NV) {
+                            float *tmin, const int NV, const int P) {
     const int G = q->p.groups, M = q->M, Cs = q->Cs, Kp = q->Kp, Cg = q->Cg;
+    const size_t npix = (size_t)h * w, tstride = (size_t)G * M;
     float maxr = 0.0f;
-    for (size_t pix = 0; pix < (size_t)h * w; pix++)
-        for (int g = 0; g < G; g++)
-            for (int m = 0; m < M; m++) {
-                const size_t t = (pix * G + g) * M + m;
-                const int nc = Cg - m * Cs < Cs ? Cg - m * Cs : Cs;
-                float r = build_one(x + pix * q->p.cin + g * Cg + m * Cs, nc,
-                                    q->cbt + ((size_t)g * M + m) * Cs * Kp, Kp, Lf + t * Kp,
-                                    &tmin[t], NV);
+    for (int g = 0; g < G; g++)
+        for (int m = 0; m < M; m++) {
+            const int nc = Cg - m * Cs < Cs ? Cg - m * Cs : Cs;
+            const float *cb = q->cbt + ((size_t)g * M + m) * Cs * Kp;
+            const size_t t0 = (size_t)g * M + m;
+            const float *xs = x + g * Cg + m * Cs;
+            size_t pix = 0;
+            for (; pix + P <= npix; pix += P) {
+                float r = build_px(xs + pix * q->p.cin, q->p.cin, nc, cb, Kp, Lf + (pix * tstride + t0) * Kp,
+                                   tstride * Kp, tmin + pix * tstride + t0, tstride, NV, P);
                 maxr = r > maxr ? r : maxr;
             }
+            for (; pix < npix; pix++) {
+                float r = build_px(xs + pix * q->p.cin, q->p.cin, nc, cb, Kp, Lf + (pix * tstride + t0) * Kp,
+                                   tstride * Kp, tmin + pix * tstride + t0, tstride, NV, 1);
+                maxr = r > maxr ? r : maxr;
+            }
+        }
     return maxr;
 }
 
 T512 float qlut_build_avx512(const qcnn_qconv_prepared *q, const float *x, int h, int w, float *Lf,
                              float *tmin) {
     switch (q->Kp) {
-    case 64: return build_all(q, x, h, w, Lf, tmin, 4);
-    case 128: return build_all(q, x, h, w, Lf, tmin, 8);
-    default: return build_all(q, x, h, w, Lf, tmin, 16);
+    case 16: return build_all(q, x, h, w, Lf, tmin, 1, 4);
+    case 32: return build_all(q, x, h, w, Lf, tmin, 2, 4);
+    case 64: return build_all(q, x, h, w, Lf, tmin, 4, 4);
+    case 128: return build_all(q, x, h, w, Lf, tmin, 8, 3);
+    default: return build_all(q, x, h, w, Lf, tmin, 16, 1);
     }
 }
 
@@ -106,6 +129,13 @@ INLINE T512 void flush(__m512i *a, __m512i *b, __m512i c[4]) {
     c[3] = _mm512_add_epi32(c[3], _mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(*b, 1)));
     *a = _mm512_setzero_si512();
     *b = _mm512_setzero_si512();
+}
+
+/* Out-of-line flush into 32-bit sums kept in memory: the sums are touched once per 256 terms,
+ * and keeping them out of registers leaves the 32 zmm to the hot loop (gcc otherwise tries to
+ * hold them in registers and spills the accumulators instead). */
+static __attribute__((noinline)) T512 void flush_mem(__m512i *a, __m512i *b, __m512i *c, int n) {
+    for (int i = 0; i < n; i++) flush(&a[i], &b[i], c + 4 * i);
 }
 
 INLINE T512 void accumulate(__m512i *a, __m512i *b, __m512i v) {
@@ -169,7 +199,92 @@ INLINE T512 void conv_block(const qlut_run *r, int oy, int ox0, int g, int ob, c
     }
 }
 
+/* Stride-1 variant with the kernel width KW known at compile time: for each (kernel row,
+ * subspace) the KW index vectors stay in registers and each input pixel's table is loaded once
+ * and used for every (output pixel, kernel column) pair it meets, instead of once per pair. */
+INLINE T512 void conv_block_s1(const qlut_run *r, int oy, int ox0, int g, int ob, const int P,
+                               const int KW, const int KC) {
+    const qcnn_qconv_prepared *q = r->q;
+    const qcnn_qconv_params *p = &q->p;
+    const int M = q->M, Kp = q->Kp, Ogp = q->Ogp;
+    const size_t pixb = (size_t)p->groups * M * Kp;
+    const uint8_t *base = r->lq + ((size_t)oy * p->stride_h * r->PW + (size_t)ox0) * pixb +
+                          (size_t)g * M * Kp;
+    const uint8_t *ib = q->idx + (size_t)g * p->kh * KW * M * Ogp + ob;
+    __m512i a[8], b[8], c[8 * 4];
+    for (int i = 0; i < P; i++) a[i] = b[i] = _mm512_setzero_si512();
+    for (int j = 0; j < 4 * P; j++) c[j] = _mm512_setzero_si512();
+    int cnt = 0;
+    for (int ky = 0; ky < p->kh; ky++) {
+        const uint8_t *tp = base + (size_t)ky * r->PW * pixb;
+        const uint8_t *ip = ib + (size_t)ky * KW * M * Ogp;
+        for (int m = 0; m < M; m++) {
+            if (cnt + KW > 256) {
+                flush_mem(a, b, c, P);
+                cnt = 0;
+            }
+            cnt += KW;
+            __m512i idx[8];
+            for (int kx = 0; kx < KW; kx++)
+                idx[kx] = _mm512_loadu_si512(ip + ((size_t)kx * M + m) * Ogp);
+#pragma GCC unroll 16
+            for (int j = 0; j < P + KW - 1; j++) {
+                const uint8_t *t = tp + j * pixb + (size_t)m * Kp;
+                __m512i t0 = _mm512_load_si512(t);
+                __m512i t1 = KC >= 2 ? _mm512_load_si512(t + 64) : t0;
+                const __m512i t2 = KC == 4 ? _mm512_load_si512(t + 128) : t0;
+                const __m512i t3 = KC == 4 ? _mm512_load_si512(t + 192) : t0;
+                /* Pin the table in registers: otherwise gcc re-reads it from memory as the
+                 * operand of every vpermt2b (which overwrites one source) - measured 3-5% slower. */
+                __asm__("" : "+v"(t0), "+v"(t1));
+#pragma GCC unroll 8
+                for (int kx = 0; kx < KW; kx++) {
+                    const int i = j - kx; /* output pixel this (input pixel, column) feeds */
+                    if (i < 0 || i >= P) continue;
+                    __m512i v;
+                    if (KC == 1) {
+                        v = _mm512_permutexvar_epi8(idx[kx], t0);
+                    } else {
+                        v = _mm512_permutex2var_epi8(t0, idx[kx], t1);
+                        if (KC == 4)
+                            v = _mm512_mask_blend_epi8(_mm512_movepi8_mask(idx[kx]), v,
+                                                       _mm512_permutex2var_epi8(t2, idx[kx], t3));
+                    }
+                    accumulate(&a[i], &b[i], v);
+                }
+            }
+        }
+    }
+    flush_mem(a, b, c, P);
+    for (int i = 0; i < P; i++) epilogue(r, c + 4 * i, oy, ox0 + i, g, ob);
+}
+
 #define PBLK 4
+#define PS1 8 /* output pixels per stride-1 block */
+
+INLINE T512 void conv_all_s1(const qlut_run *r, const int KW, const int KC) {
+    const qcnn_qconv_prepared *q = r->q;
+    for (int oy = 0; oy < r->oh; oy++)
+        for (int g = 0; g < q->p.groups; g++)
+            for (int ox = 0; ox < r->ow;) {
+                /* Split the rest of the row evenly into blocks of <= PS1 pixels (13 -> 7 + 6). */
+                const int left = r->ow - ox;
+                const int np = (left + (left + PS1 - 1) / PS1 - 1) / ((left + PS1 - 1) / PS1);
+                for (int ob = 0; ob < q->Ogp; ob += 64) {
+                    switch (np) {
+                    case 1: conv_block_s1(r, oy, ox, g, ob, 1, KW, KC); break;
+                    case 2: conv_block_s1(r, oy, ox, g, ob, 2, KW, KC); break;
+                    case 3: conv_block_s1(r, oy, ox, g, ob, 3, KW, KC); break;
+                    case 4: conv_block_s1(r, oy, ox, g, ob, 4, KW, KC); break;
+                    case 5: conv_block_s1(r, oy, ox, g, ob, 5, KW, KC); break;
+                    case 6: conv_block_s1(r, oy, ox, g, ob, 6, KW, KC); break;
+                    case 7: conv_block_s1(r, oy, ox, g, ob, 7, KW, KC); break;
+                    default: conv_block_s1(r, oy, ox, g, ob, 8, KW, KC); break;
+                    }
+                }
+                ox += np;
+            }
+}
 
 INLINE T512 void conv_all(const qlut_run *r, const int KC) {
     const qcnn_qconv_prepared *q = r->q;
@@ -201,7 +316,10 @@ INLINE T512 void fc_chunk(const qlut_run *r, const uint8_t *ip, int ob0, const i
     }
     int cnt = 0;
     for (int m = 0; m < M; m++, tab += Kp, ip += NB * 64) {
-        const __m512i t0 = _mm512_load_si512(tab);
+        /* Kp < 64: the 64-byte table holding subspace m also holds its 64/Kp - 1 neighbours
+         * (indices were offset at prepare time). The bytes past the last subspace are never
+         * selected. */
+        const __m512i t0 = _mm512_load_si512(Kp < 64 ? r->lq + (size_t)m * Kp / 64 * 64 : tab);
         const __m512i t1 = KC >= 2 ? _mm512_load_si512(tab + 64) : t0;
         const __m512i t2 = KC == 4 ? _mm512_load_si512(tab + 128) : t0;
         const __m512i t3 = KC == 4 ? _mm512_load_si512(tab + 192) : t0;
@@ -251,16 +369,28 @@ INLINE T512 void fc_all(const qlut_run *r, const int KC) {
 T512 void qlut_conv_avx512(const qlut_run *r) {
     if (r->q->fcnb) {
         switch (r->q->Kp) {
-        case 64: fc_all(r, 1); break;
+        case 16: case 32: case 64: fc_all(r, 1); break;
         case 128: fc_all(r, 2); break;
         default: fc_all(r, 4); break;
         }
         return;
     }
-    switch (r->q->Kp) {
-    case 64: conv_all(r, 1); break;
-    case 128: conv_all(r, 2); break;
-    default: conv_all(r, 4); break;
+    const int KC = r->q->Kp == 64 ? 1 : r->q->Kp == 128 ? 2 : 4;
+    if (r->q->p.stride_w == 1 && (r->q->p.kw == 3 || r->q->p.kw == 5)) {
+        /* The common AlexNet/VGG shapes get the table-reusing kernel. */
+        if (r->q->p.kw == 3) {
+            if (KC == 1) conv_all_s1(r, 3, 1);
+            else if (KC == 2) conv_all_s1(r, 3, 2);
+            else conv_all_s1(r, 3, 4);
+        } else {
+            if (KC == 1) conv_all_s1(r, 5, 1);
+            else if (KC == 2) conv_all_s1(r, 5, 2);
+            else conv_all_s1(r, 5, 4);
+        }
+        return;
     }
+    if (KC == 1) conv_all(r, 1);
+    else if (KC == 2) conv_all(r, 2);
+    else conv_all(r, 4);
 }
 #endif

@@ -29,8 +29,11 @@ static const char *check_params(const qcnn_qconv_params *p) {
     return NULL;
 }
 
-static int table_entries(qcnn_isa isa, qcnn_lut_mode mode, int K) {
+static int table_entries(qcnn_isa isa, qcnn_lut_mode mode, int K, int fc) {
     if (mode != QCNN_LUT_INT8 || isa == QCNN_ISA_GENERIC) return K;
+    /* AVX-512 FC with small K: 4 (K <= 16) or 2 (K <= 32) consecutive subspaces share one 64-byte
+     * vpermb table, their indices offset at prepare time; tables stay small to build. */
+    if (isa == QCNN_ISA_AVX512VBMI && fc && K <= 32) return K <= 16 ? 16 : 32;
     if (isa == QCNN_ISA_AVX512VBMI) return K <= 64 ? 64 : K <= 128 ? 128 : 256;
     /* AVX2: 16-entry vpshufb chunks; above 128 entries two halves of 8 chunks. */
     return K <= 128 ? (K + 15) / 16 * 16 : 256;
@@ -69,7 +72,7 @@ static qcnn_qconv_prepared *prepare(const qcnn_qconv_params *p, qcnn_isa isa, qc
     q->M = p->nsub;
     q->K = p->ncode;
     q->Cs = p->subvec;
-    q->Kp = table_entries(isa, mode, q->K);
+    q->Kp = table_entries(isa, mode, q->K, fc);
     q->cblk = isa == QCNN_ISA_AVX512VBMI ? 64 : isa == QCNN_ISA_AVX2 ? 32 : q->Og;
     q->Ogp = (q->Og + q->cblk - 1) / q->cblk * q->cblk;
 
@@ -96,12 +99,16 @@ static qcnn_qconv_prepared *prepare(const qcnn_qconv_params *p, qcnn_isa isa, qc
         if (fc) {
             /* FC (1x1 conv, T = M): chunks of fcnb channel blocks, each chunk [M][blocks][blk]. */
             const int nb = q->fcnb = isa == QCNN_ISA_AVX512VBMI ? 8 : 4, nblk = q->Ogp / blk;
+            /* Subspaces sharing one 64-byte table (Kp < 64, AVX-512 only): index m % share
+             * looks in the share's (m % share)-th quarter/half. */
+            const int share = isa == QCNN_ISA_AVX512VBMI && Kp < 64 ? 64 / Kp : 1;
             for (int m = 0; m < M; m++)
                 for (int o = 0; o < q->Og; o++) {
                     const int bk = o / blk, ch = bk / nb;
                     const int nbc = nblk - ch * nb < nb ? nblk - ch * nb : nb;
                     d[(size_t)ch * nb * blk * M + ((size_t)m * nbc + bk - ch * nb) * blk +
-                      qlut_block_pos(o % blk, blk)] = p->indices[(size_t)m * q->Og + o];
+                      qlut_block_pos(o % blk, blk)] =
+                        (uint8_t)(p->indices[(size_t)m * q->Og + o] + (m % share) * Kp);
                 }
         } else {
             for (size_t gt = 0; gt < (size_t)G * T; gt++)

@@ -49,6 +49,11 @@ from qcnn.tools.hardening.resign import resign
 
 BAD = ("silent_success", "oracle_reject", "exception", "crash", "hang")
 
+# Under AddressSanitizer (scripts/sanitize.sh) the process reserves terabytes of shadow address
+# space, so an RLIMIT_AS cap would make every allocation fail: no cap there.
+UNDER_ASAN = "libasan" in os.environ.get("LD_PRELOAD", "")
+DEFAULT_MEM_LIMIT = 0 if UNDER_ASAN else 4 << 30
+
 
 # ---------------------------------------------------------------------------------------- mutants
 class Mutant:
@@ -411,7 +416,7 @@ def names_field(message: str, field: Optional[str]) -> Optional[bool]:
 
 # ---------------------------------------------------------------------------------------- driver
 def run_trials(trials: int, seed: int, seed_files: Optional[Dict[str, bytes]] = None, use_runtime=None,
-               timeout: float = 10.0, mem_limit: int = 4 << 30, save_bad: Optional[str] = None,
+               timeout: float = 10.0, mem_limit: int = DEFAULT_MEM_LIMIT, save_bad: Optional[str] = None,
                progress: bool = False) -> dict:
     rng = random.Random(seed)
     files = dict(seeds.seed_files())
@@ -475,7 +480,8 @@ def main(argv=None):
     ap.add_argument("--seed-file", action="append", default=[], help="extra valid .qcnn to mutate (repeatable)")
     ap.add_argument("--no-runtime", action="store_true", help="load with the reader only")
     ap.add_argument("--timeout", type=float, default=10.0, help="seconds before a trial counts as a hang")
-    ap.add_argument("--mem-limit-gb", type=float, default=4.0, help="address-space cap of the worker (0: none)")
+    ap.add_argument("--mem-limit-gb", type=float, default=DEFAULT_MEM_LIMIT / (1 << 30),
+                    help="address-space cap of the worker (0: none; default 4, none under ASan)")
     ap.add_argument("--save-bad", help="folder to keep the files of bad outcomes")
     args = ap.parse_args(argv)
     extra = {}
