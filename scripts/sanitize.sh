@@ -86,14 +86,7 @@ if [ "$HARNESS" = 1 ]; then
       --json /tmp/qcnn-san-mutate.json || STATUS=1
   echo "== edge-case models under ASan+UBSan"
   "$VENV/bin/python" -m qcnn.tools.hardening.extreme --trials 300 --seed 11 --timeout 120 \
-      --json /tmp/qcnn-san-extreme.json || true  # known_pool_ceil counts as bad; see the JSON
-  "$VENV/bin/python" - <<'EOF'
-import json, sys
-r = json.load(open("/tmp/qcnn-san-extreme.json"))
-crashes = {k: v for k, v in r["outcomes"].items() if k not in ("ok", "known_pool_ceil")}
-print("extreme outcomes:", r["outcomes"])
-sys.exit(1 if crashes else 0)
-EOF
+      --json /tmp/qcnn-san-extreme.json || STATUS=1
 fi
 [ "$STATUS" = 0 ] || { echo "== tests failed under the sanitizers (see above)"; exit 1; }
 echo "== sanitizers: no errors"
