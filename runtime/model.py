@@ -39,7 +39,8 @@ def _private(a: Optional[np.ndarray]) -> Optional[np.ndarray]:
 class _Step:
     """One operator bound to its kernel: reads buffers `inputs`, writes buffer `output`."""
 
-    __slots__ = ("op", "kind", "kernel", "in_shapes", "out_shape", "inputs", "output", "scratch_nbytes")
+    __slots__ = ("op", "kind", "kernel", "in_shapes", "out_shape", "inputs", "output", "scratch_nbytes",
+                 "concat_into", "fused")
 
     def __init__(self, op, kind, kernel, in_shapes, out_shape):
         self.op, self.kind, self.kernel = op, kind, kernel
@@ -47,6 +48,8 @@ class _Step:
         self.inputs: List[int] = []
         self.output = -1
         self.scratch_nbytes = 0
+        self.concat_into = None  # (concat step, channel offset): this conv writes into the concat's output
+        self.fused = False  # a Concat whose inputs were written in place by their producers
 
 
 def _hwc(shape):
@@ -133,7 +136,32 @@ class Model:
             out_shape = shapes.output_shape(op, in_shapes)
             known[op.outputs[0]] = out_shape
             steps.append(_Step(op, type(op).__name__, self._kernel(op, isa), in_shapes, out_shape))
+        self._fuse_concats(model, steps)
         return steps
+
+    @staticmethod
+    def _fuse_concats(model: ir.Model, steps: List[_Step]):
+        """Let dense convs write straight into the channel slice of the Concat that reads them
+        (SqueezeNet's fire modules), instead of copying their outputs there afterwards."""
+        producer = {st.op.outputs[0]: st for st in steps}
+        readers: Dict[str, int] = {}
+        for st in steps:
+            for name in st.op.inputs:
+                readers[name] = readers.get(name, 0) + 1
+        for st in steps:
+            if st.kind != "Concat":
+                continue
+            sources = [producer.get(name) for name in st.op.inputs]
+            if len(set(st.op.inputs)) != len(st.op.inputs) or not all(
+                    src is not None and isinstance(src.kernel, _core.DenseConvKernel) and src.concat_into is None
+                    and readers.get(src.op.outputs[0]) == 1 and src.op.outputs[0] not in model.outputs
+                    for src in sources):
+                continue
+            offset = 0
+            for src in sources:
+                src.concat_into = (st, offset)
+                offset += src.out_shape[0]
+            st.fused = True
 
     def _kernel(self, op, isa):
         """The compiled kernel for a conv / fully-connected operator (None for the other ops).
@@ -177,23 +205,34 @@ class Model:
         slot_of = {model.input_name: 0}
         sizes = [int(np.prod(model.input_shape))]
         busy_until = [last_use.get(model.input_name, 0)]
+        def allocate(size, i):
+            free = [s for s in range(len(sizes)) if busy_until[s] < i]
+            fitting = [s for s in free if sizes[s] >= size]
+            if fitting:
+                return min(fitting, key=lambda s: sizes[s])
+            if free:
+                return max(free, key=lambda s: sizes[s])
+            sizes.append(0)
+            busy_until.append(0)
+            return len(sizes) - 1
+
         for i, step in enumerate(self._steps):
             step.inputs = [slot_of[n] for n in step.op.inputs]
             out_name = step.op.outputs[0]
             size, end = int(np.prod(step.out_shape)), last_use.get(out_name, i)
-            if step.kind in ("Relu", "Softmax") and last_use[step.op.inputs[0]] == i:
+            target = step.concat_into[0].op.outputs[0] if step.concat_into else (out_name if step.fused else None)
+            if target is not None:
+                # A fused concat's output slot is taken when its first input is written.
+                if target not in slot_of:
+                    concat = step.concat_into[0] if step.concat_into else step
+                    slot_of[target] = slot = allocate(int(np.prod(concat.out_shape)), i)
+                    sizes[slot] = max(sizes[slot], int(np.prod(concat.out_shape)))
+                    busy_until[slot] = max(busy_until[slot], last_use.get(target, i))
+                slot = slot_of[target]
+            elif step.kind in ("Relu", "Softmax") and last_use[step.op.inputs[0]] == i:
                 slot = step.inputs[0]
             else:
-                free = [s for s in range(len(sizes)) if busy_until[s] < i]
-                fitting = [s for s in free if sizes[s] >= size]
-                if fitting:
-                    slot = min(fitting, key=lambda s: sizes[s])
-                elif free:
-                    slot = max(free, key=lambda s: sizes[s])
-                else:
-                    slot = len(sizes)
-                    sizes.append(0)
-                    busy_until.append(0)
+                slot = allocate(size, i)
             sizes[slot] = max(sizes[slot], size)
             busy_until[slot] = max(busy_until[slot], end)
             step.output = slot
@@ -221,13 +260,39 @@ class Model:
         raise KeyError(name)
 
     def _buffers(self):
-        """This thread's activation slots and scratch (allocated on first use, then reused)."""
-        bufs = getattr(self._local, "bufs", None)
-        if bufs is None:
+        """This thread's workspace (allocated on first use, then reused): activation slots, scratch,
+        and every step's input/output views, made once so `run` does no shape arithmetic."""
+        ws = getattr(self._local, "ws", None)
+        if ws is None:
             slots = [np.empty(n, dtype=np.float32) for n in self._slot_sizes]
-            scratch = np.empty(self._scratch_nbytes, dtype=np.uint8)
-            bufs = self._local.bufs = (slots, scratch)
-        return bufs
+
+            def view(slot, shape, flat=False):
+                v = slots[slot][: int(np.prod(shape))]
+                return v if flat else v.reshape(_hwc(shape))
+
+            steps = []
+            for st in self._steps:
+                flat = st.kind == "Gemm"
+                ins = [view(s, shp, flat) for s, shp in zip(st.inputs, st.in_shapes)]
+                out = view(st.output, st.out_shape, flat)
+                if st.kind == "Flatten" and len(st.in_shapes[0]) == 3:
+                    out = out.reshape(st.in_shapes[0])  # written in (C, H, W) order
+                elif st.kind == "GlobalAveragePool":
+                    out = out.reshape(-1)
+                offset = 0
+                if st.concat_into is not None:  # write the whole concat buffer at a channel offset
+                    concat, offset = st.concat_into
+                    out = view(st.output, concat.out_shape)
+                if st.fused:
+                    continue  # its inputs already sit in its output
+                steps.append((st, ins, out, offset))
+            ws = self._local.ws = {
+                "input": view(0, self._ir.input_shape),
+                "steps": steps,
+                "outputs": [view(s, shp) for s, shp in zip(self._output_slots, self._output_shapes)],
+                "scratch": np.empty(self._scratch_nbytes, dtype=np.uint8),
+            }
+        return ws
 
     # ------------------------------------------------------------------ run
     def _check_input(self, x) -> np.ndarray:
@@ -252,35 +317,28 @@ class Model:
         try:
             n = x.shape[0]
             results = [np.empty((n,) + s, dtype=np.float32) for s in self._output_shapes]
-            slots, scratch = self._buffers()
+            ws = self._buffers()
             for i in range(n):
-                self._run_one(x[i], slots, scratch)
-                for r, slot, shape in zip(results, self._output_slots, self._output_shapes):
-                    act = slots[slot][: int(np.prod(shape))]
-                    r[i] = act.reshape(_hwc(shape)).transpose(2, 0, 1) if len(shape) == 3 else act
+                self._run_one(x[i], ws)
+                for r, out, shape in zip(results, ws["outputs"], self._output_shapes):
+                    r[i] = out.transpose(2, 0, 1) if len(shape) == 3 else out
         finally:
             with self._cond:
                 self._active -= 1
                 self._cond.notify_all()
         return results[0] if len(results) == 1 else results
 
-    def _view(self, slots, slot, shape):
-        return slots[slot][: int(np.prod(shape))].reshape(_hwc(shape))
-
-    def _run_one(self, image_chw, slots, scratch):
-        c, h, w = self._ir.input_shape
-        np.copyto(self._view(slots, 0, (c, h, w)), image_chw.transpose(1, 2, 0))
-        for step in self._steps:
-            ins = [self._view(slots, s, shp) for s, shp in zip(step.inputs, step.in_shapes)]
-            out = self._view(slots, step.output, step.out_shape)
+    def _run_one(self, image_chw, ws):
+        np.copyto(ws["input"], image_chw.transpose(1, 2, 0))
+        scratch = ws["scratch"]
+        for step, ins, out, offset in ws["steps"]:
             op, kind = step.op, step.kind
-            if step.kernel is not None:
-                step.kernel.run(ins[0].reshape(-1) if kind == "Gemm" else ins[0],
-                                out.reshape(-1) if kind == "Gemm" else out, scratch)
+            if offset or step.concat_into is not None:
+                step.kernel.run(ins[0], out, scratch, offset)
+            elif step.kernel is not None:
+                step.kernel.run(ins[0], out, scratch)
             elif kind == "Relu":
-                if out is not ins[0]:
-                    np.copyto(out, ins[0])
-                _core.relu_(out.reshape(-1))
+                _core.relu(ins[0], out)  # in place when the planner gave both the same slot
             elif kind == "LRN":
                 _core.lrn(ins[0], out, op.size, op.alpha, op.beta, op.bias)
             elif kind == "MaxPool":
@@ -289,10 +347,10 @@ class Model:
                 _core.avgpool(ins[0], out, op.kernel[0], op.kernel[1], op.strides[0], op.strides[1], *op.pads,
                               bool(op.count_include_pad))
             elif kind == "GlobalAveragePool":
-                _core.global_avgpool(ins[0], out.reshape(-1))
+                _core.global_avgpool(ins[0], out)
             elif kind == "Flatten":
                 if len(step.in_shapes[0]) == 3:
-                    _core.nhwc_to_nchw(ins[0], out.reshape(step.in_shapes[0]))
+                    _core.nhwc_to_nchw(ins[0], out)
                 else:
                     np.copyto(out, ins[0].reshape(out.shape))
             elif kind == "Softmax":
