@@ -48,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--last-fc", default="1/16", help="the last fully connected layer (default 1/16)")
     g.add_argument("--layer", action="append", default=[], metavar="NAME=C/K",
                    help="per-layer setting (forces quantization); repeatable")
+    g.add_argument("--plan", metavar="speed=S|size=X|ms=T",
+                   help="choose C/K or dense per layer automatically for this measured conv/fc speed-up "
+                        "(add ,cost=flops for Table 1 FLOPs), compression, or time budget; overrides --conv/--fc/--layer")
+    g.add_argument("--plan-lut", choices=["int8", "float"], default="int8",
+                   help="runtime table type the --plan timings are measured with (default int8)")
     g.add_argument("--skip", action="append", default=[], metavar="NAME", help="keep this layer dense; repeatable")
     g.add_argument("--pad-subspaces", action="store_true",
                    help="zero-pad the last subspace when C's does not divide the channels (default: keep dense)")
@@ -55,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ec-iters", type=int, default=4, help="error-correction sweeps over the subspaces (default 4)")
     g.add_argument("--ec-ridge", type=float, default=1e-3,
                    help="ridge towards the original weights, relative to the mean input energy (default 1e-3)")
+    g.add_argument("--ec-ridge-few", type=float, default=0.3,
+                   help="the ridge for layers with fewer calibration rows than inputs, e.g. FC layers (default 0.3)")
+    g.add_argument("--ec-tol", type=float, default=1e-3,
+                   help="stop a layer's sweeps when the relative response error drops by less (default 1e-3)")
     g.add_argument("--no-multilayer", action="store_true",
                    help="take layer inputs from the original network instead of the quantized one (§3.3.3 off)")
     g.add_argument("--kmeans-iters", type=int, default=30, help="Lloyd iterations (default 30)")
@@ -144,9 +153,10 @@ def run(argv=None) -> int:
         bgr=args.bgr, conv=parse_ck(args.conv, "--conv"), fc=parse_ck(args.fc, "--fc"),
         last_fc=parse_ck(args.last_fc, "--last-fc"), layers=layers, skip=args.skip,
         pad_subspaces=args.pad_subspaces, ec=not args.no_ec, ec_iters=args.ec_iters, ec_ridge=args.ec_ridge,
+        ec_ridge_few=args.ec_ridge_few, ec_tol=args.ec_tol,
         multilayer=not args.no_multilayer, kmeans_iters=args.kmeans_iters, labels=args.labels,
         report_plain=args.report_plain, input_shape=shape, progress=verbose and sys.stderr.isatty(), log=log,
-        threads=args.threads if args.threads > 0 else None)
+        threads=args.threads if args.threads > 0 else None, plan=args.plan, plan_lut=args.plan_lut)
     from .convert import write
 
     nbytes = write(result.model, args.output)
