@@ -12,6 +12,7 @@ numpy is the only Python dependency; no BLAS is called (numpy here only copies a
 from __future__ import annotations
 
 import threading
+import time
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -328,10 +329,28 @@ class Model:
                 self._cond.notify_all()
         return results[0] if len(results) == 1 else results
 
-    def _run_one(self, image_chw, ws):
+    def profile(self, x: np.ndarray, runs: int = 20) -> List[dict]:
+        """Time every operator on the first image of `x`: [{name, op, ms}] in plan order, ms being the
+        median over `runs` runs after one warm-up (a Concat fused into its convs shows 0)."""
+        x = self._check_input(x)
+        ws = self._buffers()
+        times = {id(step): [] for step, _, _, _ in ws["steps"]}
+        for r in range(runs + 1):
+            self._run_one(x[0], ws, times if r else None)
+        out = []
+        for step in self._steps:
+            samples = times.get(id(step))
+            ms = 1e3 * float(np.median(samples)) if samples else 0.0
+            out.append({"name": step.op.name, "op": step.kind, "ms": ms})
+        return out
+
+    def _run_one(self, image_chw, ws, times=None):
         np.copyto(ws["input"], image_chw.transpose(1, 2, 0))
         scratch = ws["scratch"]
+        clock = time.perf_counter
         for step, ins, out, offset in ws["steps"]:
+            if times is not None:
+                started = clock()
             op, kind = step.op, step.kind
             if offset or step.concat_into is not None:
                 step.kernel.run(ins[0], out, scratch, offset)
@@ -361,6 +380,8 @@ class Model:
                 _core.add(ins[0], ins[1], out, bool(op.relu))
             else:  # the reader only admits known kinds
                 raise AssertionError(kind)
+            if times is not None:
+                times[id(step)].append(clock() - started)
 
     def _release_mapping(self):
         """Drop every view of the file mapping (kernels hold private copies) and unmap it."""

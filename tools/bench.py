@@ -202,34 +202,8 @@ def aggregate_ort_profile(events: List[dict]) -> List[dict]:
 
 
 def qcnn_layer_times(model, x: np.ndarray, runs: int) -> List[dict]:
-    """Per-operator time (ms, median over runs) of a qcnn.runtime.Model, in plan order.
-
-    The runtime has no profiling hook, so this runs the plan one step at a time through the
-    model's own per-image loop: `_run_one(image, workspace)` with the workspace's step list narrowed
-    to a single step. Activation buffers persist between calls, so each step reads what the
-    previous one wrote. The loop first copies the image into the input buffer; that cost, measured
-    with an empty step list, is subtracted. (Relies on Model internals: see the lead's notes.)
-    """
-    ws = model._buffers()
-    entries = list(ws["steps"])
-    image = np.ascontiguousarray(x[0], dtype=np.float32)
-    times: List[List[float]] = [[] for _ in entries]
-    copy_times = []
-    try:
-        for _ in range(runs + 1):  # the first pass warms up
-            ws["steps"] = []
-            copy_times.append(common.time_call(lambda: model._run_one(image, ws)))
-            for i, entry in enumerate(entries):
-                ws["steps"] = [entry]
-                times[i].append(common.time_call(lambda: model._run_one(image, ws)))
-    finally:
-        ws["steps"] = entries
-    overhead = common.median(copy_times[1:])
-    out = []
-    for entry, t in zip(entries, times):
-        step = entry[0]
-        out.append({"name": step.op.name, "op": step.kind, "ms": max(0.0, 1e3 * (common.median(t[1:]) - overhead))})
-    return out
+    """Per-operator time (ms, median over runs) of a qcnn.runtime.Model, in plan order."""
+    return model.profile(np.ascontiguousarray(x[:1], dtype=np.float32), runs)
 
 
 _OP_GROUPS = {
