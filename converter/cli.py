@@ -48,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--last-fc", default="1/16", help="the last fully connected layer (default 1/16)")
     g.add_argument("--layer", action="append", default=[], metavar="NAME=C/K",
                    help="per-layer setting (forces quantization); repeatable")
+    g.add_argument("--plan", metavar="speed=S|size=X|ms=T",
+                   help="choose C/K or dense per layer automatically for this measured conv/fc speed-up "
+                        "(add ,cost=flops for Table 1 FLOPs), compression, or time budget; overrides --conv/--fc/--layer")
+    g.add_argument("--plan-lut", choices=["int8", "float"], default="int8",
+                   help="runtime table type the --plan timings are measured with (default int8)")
     g.add_argument("--skip", action="append", default=[], metavar="NAME", help="keep this layer dense; repeatable")
     g.add_argument("--pad-subspaces", action="store_true",
                    help="zero-pad the last subspace when C's does not divide the channels (default: keep dense)")
@@ -151,7 +156,7 @@ def run(argv=None) -> int:
         ec_ridge_few=args.ec_ridge_few, ec_tol=args.ec_tol,
         multilayer=not args.no_multilayer, kmeans_iters=args.kmeans_iters, labels=args.labels,
         report_plain=args.report_plain, input_shape=shape, progress=verbose and sys.stderr.isatty(), log=log,
-        threads=args.threads if args.threads > 0 else None)
+        threads=args.threads if args.threads > 0 else None, plan=args.plan, plan_lut=args.plan_lut)
     from .convert import write
 
     nbytes = write(result.model, args.output)

@@ -8,6 +8,13 @@ Subpackages:
   qcnn.models     reproducible model builders (zoo graphs, trained MNIST nets)
 """
 
+import pkgutil
+
+# The subpackages live in the repository's top-level folders (converter/, runtime/, ...) and are
+# installed under qcnn/. When Python runs from the repository root (`python -m qcnn...`), this
+# folder is found first; extend_path adds the installed qcnn/ so its subpackages still resolve.
+__path__ = pkgutil.extend_path(__path__, __name__)
+
 __version__ = "0.1.0"
 
 

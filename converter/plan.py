@@ -1,0 +1,384 @@
+"""Automatic per-layer plan: which (C's, K) - or dense - for every Conv/Gemm layer.
+
+    qcnn-convert MODEL.onnx -o OUT.qcnn --calib DATA --plan speed=2
+    qcnn-convert MODEL.onnx -o OUT.qcnn --calib DATA --plan size=10
+    qcnn-convert MODEL.onnx -o OUT.qcnn --calib DATA --plan ms=1.0        (conv/fc time budget)
+
+A uniform setting such as 8/128 everywhere is a poor fit for nets like SqueezeNet: in a 1x1
+convolution with 16 input channels a 128-entry table per sub-vector costs more than the
+convolution itself. So for every layer we list candidates (dense and a few (C's, K)), give each
+  - a cost: measured time of the runtime kernel on the layer's real shape (default), or the
+    paper's Table 1 FLOPs (`cost=flops`), or bytes for `size=`;
+  - an error: relative response error ||T - T_hat||^2 / ||T||^2 on calibration data after plain
+    k-means (cheap; the chosen layers are later quantized with error correction, which only lowers it),
+and pick one candidate per layer minimising the summed error under the cost budget.
+
+Selection is an exact multiple-choice knapsack (dynamic programming over savings rounded down to a
+fine grid; a few dozen layers x a dozen candidates x 20000 cells is instant), which beats a greedy or
+Lagrangian pick on the same numbers. A looser budget never yields a higher error (the feasible set
+only grows) - tested.
+
+Response error from different layers is summed unweighted: a crude but standard proxy for the
+network output error (each layer's error is relative to its own response energy).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from qcnn.schema import ir
+
+from . import quantize
+from .errors import ConversionError
+
+# (C's, K) candidates tried for every layer (those whose C's does not divide the input channels are dropped)
+DEFAULT_CANDIDATES = ((4, 16), (8, 16), (4, 32), (8, 32), (16, 32), (4, 64), (8, 64), (16, 64),
+                      (4, 128), (8, 128), (16, 128))
+PLAN_CALIB = 32  # calibration samples used to score candidates (EC later uses all of them)
+
+
+@dataclass
+class Candidate:
+    subvec: int  # 0 = dense
+    ncode: int
+    flops: int
+    nbytes: int
+    ms: float = float("nan")
+    error: float = 0.0
+
+    @property
+    def dense(self) -> bool:
+        return self.subvec == 0
+
+    @property
+    def label(self) -> str:
+        return "dense" if self.dense else f"{self.subvec}/{self.ncode}"
+
+
+@dataclass
+class LayerOptions:
+    name: str
+    kind: str
+    candidates: List[Candidate]
+    chosen: int = 0  # index into candidates (0 is dense)
+
+
+@dataclass
+class Target:
+    what: str  # speed, size or ms
+    value: float
+    cost: str  # time, flops or bytes
+
+
+@dataclass
+class Plan:
+    target: Target
+    layers: List[LayerOptions]
+    lut: str = "int8"
+    seconds: float = 0.0
+    info: Dict[str, float] = field(default_factory=dict)
+
+    def overrides(self) -> Tuple[Dict[str, Tuple[int, int]], List[str]]:
+        """(layers {name: (C's, K)}, skip [names]) for convert()."""
+        layers, skip = {}, []
+        for lo in self.layers:
+            c = lo.candidates[lo.chosen]
+            if c.dense:
+                skip.append(lo.name)
+            else:
+                layers[lo.name] = (c.subvec, c.ncode)
+        return layers, skip
+
+    def totals(self) -> Dict[str, float]:
+        return totals(self.layers, [lo.chosen for lo in self.layers])
+
+    def to_json(self) -> dict:
+        t = self.totals()
+        return {"target": asdict(self.target), "lut": self.lut, "seconds": round(self.seconds, 2), **self.info,
+                "totals": t,
+                "layers": [{"name": lo.name, "choice": lo.candidates[lo.chosen].label,
+                            "error": lo.candidates[lo.chosen].error, "ms": lo.candidates[lo.chosen].ms,
+                            "ms_dense": lo.candidates[0].ms, "flops": lo.candidates[lo.chosen].flops,
+                            "flops_dense": lo.candidates[0].flops,
+                            "candidates": {c.label: {"ms": c.ms, "error": c.error, "flops": c.flops,
+                                                     "bytes": c.nbytes} for c in lo.candidates}}
+                           for lo in self.layers]}
+
+    def format(self) -> str:
+        head = f"{'layer':<16} {'choice':>7} {'ms':>7} {'dense ms':>8} {'MFLOPs':>8} {'plain err':>9}"
+        lines = [head, "-" * len(head)]
+        for lo in self.layers:
+            c, d = lo.candidates[lo.chosen], lo.candidates[0]
+            lines.append(f"{lo.name[:16]:<16} {c.label:>7} {c.ms:>7.3f} {d.ms:>8.3f} {c.flops / 1e6:>8.1f} {c.error:>9.4f}")
+        t = self.totals()
+        lines.append("-" * len(head))
+        lines.append(f"plan {self.target.what}={self.target.value:g} (cost: {self.target.cost}): measured "
+                     f"{t['speedup_time']:.2f}x ({t['ms']:.3f} of {t['ms_dense']:.3f} ms), FLOPs {t['speedup_flops']:.2f}x, "
+                     f"size {t['compression']:.2f}x, summed plain response error {t['error']:.4f}")
+        return "\n".join(lines)
+
+
+def totals(layers: Sequence[LayerOptions], choice: Sequence[int]) -> Dict[str, float]:
+    pick = [lo.candidates[i] for lo, i in zip(layers, choice)]
+    dense = [lo.candidates[0] for lo in layers]
+    ms, msd = sum(c.ms for c in pick), sum(c.ms for c in dense)
+    fl, fld = sum(c.flops for c in pick), sum(c.flops for c in dense)
+    by, byd = sum(c.nbytes for c in pick), sum(c.nbytes for c in dense)
+    return {"ms": ms, "ms_dense": msd, "speedup_time": msd / max(ms, 1e-12), "flops": fl, "flops_dense": fld,
+            "speedup_flops": fld / max(fl, 1), "bytes": by, "bytes_dense": byd, "compression": byd / max(by, 1),
+            "error": sum(c.error for c in pick)}
+
+
+# --------------------------------------------------------------------------- target
+def parse_target(text: str) -> Target:
+    """'speed=2', 'size=10', 'ms=1.2', optionally ',cost=flops' (speed only)."""
+    parts = [p.strip() for p in str(text).split(",") if p.strip()]
+    kv = {}
+    for p in parts:
+        if "=" not in p:
+            raise ConversionError(f"--plan: expected speed=S, size=X or ms=T (optionally ,cost=time|flops), got {text!r}")
+        k, v = p.split("=", 1)
+        kv[k.strip()] = v.strip()
+    goals = [k for k in ("speed", "size", "ms") if k in kv]
+    unknown = set(kv) - {"speed", "size", "ms", "cost"}
+    if unknown or len(goals) != 1:
+        raise ConversionError(f"--plan: give exactly one of speed=, size=, ms= (and optionally cost=), got {text!r}")
+    what = goals[0]
+    try:
+        value = float(kv[what])
+    except ValueError:
+        raise ConversionError(f"--plan {what}: expected a number, got {kv[what]!r}") from None
+    if not value > 0 or (what in ("speed", "size") and value < 1):
+        raise ConversionError(f"--plan {what}={kv[what]}: must be {'>= 1' if what != 'ms' else '> 0'}")
+    cost = kv.get("cost", "bytes" if what == "size" else "time")
+    if what == "size" and cost != "bytes":
+        raise ConversionError("--plan size=X is always counted in bytes")
+    if what != "size" and cost not in ("time", "flops"):
+        raise ConversionError(f"--plan cost must be time or flops, got {cost!r}")
+    if what == "ms" and cost != "time":
+        raise ConversionError("--plan ms=T needs cost=time")
+    return Target(what, value, cost)
+
+
+# --------------------------------------------------------------------------- candidates
+def _layers(model: ir.Model):
+    return [op for op in model.operators if isinstance(op, (ir.Conv, ir.Gemm))]
+
+
+def candidate_settings(op, candidates=DEFAULT_CANDIDATES) -> List[Tuple[int, int]]:
+    cin_g = op.cin // op.groups if isinstance(op, ir.Conv) else op.in_features
+    return [(c, k) for c, k in candidates if c <= cin_g and cin_g % c == 0]
+
+
+def _costs(op, shapes, c: int, k: int):
+    from .convert import layer_costs
+
+    geom = quantize.geometry(op, c, k)
+    return layer_costs(op, geom, shapes[op.inputs[0]], shapes[op.outputs[0]])
+
+
+def _median_ms(fn, repeats: int) -> float:
+    fn()
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return 1e3 * float(np.median(ts))
+
+
+def kernel_ms(op, in_shape, subvec: int, ncode: int, lut: str = "int8", repeats: int = 15,
+              rng: Optional[np.random.Generator] = None) -> float:
+    """Median time (ms) of the runtime kernel for this layer: dense if subvec == 0, else Q-CNN with
+    random codebooks/indices of the right shape (the kernels' speed does not depend on the values)."""
+    from qcnn.runtime import _core
+
+    rng = rng or np.random.default_rng(0)
+    bias = op.bias.astype(np.float32) if op.bias is not None else None
+    if isinstance(op, ir.Conv):
+        c, h, w = in_shape
+        x = rng.standard_normal((h, w, c)).astype(np.float32)
+        if subvec == 0:
+            k = _core.DenseConvKernel(op.weights, bias, strides=op.strides, pads=op.pads, groups=op.groups,
+                                      relu=bool(op.relu), isa={"avx512vbmi": "avx512"}.get(_core.isa_selected(), "auto"))
+        else:
+            geom = quantize.geometry(op, subvec, ncode)
+            cb = rng.standard_normal((op.groups, geom.nsub, ncode, subvec)).astype(np.float32)
+            idx = rng.integers(0, ncode, (op.groups, geom.kh, geom.kw, geom.nsub, geom.cout_g)).astype(np.uint8)
+            k = _core.QConvKernel(op.cin, op.cout, op.groups, geom.kh, geom.kw, op.strides, op.pads, subvec,
+                                  geom.nsub, ncode, cb, idx, bias, bool(op.relu), lut=lut)
+        y = np.empty(k.out_shape(h, w), np.float32)
+        scratch = np.empty(max(64, int(k.scratch_nbytes(h, w))), np.uint8)
+    else:
+        x = rng.standard_normal(op.in_features).astype(np.float32)
+        y = np.empty(op.out_features, np.float32)
+        if subvec == 0:
+            k = _core.DenseFcKernel(op.weights, bias, relu=bool(op.relu),
+                                    isa={"avx512vbmi": "avx512"}.get(_core.isa_selected(), "auto"))
+        else:
+            geom = quantize.geometry(op, subvec, ncode)
+            cb = rng.standard_normal((geom.nsub, ncode, subvec)).astype(np.float32)
+            idx = rng.integers(0, ncode, (geom.nsub, op.out_features)).astype(np.uint8)
+            k = _core.QFcKernel(op.in_features, op.out_features, subvec, geom.nsub, ncode, cb, idx, bias,
+                                bool(op.relu), lut=lut)
+        scratch = np.empty(max(64, int(k.scratch_nbytes())), np.uint8)
+    return _median_ms(lambda: k.run(x, y, scratch), repeats)
+
+
+def layer_inputs(model: ir.Model, x: np.ndarray) -> Dict[str, np.ndarray]:
+    """Every Conv/Gemm input tensor of the original network on x."""
+    from .forward import run_model
+
+    names = {op.inputs[0] for op in _layers(model)}
+    env = run_model(model, x, keep=names)
+    return {n: env[n] for n in names}
+
+
+def plain_errors(op, S: np.ndarray, settings: Sequence[Tuple[int, int]], seed: int, kmeans_iters: int) -> Dict[Tuple[int, int], float]:
+    """Relative response error of plain k-means for each (C's, K), on the layer's original input S."""
+    from .convert import collect_stats
+
+    out = {}
+    stats = None
+    for i, (c, k) in enumerate(settings):
+        geom = quantize.geometry(op, c, k)
+        Wb = quantize.weight_blocks(op.weights, geom)
+        if stats is None:  # C's divides the channels: D and the row order are the same for every C's
+            stats = collect_stats(op, geom, Wb, S, S)
+            TT = max(sum(s.TT for s in stats), 1e-300)
+        cb, A = quantize.kmeans_layer(Wb, geom, np.random.default_rng([seed, i]), iters=kmeans_iters)
+        W = quantize.reconstruct_blocks(cb, A, geom)
+        out[(c, k)] = sum(s.error(W[g]) for g, s in enumerate(stats)) / TT
+    return out
+
+
+def score(model: ir.Model, x: Optional[np.ndarray], *, lut: str = "int8", candidates=DEFAULT_CANDIDATES,
+          calib_count: int = PLAN_CALIB, seed: int = 0, kmeans_iters: int = 15, repeats: int = 15,
+          time_kernels: bool = True, log=None) -> List[LayerOptions]:
+    """All candidates of every Conv/Gemm layer with cost and plain response error.
+
+    Without calibration data (x None) the error is the relative weight error ||W - W_hat||^2/||W||^2.
+    """
+    log = log or (lambda msg: None)
+    shapes = {t.name: t.shape for t in model.tensors}
+    if x is not None and len(x) > calib_count:
+        x = x[np.sort(np.random.default_rng(seed).permutation(len(x))[:calib_count])]
+    inputs = layer_inputs(model, x) if x is not None else {}
+    out = []
+    for op in _layers(model):
+        kind = "conv" if isinstance(op, ir.Conv) else "fc"
+        settings = candidate_settings(op, candidates)
+        fd, _, bd, _ = _costs(op, shapes, 1, 2)
+        cands = [Candidate(0, 0, fd, bd)]
+        for c, k in settings:
+            _, fq, _, bq = _costs(op, shapes, c, k)
+            cands.append(Candidate(c, k, fq, bq))
+        if time_kernels:
+            for cand in cands:
+                cand.ms = kernel_ms(op, shapes[op.inputs[0]], cand.subvec, cand.ncode, lut, repeats)
+        if x is not None:
+            errs = plain_errors(op, inputs.pop(op.inputs[0]) if _last_reader(model, op) else inputs[op.inputs[0]],
+                                settings, seed, kmeans_iters)
+        else:
+            errs = _weight_errors(op, settings, seed, kmeans_iters)
+        for cand in cands[1:]:
+            cand.error = float(errs[(cand.subvec, cand.ncode)])
+        out.append(LayerOptions(op.name, kind, cands))
+        log(f"  plan: scored {op.name}: " + ", ".join(f"{c.label} {c.ms:.3f}ms e={c.error:.3f}" for c in cands))
+    return out
+
+
+def _last_reader(model, op) -> bool:
+    readers = [o for o in _layers(model) if o.inputs[0] == op.inputs[0]]
+    return readers[-1] is op
+
+
+def _weight_errors(op, settings, seed, kmeans_iters):
+    out = {}
+    for i, (c, k) in enumerate(settings):
+        geom = quantize.geometry(op, c, k)
+        Wb = quantize.weight_blocks(op.weights, geom)
+        cb, A = quantize.kmeans_layer(Wb, geom, np.random.default_rng([seed, i]), iters=kmeans_iters)
+        W = quantize.reconstruct_blocks(cb, A, geom)
+        out[(c, k)] = float(((W - Wb) ** 2).sum() / max((Wb ** 2).sum(), 1e-300))
+    return out
+
+
+# --------------------------------------------------------------------------- selection
+def _cost_of(c: Candidate, target: Target) -> float:
+    return {"time": c.ms, "flops": float(c.flops), "bytes": float(c.nbytes)}[target.cost]
+
+
+def budget(layers: Sequence[LayerOptions], target: Target) -> float:
+    dense = sum(_cost_of(lo.candidates[0], target) for lo in layers)
+    if target.what == "ms":
+        return target.value
+    return dense / target.value
+
+
+def select(layers: List[LayerOptions], target: Target, resolution: int = 20000) -> List[int]:
+    """Indices of the chosen candidate per layer: least summed error with total cost <= budget.
+
+    Exact multiple-choice knapsack by dynamic programming over the *savings* against dense
+    (dense cost - candidate cost), rounded *down* to a grid of (dense total / resolution): the plan
+    always meets the budget in true costs, all-dense stays feasible for speed=1, and since the grid
+    does not depend on the target a looser target can only lower the error. Candidates that cost
+    more than dense are dropped (dense is better in cost and error). Raises ConversionError if the
+    budget is out of reach.
+    """
+    B = budget(layers, target)
+    cost = [np.array([_cost_of(c, target) for c in lo.candidates]) for lo in layers]
+    err = [np.array([c.error for c in lo.candidates]) for lo in layers]
+    if any(not np.isfinite(cs).all() for cs in cost):
+        raise ConversionError("--plan: some candidate has no cost (kernel timing failed)")
+    dense = float(sum(cs[0] for cs in cost))
+    unit = max(dense, 1e-300) / resolution
+    need = max(0, int(np.ceil((dense - B) / unit - 1e-9)))  # cells of savings needed
+    save = [np.floor((cs[0] - cs) / unit + 1e-9).astype(np.int64) for cs in cost]
+    if sum(int(sv.max()) for sv in save) < need:
+        best = sum(float(cs.min()) for cs in cost)
+        raise ConversionError(f"--plan {target.what}={target.value:g} is out of reach: the cheapest choice for every "
+                              f"layer gives {dense / best:.2f}x ({best:.4g} of {dense:.4g} {target.cost})")
+    best = np.full(need + 1, np.inf)  # best[s]: least error of the layers so far saving >= s cells
+    best[0] = 0.0
+    cells = np.arange(need + 1)
+    back = []
+    for sv, es in zip(save, err):
+        new = np.full(need + 1, np.inf)
+        arg = np.zeros(need + 1, np.int64)
+        for j in range(len(sv)):
+            if sv[j] < 0 or (j and sv[j] == 0 and es[j] >= es[0]):
+                continue  # costs more than dense, or saves nothing
+            cand = best[np.maximum(cells - sv[j], 0)] + es[j]
+            better = cand < new - 1e-15
+            new[better] = cand[better]
+            arg[better] = j
+        best = new
+        back.append(arg)
+    s = need
+    choice = [0] * len(layers)
+    for i in range(len(layers) - 1, -1, -1):
+        j = int(back[i][s])
+        choice[i] = j
+        s = max(0, s - int(save[i][j]))
+    return choice
+
+
+def make_plan(model: ir.Model, x: Optional[np.ndarray], target, *, lut: str = "int8", seed: int = 0,
+              candidates=DEFAULT_CANDIDATES, calib_count: int = PLAN_CALIB, log=None,
+              scored: Optional[List[LayerOptions]] = None) -> Plan:
+    """Score the candidates (unless `scored` is given) and choose one per layer for `target`."""
+    t0 = time.time()
+    target = parse_target(target) if isinstance(target, str) else target
+    layers = scored if scored is not None else score(
+        model, x, lut=lut, candidates=candidates, calib_count=calib_count, seed=seed,
+        time_kernels=target.cost == "time", log=log)
+    layers = [LayerOptions(lo.name, lo.kind, lo.candidates) for lo in layers]  # fresh choices
+    for lo, j in zip(layers, select(layers, target)):
+        lo.chosen = j
+    plan = Plan(target, layers, lut, time.time() - t0)
+    plan.info["calib_samples"] = 0 if x is None else int(min(len(x), calib_count))
+    return plan

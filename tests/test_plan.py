@@ -1,0 +1,152 @@
+"""converter/plan.py: automatic per-layer (C's, K) / dense plans (`qcnn-convert --plan`)."""
+import itertools
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from qcnn.converter import ConversionError, convert
+from qcnn.converter import plan as qplan
+from qcnn.converter.cli import main as cli_main
+from qcnn.converter.onnx_import import import_onnx
+from qcnn.schema.reader import open_qcnn
+
+
+def small_onnx(seed=0) -> onnx.ModelProto:
+    """conv3x3 8->32 (relu) -> conv1x1 32->32 (relu) -> conv3x3 32->16 (relu) -> GAP -> flatten -> fc 16->10."""
+    rng = np.random.default_rng(seed)
+    inits, nodes = [], []
+
+    def conv(name, x, cin, cout, k):
+        w = (rng.standard_normal((cout, cin, k, k)) * np.sqrt(2 / (cin * k * k))).astype(np.float32)
+        b = (rng.standard_normal(cout) * 0.1).astype(np.float32)
+        inits.extend([numpy_helper.from_array(w, name + "_w"), numpy_helper.from_array(b, name + "_b")])
+        nodes.append(helper.make_node("Conv", [x, name + "_w", name + "_b"], [name], name=name,
+                                      kernel_shape=[k, k], pads=[k // 2] * 4))
+        nodes.append(helper.make_node("Relu", [name], [name + "_r"], name=name + "_relu"))
+        return name + "_r"
+
+    h = conv("c1", "x", 8, 32, 3)
+    h = conv("c2", h, 32, 32, 1)
+    h = conv("c3", h, 32, 16, 3)
+    nodes.append(helper.make_node("GlobalAveragePool", [h], ["g"], name="gap"))
+    nodes.append(helper.make_node("Flatten", ["g"], ["f"], name="flat"))
+    inits.append(numpy_helper.from_array(rng.standard_normal((10, 16)).astype(np.float32) * 0.3, "fc_w"))
+    inits.append(numpy_helper.from_array(np.zeros(10, np.float32), "fc_b"))
+    nodes.append(helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["y"], name="fc", transB=1))
+    graph = helper.make_graph(nodes, "small", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 16, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+@pytest.fixture(scope="module")
+def scored():
+    model = import_onnx(small_onnx())
+    x = np.random.default_rng(1).standard_normal((8, 8, 16, 16)).astype(np.float32)
+    return model, x, qplan.score(model, x, repeats=3, kmeans_iters=8)
+
+
+def test_candidates_cover_dense_and_several_settings(scored):
+    _, _, layers = scored
+    assert [lo.name for lo in layers] == ["c1", "c2", "c3", "fc"]
+    for lo in layers:
+        assert lo.candidates[0].dense and lo.candidates[0].error == 0
+        assert len(lo.candidates) >= 4
+        assert all(np.isfinite(c.ms) and c.ms > 0 for c in lo.candidates)
+        quant = [c for c in lo.candidates if not c.dense]
+        assert all(0 <= c.error < 2 for c in quant)
+    # more codewords never fit worse with the same C's (k-means error, up to k-means noise)
+    c3 = {c.label: c.error for c in layers[2].candidates}
+    assert c3["4/128"] <= c3["4/16"] + 1e-9
+
+
+@pytest.mark.parametrize("cost", ["flops", "time"])
+def test_plan_meets_target_on_its_cost_model(scored, cost):
+    model, x, layers = scored
+    for speed in (1.2, 1.5, 2.0):
+        try:
+            p = qplan.make_plan(model, x, qplan.Target("speed", speed, cost), scored=layers)
+        except ConversionError:
+            continue  # out of reach for this small net: checked separately
+        t = p.totals()
+        assert t["speedup_flops" if cost == "flops" else "speedup_time"] >= speed * (1 - 1e-9)
+
+
+def test_looser_target_never_has_higher_error(scored):
+    model, x, layers = scored
+    errs = []
+    for speed in (1.0, 1.1, 1.3, 1.6, 2.0, 2.5, 3.0):
+        try:
+            errs.append(qplan.make_plan(model, x, qplan.Target("speed", speed, "flops"), scored=layers).totals()["error"])
+        except ConversionError:
+            break
+    assert len(errs) >= 3
+    assert errs[0] == 0  # speed=1: everything may stay dense
+    assert all(a <= b + 1e-12 for a, b in zip(errs, errs[1:])), errs
+    sizes = []
+    for comp in (1.0, 1.5, 2.0, 3.0):
+        try:
+            sizes.append(qplan.make_plan(model, x, "size=%g" % comp, scored=layers).totals())
+        except ConversionError:
+            break
+    assert all(s["compression"] >= c for s, c in zip(sizes, (1.0, 1.5, 2.0, 3.0)))
+    assert all(a["error"] <= b["error"] + 1e-12 for a, b in zip(sizes, sizes[1:]))
+
+
+def test_select_is_optimal_on_a_brute_forced_instance():
+    rng = np.random.default_rng(5)
+    layers = []
+    for i in range(4):
+        cands = [qplan.Candidate(0, 0, 1000, 0, 0.0)]
+        for j in range(4):
+            cands.append(qplan.Candidate(4, 16 * (j + 1), int(rng.integers(100, 1000)), 0, float(rng.random())))
+        layers.append(qplan.LayerOptions(f"l{i}", "conv", cands))
+    for speed in (1.3, 1.7, 2.5):
+        target = qplan.Target("speed", speed, "flops")
+        choice = qplan.select(layers, target)
+        budget = 4000 / speed
+        best = min(sum(lo.candidates[j].error for lo, j in zip(layers, ch))
+                   for ch in itertools.product(range(5), repeat=4)
+                   if sum(lo.candidates[j].flops for lo, j in zip(layers, ch)) <= budget * (1 - 4 / 4000))
+        got = sum(lo.candidates[j].error for lo, j in zip(layers, choice))
+        assert sum(lo.candidates[j].flops for lo, j in zip(layers, choice)) <= budget
+        assert got <= best + 1e-12  # optimal up to the 1/4000 cost grid
+
+
+def test_out_of_reach_and_bad_targets(scored):
+    model, x, layers = scored
+    with pytest.raises(ConversionError, match="out of reach"):
+        qplan.make_plan(model, x, "speed=1000", scored=layers)
+    for bad in ("fast", "speed=0.5", "speed=x", "speed=2,size=3", "size=2,cost=time", "speed=2,cost=watts", "ms=-1"):
+        with pytest.raises(ConversionError):
+            qplan.parse_target(bad)
+    assert qplan.parse_target("speed=2").cost == "time"
+    assert qplan.parse_target("speed=2,cost=flops") == qplan.Target("speed", 2.0, "flops")
+
+
+def test_convert_stores_plan_and_cli_prints_it(tmp_path, capsys):
+    src = tmp_path / "small.onnx"
+    onnx.save(small_onnx(), src)
+    calib = tmp_path / "calib.npy"
+    np.save(calib, np.random.default_rng(2).standard_normal((16, 8, 16, 16)).astype(np.float32))
+    out = tmp_path / "small.qcnn"
+    assert cli_main([str(src), "-o", str(out), "--calib", str(calib), "--plan", "speed=1.5,cost=flops"]) == 0
+    printed = capsys.readouterr()
+    assert "plan speed=1.5" in printed.out + printed.err
+    f = open_qcnn(out)
+    report = json.loads(f.model.metadata["qcnn.report"])
+    f.close()
+    plan = report["plan"]
+    assert plan["target"] == {"what": "speed", "value": 1.5, "cost": "flops"}
+    assert plan["totals"]["speedup_flops"] >= 1.5
+    # the file's layers follow the plan: dense where it says dense, its C's/K elsewhere
+    by_name = {r["name"]: r for r in report["layers"]}
+    for lay in plan["layers"]:
+        r = by_name[lay["name"]]
+        assert r["quantized"] == (lay["choice"] != "dense")
+        if r["quantized"]:
+            assert f"{r['subvec']}/{r['ncode']}" == lay["choice"]
+    assert cli_main([str(src), "-o", str(tmp_path / "x.qcnn"), "--calib", str(calib), "--plan", "speed=banana"]) == 2
+    assert "--plan" in capsys.readouterr().err
