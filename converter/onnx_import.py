@@ -314,7 +314,12 @@ class _Importer:
             raise ConversionError(
                 f"node {node.op_type} {label!r}: input {node.input[i]!r} must be a constant (weights)"
             )
-        return np.asarray(self.cval(node.input[i]))
+        val = np.asarray(self.cval(node.input[i]))
+        if np.issubdtype(val.dtype, np.floating) and not np.isfinite(val).all():
+            bad = int(np.size(val) - np.count_nonzero(np.isfinite(val)))
+            raise ConversionError(f"node {node.op_type} {label!r}: initializer {node.input[i]!r} has {bad} "
+                                  f"non-finite values (NaN/inf)")
+        return val
 
     # ------------------------------------------------------------------ aliases
     def _alias(self, node, label):

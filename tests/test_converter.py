@@ -443,7 +443,7 @@ def _dynamic_model(path):
 
 @pytest.mark.parametrize("case", [
     "missing", "not_onnx", "unsupported", "dynamic", "bad_ck", "k_big", "k_small", "cs_too_big", "no_calib",
-    "no_images", "unwritable", "bad_layer_name", "npz_shape", "huge_resize",
+    "no_images", "unwritable", "bad_layer_name", "npz_shape", "huge_resize", "nan_weights",
 ])
 def test_cli_errors_exit_2_with_one_line(case, tmp_path, small_onnx, capsys):
     out = tmp_path / "out.qcnn"
@@ -488,6 +488,14 @@ def test_cli_errors_exit_2_with_one_line(case, tmp_path, small_onnx, capsys):
     elif case == "bad_layer_name":
         args += ["--skip", "nope"]
         match = "no Conv/Gemm layer named 'nope'"
+    elif case == "nan_weights":
+        proto = small_net()
+        w = [i for i in proto.graph.initializer if i.name == "w3"][0]
+        arr = numpy_helper.to_array(w).copy()
+        arr[3, 5] = np.nan
+        w.CopyFrom(numpy_helper.from_array(arr, "w3"))
+        onnx.save(proto, str(tmp_path / "nan.onnx"))
+        args[0], match = str(tmp_path / "nan.onnx"), "fc1.*'w3' has 1 non-finite"
     elif case == "huge_resize":
         args += ["--size", "100000"]
         match = "--size must be in 0..8192"
