@@ -60,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ec-iters", type=int, default=4, help="error-correction sweeps over the subspaces (default 4)")
     g.add_argument("--ec-ridge", type=float, default=1e-3,
                    help="ridge towards the original weights, relative to the mean input energy (default 1e-3)")
+    g.add_argument("--ec-ridge-few", type=float, default=0.3,
+                   help="the ridge for layers with fewer calibration rows than inputs, e.g. FC layers (default 0.3)")
+    g.add_argument("--ec-tol", type=float, default=1e-3,
+                   help="stop a layer's sweeps when the relative response error drops by less (default 1e-3)")
     g.add_argument("--no-multilayer", action="store_true",
                    help="take layer inputs from the original network instead of the quantized one (§3.3.3 off)")
     g.add_argument("--kmeans-iters", type=int, default=30, help="Lloyd iterations (default 30)")
@@ -149,6 +153,7 @@ def run(argv=None) -> int:
         bgr=args.bgr, conv=parse_ck(args.conv, "--conv"), fc=parse_ck(args.fc, "--fc"),
         last_fc=parse_ck(args.last_fc, "--last-fc"), layers=layers, skip=args.skip,
         pad_subspaces=args.pad_subspaces, ec=not args.no_ec, ec_iters=args.ec_iters, ec_ridge=args.ec_ridge,
+        ec_ridge_few=args.ec_ridge_few, ec_tol=args.ec_tol,
         multilayer=not args.no_multilayer, kmeans_iters=args.kmeans_iters, labels=args.labels,
         report_plain=args.report_plain, input_shape=shape, progress=verbose and sys.stderr.isatty(), log=log,
         threads=args.threads if args.threads > 0 else None, plan=args.plan, plan_lut=args.plan_lut)

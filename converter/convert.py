@@ -238,6 +238,8 @@ class Options:
     ec: bool = True
     ec_iters: int = 4
     ec_ridge: float = 1e-3
+    ec_ridge_few: float = 0.3
+    ec_tol: float = 1e-3
     multilayer: bool = True
     kmeans_iters: int = 30
     report_plain: bool = False
@@ -262,23 +264,41 @@ def quantize_layer(op, plan: LayerPlan, index: int, opts: Options, Sq: Optional[
         W_plain = quantize.reconstruct_blocks(cb, A, geom)
         plain_err = sum(s.error(W_plain[g]) for g, s in enumerate(stats)) / max(TT, 1e-300)
         if opts.ec:
-            curve = np.zeros(opts.ec_iters + 1)
             cb_ec, A_ec = cb.copy(), A.copy()
+            curves, sweeps = [], 0
             for g, s in enumerate(stats):
-                mu = opts.ec_ridge * max(s.gram_diag_mean(), 1e-30)
+                # Few calibration rows (fewer than inputs, typical for FC layers): the data leave most
+                # input directions unconstrained, so pull harder towards the original weights.
+                ridge = opts.ec_ridge_few if s.rows_mode else opts.ec_ridge
+                mu = ridge * max(s.gram_diag_mean(), 1e-30)
                 if s.rows_mode:
-                    F, Y, W0, mu_solver, const = s.S, s.T, Wb[g], mu, 0.0
+                    F, Y, W0, mu_solver, const, mu_resp = s.S, s.T, Wb[g], mu, 0.0, 0.0
                 else:
                     F, Y, yy = quantize.factor_stats(s.G, s.B, mu, Wb[g])
-                    W0, mu_solver = Wb[g], 0.0
+                    W0, mu_solver, mu_resp = Wb[g], 0.0, mu
                     const = s.TT + mu * float((Wb[g] ** 2).sum()) - yy
+                TTg = max(s.TT, 1e-300)
+
+                def rel(hist, drift, const=const, mu_resp=mu_resp, TTg=TTg):
+                    # response error (ridge removed): ||R||^2 + const - mu ||W - W0||^2 in gram mode
+                    return [max(h + const - mu_resp * d, 0.0) / TTg for h, d in zip(hist, drift)]
+
+                def stop(hist, drift, rel=rel):
+                    r = rel(hist[-2:], drift[-2:])
+                    return len(r) == 2 and r[0] - r[1] < opts.ec_tol
+
                 res = quantize.ec_solve(F, Y, cb[g], A[g], geom, opts.ec_iters, mu=mu_solver, W0=W0,
-                                        progress=(bar.update if bar is not None else None))
+                                        progress=(bar.update if bar is not None else None), stop=stop)
+                if bar is not None:  # sweeps skipped by the early stop
+                    bar.update(geom.nsub * (opts.ec_iters + 1 - len(res.history)))
                 cb_ec[g], A_ec[g] = res.codebooks, res.assign
-                # response error (ridge removed): ||R||^2 + const - mu ||W - W0||^2 in gram mode
-                hist = np.array(res.history) + const - (0.0 if s.rows_mode else mu * np.array(res.drift))
-                curve += np.maximum(hist, 0)
+                curve = rel(res.history, res.drift)
+                sweeps = max(sweeps, len(curve) - 1)
+                curves.append(np.array(curve + [curve[-1]] * (opts.ec_iters + 1 - len(curve))) * s.TT)
                 del F, Y
+            curve = np.sum(curves, axis=0)
+            rep["ec_sweeps"] = sweeps
+            rep["ridge"] = opts.ec_ridge_few if stats[0].rows_mode else opts.ec_ridge
             cb, A = cb_ec, A_ec
             W_ec = quantize.reconstruct_blocks(cb, A, geom)
             ec_err = sum(s.error(W_ec[g]) for g, s in enumerate(stats)) / max(TT, 1e-300)
@@ -307,6 +327,7 @@ def convert(model_path, output: Optional[str] = None, *, calib=None, calib_count
             bgr: bool = False, conv=DEFAULT_CONV, fc=DEFAULT_FC, last_fc=DEFAULT_LAST_FC,
             layers: Optional[Dict[str, Tuple[int, int]]] = None, skip: Sequence[str] = (),
             pad_subspaces: bool = False, ec: bool = True, ec_iters: int = 4, ec_ridge: float = 1e-3,
+            ec_ridge_few: float = 0.3, ec_tol: float = 1e-3,
             multilayer: bool = True, kmeans_iters: int = 30, labels=None, report_plain: bool = False,
             input_shape=None, progress: bool = False, log: Optional[Callable[[str], None]] = None,
             threads: Optional[int] = 1, plan=None, plan_lut: str = "int8") -> ConversionResult:
@@ -320,12 +341,14 @@ def convert(model_path, output: Optional[str] = None, *, calib=None, calib_count
     with blas_threads(threads):
         return _convert(model_path, output, calib, calib_count, seed, preprocess, mean, std, scale, size, crop,
                         bgr, conv, fc, last_fc, layers, skip, pad_subspaces, ec, ec_iters, ec_ridge, multilayer,
-                        kmeans_iters, labels, report_plain, input_shape, progress, log, plan, plan_lut)
+                        kmeans_iters, labels, report_plain, input_shape, progress, log, ec_ridge_few, ec_tol,
+                        plan, plan_lut)
 
 
 def _convert(model_path, output, calib, calib_count, seed, preprocess, mean, std, scale, size, crop, bgr, conv,
              fc, last_fc, layers, skip, pad_subspaces, ec, ec_iters, ec_ridge, multilayer, kmeans_iters, labels,
-             report_plain, input_shape, progress, log, plan=None, plan_lut="int8") -> ConversionResult:
+             report_plain, input_shape, progress, log, ec_ridge_few, ec_tol, plan=None,
+             plan_lut="int8") -> ConversionResult:
     log = log or (lambda msg: None)
     for what, (c, k) in (("--conv", conv), ("--fc", fc), ("--last-fc", last_fc)):
         check_ck(c, k, what)
@@ -366,7 +389,8 @@ def _convert(model_path, output, calib, calib_count, seed, preprocess, mean, std
         plans = plan_layers(model, conv, fc, last_fc, layers, skip, pad_subspaces)
         log(auto_plan.format())
 
-    opts = Options(ec=ec, ec_iters=ec_iters, ec_ridge=ec_ridge, multilayer=multilayer,
+    opts = Options(ec=ec, ec_iters=ec_iters, ec_ridge=ec_ridge, ec_ridge_few=ec_ridge_few, ec_tol=ec_tol,
+                   multilayer=multilayer,
                    kmeans_iters=kmeans_iters, report_plain=report_plain, seed=seed, progress=progress)
     layer_reports = _run(model, plans, opts, x, log)
 
@@ -397,6 +421,7 @@ def _convert(model_path, output, calib, calib_count, seed, preprocess, mean, std
         "settings": {"conv": f"{conv[0]}/{conv[1]}", "fc": f"{fc[0]}/{fc[1]}", "last_fc": f"{last_fc[0]}/{last_fc[1]}",
                      "layers": {k: f"{c}/{kk}" for k, (c, kk) in (layers or {}).items()}, "skip": sorted(skip),
                      "pad_subspaces": pad_subspaces, "ec_iters": ec_iters if ec else 0, "ec_ridge": ec_ridge if ec else 0,
+                     "ec_ridge_few": ec_ridge_few if ec else 0, "ec_tol": ec_tol,
                      "multilayer": multilayer, "seed": seed, "kmeans_iters": kmeans_iters},
         "calibration": calib_desc,
         "layers": rows,

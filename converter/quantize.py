@@ -337,12 +337,14 @@ class ECResult:
 
 def ec_solve(F: np.ndarray, Y: np.ndarray, codebooks: np.ndarray, assign: np.ndarray, geom: LayerGeom,
              iters: int, mu: float = 0.0, W0: Optional[np.ndarray] = None, inner: int = 1,
-             progress: Optional[Callable[[], None]] = None) -> ECResult:
+             progress: Optional[Callable[[], None]] = None,
+             stop: Optional[Callable[[List[float], List[float]], bool]] = None) -> ECResult:
     """Error-corrected quantization of one group by block coordinate descent over subspaces.
 
     F (r, D), Y (r, Cout): the data in compact form (see module docstring). codebooks (M, K, C),
     assign (P, M, Cout): the initialisation (plain k-means). mu/W0: optional separable ridge
     mu*||W - W0||^2 (use 0 when it is already folded into F, Y by factor_stats).
+    stop(history, drift) is asked after every sweep whether to end early.
     """
     geom = dataclasses.replace(geom, groups=1)  # one group at a time
     P, M, C = geom.P, geom.nsub, geom.subvec
@@ -384,6 +386,8 @@ def ec_solve(F: np.ndarray, Y: np.ndarray, codebooks: np.ndarray, assign: np.nda
             if progress:
                 progress()
         record()
+        if stop is not None and stop(history, drift):
+            break
     return ECResult(cb, A, history, drift)
 
 

@@ -39,7 +39,8 @@ def _private(a: Optional[np.ndarray]) -> Optional[np.ndarray]:
 class _Step:
     """One operator bound to its kernel: reads buffers `inputs`, writes buffer `output`."""
 
-    __slots__ = ("op", "kind", "kernel", "in_shapes", "out_shape", "inputs", "output", "scratch_nbytes")
+    __slots__ = ("op", "kind", "kernel", "in_shapes", "out_shape", "inputs", "output", "scratch_nbytes",
+                 "concat_into", "fused")
 
     def __init__(self, op, kind, kernel, in_shapes, out_shape):
         self.op, self.kind, self.kernel = op, kind, kernel
@@ -47,6 +48,8 @@ class _Step:
         self.inputs: List[int] = []
         self.output = -1
         self.scratch_nbytes = 0
+        self.concat_into = None  # (concat step, channel offset): this conv writes into the concat's output
+        self.fused = False  # a Concat whose inputs were written in place by their producers
 
 
 def _hwc(shape):
@@ -133,7 +136,32 @@ class Model:
             out_shape = shapes.output_shape(op, in_shapes)
             known[op.outputs[0]] = out_shape
             steps.append(_Step(op, type(op).__name__, self._kernel(op, isa), in_shapes, out_shape))
+        self._fuse_concats(model, steps)
         return steps
+
+    @staticmethod
+    def _fuse_concats(model: ir.Model, steps: List[_Step]):
+        """Let dense convs write straight into the channel slice of the Concat that reads them
+        (SqueezeNet's fire modules), instead of copying their outputs there afterwards."""
+        producer = {st.op.outputs[0]: st for st in steps}
+        readers: Dict[str, int] = {}
+        for st in steps:
+            for name in st.op.inputs:
+                readers[name] = readers.get(name, 0) + 1
+        for st in steps:
+            if st.kind != "Concat":
+                continue
+            sources = [producer.get(name) for name in st.op.inputs]
+            if len(set(st.op.inputs)) != len(st.op.inputs) or not all(
+                    src is not None and isinstance(src.kernel, _core.DenseConvKernel) and src.concat_into is None
+                    and readers.get(src.op.outputs[0]) == 1 and src.op.outputs[0] not in model.outputs
+                    for src in sources):
+                continue
+            offset = 0
+            for src in sources:
+                src.concat_into = (st, offset)
+                offset += src.out_shape[0]
+            st.fused = True
 
     def _kernel(self, op, isa):
         """The compiled kernel for a conv / fully-connected operator (None for the other ops).
@@ -177,23 +205,34 @@ class Model:
         slot_of = {model.input_name: 0}
         sizes = [int(np.prod(model.input_shape))]
         busy_until = [last_use.get(model.input_name, 0)]
+        def allocate(size, i):
+            free = [s for s in range(len(sizes)) if busy_until[s] < i]
+            fitting = [s for s in free if sizes[s] >= size]
+            if fitting:
+                return min(fitting, key=lambda s: sizes[s])
+            if free:
+                return max(free, key=lambda s: sizes[s])
+            sizes.append(0)
+            busy_until.append(0)
+            return len(sizes) - 1
+
         for i, step in enumerate(self._steps):
             step.inputs = [slot_of[n] for n in step.op.inputs]
             out_name = step.op.outputs[0]
             size, end = int(np.prod(step.out_shape)), last_use.get(out_name, i)
-            if step.kind in ("Relu", "Softmax") and last_use[step.op.inputs[0]] == i:
+            target = step.concat_into[0].op.outputs[0] if step.concat_into else (out_name if step.fused else None)
+            if target is not None:
+                # A fused concat's output slot is taken when its first input is written.
+                if target not in slot_of:
+                    concat = step.concat_into[0] if step.concat_into else step
+                    slot_of[target] = slot = allocate(int(np.prod(concat.out_shape)), i)
+                    sizes[slot] = max(sizes[slot], int(np.prod(concat.out_shape)))
+                    busy_until[slot] = max(busy_until[slot], last_use.get(target, i))
+                slot = slot_of[target]
+            elif step.kind in ("Relu", "Softmax") and last_use[step.op.inputs[0]] == i:
                 slot = step.inputs[0]
             else:
-                free = [s for s in range(len(sizes)) if busy_until[s] < i]
-                fitting = [s for s in free if sizes[s] >= size]
-                if fitting:
-                    slot = min(fitting, key=lambda s: sizes[s])
-                elif free:
-                    slot = max(free, key=lambda s: sizes[s])
-                else:
-                    slot = len(sizes)
-                    sizes.append(0)
-                    busy_until.append(0)
+                slot = allocate(size, i)
             sizes[slot] = max(sizes[slot], size)
             busy_until[slot] = max(busy_until[slot], end)
             step.output = slot
@@ -240,7 +279,13 @@ class Model:
                     out = out.reshape(st.in_shapes[0])  # written in (C, H, W) order
                 elif st.kind == "GlobalAveragePool":
                     out = out.reshape(-1)
-                steps.append((st, ins, out))
+                offset = 0
+                if st.concat_into is not None:  # write the whole concat buffer at a channel offset
+                    concat, offset = st.concat_into
+                    out = view(st.output, concat.out_shape)
+                if st.fused:
+                    continue  # its inputs already sit in its output
+                steps.append((st, ins, out, offset))
             ws = self._local.ws = {
                 "input": view(0, self._ir.input_shape),
                 "steps": steps,
@@ -286,9 +331,11 @@ class Model:
     def _run_one(self, image_chw, ws):
         np.copyto(ws["input"], image_chw.transpose(1, 2, 0))
         scratch = ws["scratch"]
-        for step, ins, out in ws["steps"]:
+        for step, ins, out, offset in ws["steps"]:
             op, kind = step.op, step.kind
-            if step.kernel is not None:
+            if offset or step.concat_into is not None:
+                step.kernel.run(ins[0], out, scratch, offset)
+            elif step.kernel is not None:
                 step.kernel.run(ins[0], out, scratch)
             elif kind == "Relu":
                 _core.relu(ins[0], out)  # in place when the planner gave both the same slot

@@ -202,6 +202,8 @@ cdef class QConvKernel(_QkBase):
         self._q = _qk_conv_prepare(&p, cisa, mode, &err)
         if self._q == NULL:
             raise ValueError(f"QConvKernel: {(<bytes>err).decode() if err != NULL else 'prepare failed'}")
+        if mode == _QK_LUT_INT8 and _qk_prepared_isa(self._q) != _QK_ISA_GENERIC:
+            self._indices = None  # the SIMD kernels read their own re-laid-out copy; free this one
 
     def out_shape(self, int h, int w):
         """(oh, ow, cout) for an h x w input."""
@@ -280,6 +282,8 @@ cdef class QFcKernel(_QkBase):
         self._q = _qk_fc_prepare(&p, cisa, mode, &err)
         if self._q == NULL:
             raise ValueError(f"QFcKernel: {(<bytes>err).decode() if err != NULL else 'prepare failed'}")
+        if mode == _QK_LUT_INT8 and _qk_prepared_isa(self._q) != _QK_ISA_GENERIC:
+            self._indices = None  # the SIMD kernels read their own re-laid-out copy; free this one
 
     def scratch_nbytes(self):
         return _qk_conv_scratch(self._q, 1, 1)

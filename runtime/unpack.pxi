@@ -1,6 +1,10 @@
-# Unpacking of b-bit codeword indices (bit order: schema/README.md, "Packing").
+# Unpacking of b-bit codeword indices (bit order: schema/README.md, "Packing"; C: kernels/unpack.c).
 
-from libc.stdint cimport uint8_t, uint64_t
+from libc.stdint cimport uint8_t
+
+
+cdef extern from "qcnn_kernels.h":
+    uint8_t qcnn_unpack_indices(const uint8_t *packed, int bits, size_t count, uint8_t *out) nogil
 
 
 def unpack_indices(const uint8_t[::1] packed, int bits, Py_ssize_t count, uint8_t[::1] out):
@@ -14,21 +18,9 @@ def unpack_indices(const uint8_t[::1] packed, int bits, Py_ssize_t count, uint8_
         raise ValueError(f"output holds {out.shape[0]} codes, {count} requested")
     if packed.shape[0] < (count * bits + 7) // 8:
         raise ValueError(f"packed indices hold {packed.shape[0]} bytes, {(count * bits + 7) // 8} needed")
-    cdef Py_ssize_t i, byte_pos = 0
-    cdef uint64_t acc = 0          # bit reservoir, next code in its low bits
-    cdef int have = 0              # valid bits in acc
-    cdef uint64_t mask = (1 << bits) - 1
-    cdef uint8_t code, largest = 0
+    if count == 0:
+        return 0
+    cdef uint8_t largest
     with nogil:
-        for i in range(count):
-            while have < bits:
-                acc |= (<uint64_t>packed[byte_pos]) << have
-                byte_pos += 1
-                have += 8
-            code = <uint8_t>(acc & mask)
-            acc >>= bits
-            have -= bits
-            out[i] = code
-            if code > largest:
-                largest = code
+        largest = qcnn_unpack_indices(&packed[0], bits, <size_t>count, &out[0])
     return largest

@@ -222,3 +222,18 @@ def test_qcnn_run_cli(tmp_path, tiny_model):
 
     assert main([str(path), str(img), "--top", "3"]) == 0
     assert main([str(tmp_path / "missing.qcnn"), str(img)]) == 2
+
+
+def test_dense_expands_write_into_the_concat(tmp_path):
+    """Fire module with dense expand convs: they write straight into the Concat's output buffer."""
+    model = make_fire_model(seed=5)
+    rng = np.random.default_rng(6)
+    for op in model.operators:
+        if op.name in ("expand1", "expand3"):
+            op.weights = (rng.standard_normal((op.cout, op.cin, *op.kernel)) * 0.3).astype(np.float32)
+    path = tmp_path / "dense_fire.qcnn"
+    writer.write_model(model, path)
+    m = Model(path, lut="float")
+    assert [st.op.name for st in m._steps if st.fused] == ["concat"]
+    x = rng.standard_normal((3, 3, 17, 15)).astype(np.float32)
+    assert _rel_l2(m.run(x), _oracle(path, x)) <= 1e-5

@@ -291,3 +291,21 @@ def test_generated_code_matches_schema(tmp_path):
 
 def test_format_error_is_a_value_error():
     assert issubclass(qcnn.QcnnFormatError, ValueError)
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+@pytest.mark.parametrize("count", [0, 1, 7, 8, 9, 63, 64, 1001])
+def test_compiled_unpack_matches_numpy(bits, count):
+    from qcnn.runtime import _core
+
+    rng = np.random.default_rng(bits * 7 + count)
+    values = rng.integers(0, 1 << bits, count).astype(np.uint8)
+    packed = packing.pack(values, bits)
+    out = np.full(count + 3, 0xEE, np.uint8)
+    largest = _core.unpack_indices(packed, bits, count, out)
+    np.testing.assert_array_equal(out[:count], values)
+    assert (out[count:] == 0xEE).all()  # nothing written past count
+    assert largest == (int(values.max()) if count else 0)
+    if count:
+        with pytest.raises(ValueError):
+            _core.unpack_indices(packed[:-1], bits, count, out)

@@ -117,6 +117,11 @@ void qcnn_qfc_run(const qcnn_qfc_prepared *q, const float *x, float *y, void *sc
                   float *lut_step);
 void qcnn_qfc_free(qcnn_qfc_prepared *q);
 
+/* ------------------------------------------------------------------ index unpacking */
+/* Unpack `count` codes of `bits` (1..8) bits from an LSB-first bit stream of at least
+ * ceil(count * bits / 8) bytes into out[count]; returns the largest code. */
+uint8_t qcnn_unpack_indices(const uint8_t *packed, int bits, size_t count, uint8_t *out);
+
 #ifdef __cplusplus
 }
 #endif

@@ -102,14 +102,28 @@ static qcnn_qconv_prepared *prepare(const qcnn_qconv_params *p, qcnn_isa isa, qc
             /* Subspaces sharing one 64-byte table (Kp < 64, AVX-512 only): index m % share
              * looks in the share's (m % share)-th quarter/half. */
             const int share = isa == QCNN_ISA_AVX512VBMI && Kp < 64 ? 64 / Kp : 1;
-            for (int m = 0; m < M; m++)
-                for (int o = 0; o < q->Og; o++) {
-                    const int bk = o / blk, ch = bk / nb;
-                    const int nbc = nblk - ch * nb < nb ? nblk - ch * nb : nb;
-                    d[(size_t)ch * nb * blk * M + ((size_t)m * nbc + bk - ch * nb) * blk +
-                      qlut_block_pos(o % blk, blk)] =
-                        (uint8_t)(p->indices[(size_t)m * q->Og + o] + (m % share) * Kp);
-                }
+            /* Where output o's index of subspace m goes: base[o] + m * step[o]. Computed once per
+             * channel so the loop over all M x Og indices (millions for fc6) is a plain scatter. */
+            size_t *base = malloc((size_t)q->Og * sizeof *base), *step = malloc((size_t)q->Og * sizeof *step);
+            if (!base || !step) {
+                free(base);
+                free(step);
+                goto oom;
+            }
+            for (int o = 0; o < q->Og; o++) {
+                const int bk = o / blk, ch = bk / nb;
+                const int nbc = nblk - ch * nb < nb ? nblk - ch * nb : nb;
+                base[o] = (size_t)ch * nb * blk * M + (size_t)(bk - ch * nb) * blk + qlut_block_pos(o % blk, blk);
+                step[o] = (size_t)nbc * blk;
+            }
+            for (int m = 0; m < M; m++) {
+                const uint8_t *src = p->indices + (size_t)m * q->Og;
+                const uint8_t add = (uint8_t)((m % share) * Kp);
+                for (int o = 0; o < q->Og; o++)
+                    d[base[o] + (size_t)m * step[o]] = (uint8_t)(src[o] + add);
+            }
+            free(base);
+            free(step);
         } else {
             for (size_t gt = 0; gt < (size_t)G * T; gt++)
                 for (int o = 0; o < q->Og; o++)

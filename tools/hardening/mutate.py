@@ -23,6 +23,7 @@ runtime is built, runs qcnn.runtime.Model(path).run(x). A worker killed by a sig
 that takes longer than --timeout seconds is a hang; both are counted and the worker replaced.
 
 Outcomes: format_error (good; we also record whether the message names the rewritten field),
+memory_refused (good: Model refuses at load a file whose activations exceed max_activation_bytes),
 valid (accepted, oracle passed, mutant allowed to be valid), noop (bytes unchanged),
 silent_success (BAD: an invalid mutant was accepted), oracle_reject (BAD: reader accepted what the
 writer refuses), exception (BAD: anything but QcnnFormatError), crash (BAD), hang (BAD).
@@ -316,6 +317,8 @@ def _load_and_run(path: str, use_runtime: bool):
         m = Model(path)
     except QcnnFormatError as exc:
         return ("format_error", "runtime: " + str(exc))
+    except MemoryError as exc:  # documented: activations above Model(max_activation_bytes=...)
+        return ("memory_refused", str(exc))
     except Exception as exc:  # noqa: BLE001
         return ("exception", f"runtime load: {type(exc).__name__}: {exc}", traceback.format_exc(limit=6))
     try:
@@ -395,7 +398,7 @@ def classify(m: Mutant, original: bytes, result) -> str:
         return "noop"
     if status == "ok":
         return "silent_success" if m.must_fail else "valid"
-    return status  # format_error, oracle_reject, exception, crash, hang
+    return status  # format_error, memory_refused, oracle_reject, exception, crash, hang
 
 
 def names_field(message: str, field: Optional[str]) -> Optional[bool]:
