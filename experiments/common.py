@@ -158,3 +158,34 @@ def layer_errors(orig: ir.Model, quant: ir.Model, x: np.ndarray) -> Dict[str, Di
 
 def save_json(obj, path):
     Path(path).write_text(json.dumps(obj, indent=1, sort_keys=True))
+
+
+def qcnn_step_ms(model, image_chw: np.ndarray, runs: int = 100) -> list:
+    """Per-step thread CPU time (ms, median) of a qcnn.runtime.Model on one image, in plan order.
+
+    Uses the runtime's internals (Model._buffers() workspace with its "steps" list, Model._run_one):
+    the plan is run one step at a time, buffers persisting so each step reads what the previous one
+    wrote; the input copy, timed with an empty step list, is subtracted."""
+    ws = model._buffers()
+    entries = list(ws["steps"])
+    image = np.ascontiguousarray(image_chw, dtype=np.float32)
+
+    def timed():
+        t0 = time.thread_time()
+        model._run_one(image, ws)
+        return time.thread_time() - t0
+
+    per = [[] for _ in entries]
+    base = []
+    try:
+        for r in range(runs + 1):
+            ws["steps"] = []
+            base.append(timed())
+            for i, e in enumerate(entries):
+                ws["steps"] = [e]
+                per[i].append(timed())
+    finally:
+        ws["steps"] = entries
+    b = float(np.median(base[1:]))
+    return [{"name": e[0].op.name, "op": e[0].kind, "ms": max(0.0, 1e3 * (float(np.median(t[1:])) - b))}
+            for e, t in zip(entries, per)]

@@ -17,6 +17,7 @@ Writes experiments/results/ec_study.{json,md}.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import tempfile
 import time
@@ -87,6 +88,10 @@ def main(argv=None):
         print(md, flush=True)
 
 
+def natural(name: str):
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
 def markdown(o) -> str:
     L = [f"### AlexNet / VGG-16 with seeded weights on real photos ({o['date']}; {o['machine']})", "",
          "Conv layers 8/128 (converter default), fc layers dense. Agreement = qcnn top-1 equals onnxruntime fp32 "
@@ -94,7 +99,7 @@ def markdown(o) -> str:
     for name, r in o["models"].items():
         V = r["variants"]
         L += [f"**{name}** (calibration {r['calib']} photos, agreement on {r['eval']}, errors on {r['err_images']}; "
-              f"FLOPs speed-up {V['ec']['flops_speedup']:.2f}x, compression {V['ec']['compression']:.1f}x)", "",
+              f"conv layers: FLOPs speed-up {V['ec']['flops_speedup']:.2f}x, compression {V['ec']['compression']:.1f}x)", "",
               "| variant | top-1 agreement int8 | float | fp32 top-1 in qcnn top-5 (int8) | logits rel. error |",
               "|---|---|---|---|---|"]
         for k, lab in (("plain", "plain k-means"), ("ec", "EC, multi-layer (§3.3.3, default)"),
@@ -102,9 +107,14 @@ def markdown(o) -> str:
             v = V[k]
             L.append(f"| {lab} | {v['agree_int8']:.0f}% | {v['agree_float']:.0f}% | {v['top1_in_top5_int8']:.0f}% | "
                      f"{v['errors']['_output']['error']:.4f} |")
-        L += ["", "| layer | plain (accum.) | EC multi (accum.) | EC single-layer (accum.) | plain alone | EC multi alone | EC single alone |",
+        L.append("")
+        L.append("(accum. = input from the quantized network, i.e. what the layer really sees; alone = this layer's "
+                 "own error on the original input. Layers not listed stay dense, e.g. a first conv with fewer "
+                 "than 8 input channels.)")
+        L.append("")
+        L += ["| layer | plain (accum.) | EC multi (accum.) | EC single-layer (accum.) | plain alone | EC multi alone | EC single alone |",
               "|---|---|---|---|---|---|---|"]
-        for lay in V["ec"]["errors"]:
+        for lay in sorted(V["ec"]["errors"], key=natural):  # the JSON is key-sorted: back to graph order
             if lay == "_output":
                 continue
             e = [V[k]["errors"][lay] for k in ("plain", "ec", "ec-single")]

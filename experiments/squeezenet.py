@@ -112,11 +112,9 @@ def main(argv=None):
     print("  " + ", ".join(f"{k} {v:.3f} ms" for k, v in ms.items()), flush=True)
 
     # per-layer time of the main plan vs the dense qcnn model
-    from qcnn.tools.bench import qcnn_layer_times
-
     main_t = args.main if args.main in [r["target"] for r in rows] else rows[-1]["target"]
-    lt_main = qcnn_layer_times(models[(main_t, "int8")], xe[:1], 30)
-    lt_dense = qcnn_layer_times(dense_model, xe[:1], 30)
+    lt_main = common.qcnn_step_ms(models[(main_t, "int8")], xe[0], 30)
+    lt_dense = common.qcnn_step_ms(dense_model, xe[0], 30)
     per_layer = [{"name": a["name"], "op": a["op"], "dense_ms": b["ms"], "plan_ms": a["ms"],
                   "choice": next((r["plan"].get(a["name"]) for r in rows if r["target"] == main_t), None)}
                  for a, b in zip(lt_main, lt_dense)]
@@ -170,7 +168,7 @@ def markdown(r) -> str:
         L.append(f"Plain Q-CNN (no EC) with the speed={r['main']} plan: int8 top-1/top-5 {pl['int8']['top1']:.1f} / "
                  f"{pl['int8']['top5']:.1f}, float {pl['float']['top1']:.1f} / {pl['float']['top5']:.1f}.")
         L.append("")
-    L += [f"Per-layer time, speed={r['main']} plan vs all-dense (ms, int8, batch 1):", "",
+    L += [f"Per-layer time, speed={r['main']} plan vs all-dense (ms per step, int8, batch 1):", "",
           "| op | choice | dense ms | plan ms |", "|---|---|---|---|"]
     for x in r["per_layer"]:
         L.append(f"| {x['name']} | {x['choice'] or x['op']} | {x['dense_ms']:.3f} | {x['plan_ms']:.3f} |")

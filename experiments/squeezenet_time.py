@@ -20,7 +20,7 @@ import common  # noqa: E402
 
 from qcnn.converter import convert  # noqa: E402
 from qcnn.runtime import Model  # noqa: E402
-from qcnn.tools.bench import ort_layer_times, qcnn_layer_times  # noqa: E402
+from qcnn.tools.bench import ort_layer_times  # noqa: E402
 
 
 def main(argv=None):
@@ -51,7 +51,7 @@ def main(argv=None):
         engines[k] = (lambda m=models[k]: m.run(x))
     ms = common.interleaved_ms(engines, runs=args.runs)
     ort_layers = ort_layer_times(onnx_path, x, 100, 1)
-    q_layers = qcnn_layer_times(models["qcnn-dense"], x, 100)
+    q_layers = common.qcnn_step_ms(models["qcnn-dense"], x[0], 100)
     groups = {}
     for src, rows in (("ort", ort_layers), ("qcnn", q_layers)):
         for r in rows:
@@ -65,7 +65,7 @@ def main(argv=None):
     L = [f"### SqueezeNet 1.1: where the time goes ({res['date']}; {res['machine']})", "",
          f"End-to-end medians of {args.runs} round-robin runs, thread CPU time (batch 1, 1 thread): " +
          ", ".join(f"{k} {v:.2f} ms" for k, v in ms.items()), "",
-         "Summed per-op time (ORT profiler kernel times; qcnn per-step times of the all-dense model):", "",
+         "Summed per-op time (ORT profiler kernel times, wall; qcnn per-step thread CPU time of the all-dense model):", "",
          "| op type | onnxruntime ms | qcnn ms |", "|---|---|---|"]
     for k, v in sorted(groups.items(), key=lambda kv: -kv[1]["ort"] - kv[1]["qcnn"]):
         L.append(f"| {k} | {v['ort']:.3f} | {v['qcnn']:.3f} |")
