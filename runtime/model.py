@@ -345,7 +345,10 @@ class Model:
         return out
 
     def _run_one(self, image_chw, ws, times=None):
-        np.copyto(ws["input"], image_chw.transpose(1, 2, 0))
+        if image_chw.flags.c_contiguous:
+            _core.nchw_to_nhwc(image_chw, ws["input"])
+        else:
+            np.copyto(ws["input"], image_chw.transpose(1, 2, 0))
         scratch = ws["scratch"]
         clock = time.perf_counter
         for step, ins, out, offset in ws["steps"]:

@@ -530,3 +530,16 @@ def test_squeezenet_end_to_end_matches_onnxruntime(isa):
     got = run_graph_with_ops(model, x, isa)
     assert got.shape == want.shape
     assert_close(got, want, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 7), (1, 4, 4), (40, 3, 9), (3, 1, 1)])
+def test_nchw_to_nhwc_is_the_inverse_transpose(shape):
+    from qcnn.runtime import _core
+
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    y = np.empty((shape[1], shape[2], shape[0]), np.float32)
+    _core.nchw_to_nhwc(x, y)
+    np.testing.assert_array_equal(y, x.transpose(1, 2, 0))
+    back = np.empty(shape, np.float32)
+    _core.nhwc_to_nchw(y, back)
+    np.testing.assert_array_equal(back, x)

@@ -64,3 +64,29 @@ void qcnn_nhwc_to_nchw(const float *x, int h, int w, int c, float *y)
         }
     }
 }
+
+void qcnn_nchw_to_nhwc(const float *x, int c, int h, int w, float *y)
+{
+    /* the inverse of qcnn_nhwc_to_nchw: the graph input arrives NCHW, the kernels want NHWC.
+     * For c = 3 (images) this is a gather of three planes per pixel. */
+    const size_t hw = (size_t)h * w;
+    if (c == 3) {
+        const float *r = x, *g = x + hw, *b = x + 2 * hw;
+        for (size_t p = 0; p < hw; p++) {
+            y[3 * p] = r[p];
+            y[3 * p + 1] = g[p];
+            y[3 * p + 2] = b[p];
+        }
+        return;
+    }
+    enum { B = 32 };
+    for (size_t p0 = 0; p0 < hw; p0 += B) {
+        const size_t p1 = p0 + B < hw ? p0 + B : hw;
+        for (int c0 = 0; c0 < c; c0 += B) {
+            const int c1 = c0 + B < c ? c0 + B : c;
+            for (size_t p = p0; p < p1; p++)
+                for (int ch = c0; ch < c1; ch++)
+                    y[p * c + ch] = x[(size_t)ch * hw + p];
+        }
+    }
+}
