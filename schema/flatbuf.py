@@ -120,27 +120,22 @@ class Table:
     def f32s(self, slot, name):
         return self.scalars(slot, _F32, name)
 
-    def tables(self, slot: int, name: str):
+    def _elements(self, slot: int, name: str, read):
+        """A vector of offsets: read(target, what) for each element, or None if the field is absent."""
         start, n = self._vector(slot, 4, name)
         if start is None:
             return None
         out = []
         for i in range(n):
             at = start + 4 * i
-            target = at + _U32.unpack_from(self.buf, at)[0]
-            out.append(Table(self.buf, self.size, target, f"{self.what}.{name}[{i}]"))
+            out.append(read(at + _U32.unpack_from(self.buf, at)[0], f"{self.what}.{name}[{i}]"))
         return out
 
+    def tables(self, slot: int, name: str):
+        return self._elements(slot, name, lambda target, what: Table(self.buf, self.size, target, what))
+
     def strings(self, slot: int, name: str):
-        start, n = self._vector(slot, 4, name)
-        if start is None:
-            return None
-        out = []
-        for i in range(n):
-            at = start + 4 * i
-            target = at + _U32.unpack_from(self.buf, at)[0]
-            out.append(_string_at(self.buf, self.size, target, f"{self.what}.{name}[{i}]"))
-        return out
+        return self._elements(slot, name, lambda target, what: _string_at(self.buf, self.size, target, what))
 
 
 def _need(size: int, pos: int, length: int, what: str):
