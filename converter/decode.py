@@ -44,24 +44,19 @@ def decode_to_onnx(model_or_path, opset: int = 13):
         return pre
 
     for op in model.operators:
-        if isinstance(op, ir.Conv):
-            W = dense_weights(op)
-            ins = [op.inputs[0], const(op.name + "__W", W)]
+        if isinstance(op, (ir.Conv, ir.Gemm)):
+            ins = [op.inputs[0], const(op.name + "__W", dense_weights(op))]
             if op.bias is not None:
                 ins.append(const(op.name + "__B", op.bias))
             pending = len(nodes)
             out = with_relu(op, op.relu)
-            nodes.insert(pending, helper.make_node(
-                "Conv", ins, [out], name=op.name, kernel_shape=list(op.kernel), strides=list(op.strides),
-                pads=list(op.pads), group=op.groups, dilations=[1, 1]))
-        elif isinstance(op, ir.Gemm):
-            W = dense_weights(op)
-            ins = [op.inputs[0], const(op.name + "__W", W)]
-            if op.bias is not None:
-                ins.append(const(op.name + "__B", op.bias))
-            pending = len(nodes)
-            out = with_relu(op, op.relu)
-            nodes.insert(pending, helper.make_node("Gemm", ins, [out], name=op.name, transB=1))
+            if isinstance(op, ir.Conv):
+                node = helper.make_node("Conv", ins, [out], name=op.name, kernel_shape=list(op.kernel),
+                                        strides=list(op.strides), pads=list(op.pads), group=op.groups,
+                                        dilations=[1, 1])
+            else:
+                node = helper.make_node("Gemm", ins, [out], name=op.name, transB=1)
+            nodes.insert(pending, node)
         elif isinstance(op, ir.Add):
             pending = len(nodes)
             out = with_relu(op, op.relu)
