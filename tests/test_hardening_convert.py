@@ -186,20 +186,24 @@ def test_absurd_resize_is_refused(inputs, tmp_path, capsys):
 
 def test_sigint_during_conversion_leaves_no_file(tmp_path):
     """Ctrl-C in the middle of error correction: exit 130, no .qcnn and no temp file."""
-    src = conv_net(tmp_path / "med.onnx", cin=16, hw=24, widths=(32, 64))
-    np.save(tmp_path / "calib.npy", np.random.default_rng(0).standard_normal((64, 16, 24, 24)).astype(np.float32))
+    # Big enough that EC takes seconds even on a fast core (the signal must land mid-conversion).
+    src = conv_net(tmp_path / "med.onnx", cin=32, hw=32, widths=(64, 128, 128))
+    np.save(tmp_path / "calib.npy", np.random.default_rng(0).standard_normal((64, 32, 32, 32)).astype(np.float32))
     out = tmp_path / "out"
     out.mkdir()
     proc = subprocess.Popen([sys.executable, "-u", "-m", "qcnn.converter.cli", src, "-o", str(out / "med.qcnn"),
                              "--calib", str(tmp_path / "calib.npy"), "--calib-count", "64"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # A shell's background job starts with SIGINT ignored, and Python then
+                            # keeps it ignored; the child must see Ctrl-C as a terminal user would.
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen = []
     try:
         for line in proc.stderr:  # wait until the quantization of the first layer has started
             seen.append(line)
             if "Conv_0" in line:
                 break
-        time.sleep(0.5)
+        time.sleep(0.1)
         assert proc.poll() is None, "conversion finished before it could be interrupted"
         proc.send_signal(signal.SIGINT)
         rest = proc.communicate(timeout=60)[1]
