@@ -31,6 +31,21 @@ cdef extern from "ops.h" nogil:
     void qcnn_dconv_run(const qcnn_dconv_params *p, int isa, const float *x, int h, int w,
                         float *y, int ystride, float *scratch)
 
+    ctypedef struct qcnn_iconv_params:
+        qcnn_dconv_params geom
+        int nseg, seglen, nquad
+        const signed char *wq
+        const float *wscale
+        const int *wsum
+    size_t qcnn_iconv_init(qcnn_iconv_params *p, const qcnn_dconv_params *geom)
+    size_t qcnn_iconv_channels(const qcnn_iconv_params *p)
+    void qcnn_iconv_pack(const qcnn_iconv_params *p, const float *w_onnx, signed char *wq,
+                         float *wscale, int *wsum)
+    int qcnn_iconv_fast_available()
+    size_t qcnn_iconv_scratch_bytes(const qcnn_iconv_params *p, int h, int w)
+    int qcnn_iconv_run(const qcnn_iconv_params *p, int fast, const float *x, int h, int w,
+                       float *y, int ystride, void *scratch)
+
     ctypedef struct qcnn_dfc_params:
         int in_ "in"
         int out, relu
@@ -156,20 +171,34 @@ cdef inline void _ops_nonempty(object a, str name) except *:
         raise ValueError(f"{name}: expected a non-empty array, got shape {a.shape}")
 
 
+def int8_conv_fast_available():
+    """True if this CPU runs the int8 dense conv's AVX-512 VNNI kernel."""
+    return bool(qcnn_iconv_fast_available())
+
+
 cdef class DenseConvKernel:
     """Dense ONNX Conv (dilation 1) over one NHWC image, weights packed once at construction.
 
     weight: float32 [cout][cin/groups][kh][kw] (ONNX layout); bias: [cout] or None.
     strides (sh, sw); pads (top, left, bottom, right) — note: ONNX orders pads as
     (top, left, bottom, right) too. isa: "auto" | "generic" | "avx2" | "avx512" | "ref".
+
+    precision "int8": uint8 input (per image) x int8 weights (per channel), summed exactly in
+    int32 (ops.h, qcnn_iconv_params) — with the VNNI kernel when the CPU has it and isa is
+    avx512, else portable C computing the same integers (int8_isa tells which). An image holding
+    NaN or infinity runs in fp32 instead. "fp32" (default): float arithmetic.
     """
     cdef qcnn_dconv_params p
+    cdef qcnn_iconv_params ip
     cdef int isa_code
-    cdef readonly object weight, packed, bias
-    cdef readonly str isa
+    cdef bint int8_fast
+    cdef readonly object weight, packed, bias, wq, wscale, wsum
+    cdef readonly str isa, precision
 
     def __init__(self, weight, bias=None, strides=(1, 1), pads=(0, 0, 0, 0), int groups=1,
-                 bint relu=False, isa="auto"):
+                 bint relu=False, isa="auto", precision="fp32"):
+        if precision not in ("fp32", "int8"):
+            raise ValueError(f"precision must be 'fp32' or 'int8', got {precision!r}")
         w = _ops_check(_ops_np.ascontiguousarray(weight, dtype=_ops_np.float32), "weight", 4)
         cout, cin_g, kh, kw = (int(d) for d in w.shape)
         if groups < 1 or cout % groups != 0:
@@ -204,6 +233,31 @@ cdef class DenseConvKernel:
         self.packed = _ops_np.empty(qcnn_dconv_packed_floats(&self.p), dtype=_ops_np.float32)
         qcnn_dconv_pack(&self.p, self.p.weight, _ops_ptr(self.packed))
         self.p.packed = _ops_ptr(self.packed)
+        self.precision = precision
+        self.wq = self.wscale = self.wsum = None
+        cdef signed char[::1] wq_v
+        cdef int[::1] wsum_v
+        if precision == "int8":
+            if self.isa_code == -2:
+                raise ValueError("precision 'int8' has no 'ref' isa (its reference is isa='generic')")
+            self.wq = _ops_np.empty(qcnn_iconv_init(&self.ip, &self.p), dtype=_ops_np.int8)
+            nch = qcnn_iconv_channels(&self.ip)
+            self.wscale = _ops_np.empty(nch, dtype=_ops_np.float32)
+            self.wsum = _ops_np.empty(nch, dtype=_ops_np.int32)
+            wq_v = self.wq
+            wsum_v = self.wsum
+            qcnn_iconv_pack(&self.ip, self.p.weight, &wq_v[0], _ops_ptr(self.wscale), &wsum_v[0])
+            self.ip.wq = &wq_v[0]
+            self.ip.wscale = _ops_ptr(self.wscale)
+            self.ip.wsum = &wsum_v[0]
+            self.int8_fast = self.isa_code == 2 and qcnn_iconv_fast_available()
+
+    @property
+    def int8_isa(self):
+        """Which int8 kernel runs: 'avx512vnni', 'generic', or None for precision fp32."""
+        if self.precision != "int8":
+            return None
+        return "avx512vnni" if self.int8_fast else "generic"
 
     @property
     def cin(self):
@@ -223,7 +277,10 @@ cdef class DenseConvKernel:
     def scratch_nbytes(self, int h, int w):
         if self.isa_code == -2:
             return 0
-        return int(qcnn_dconv_scratch_floats(&self.p, h, w) * sizeof(float))
+        need = int(qcnn_dconv_scratch_floats(&self.p, h, w) * sizeof(float))
+        if self.precision == "int8":  # the fp32 path stays the fallback for non-finite inputs
+            need = max(need, int(qcnn_iconv_scratch_bytes(&self.ip, h, w)))
+        return need
 
     def run(self, x_hwc, y_hwc, scratch=None, int out_channel_offset=0):
         """y_hwc[:] = conv(x_hwc). scratch: writable buffer of >= scratch_nbytes(h, w) bytes.
@@ -261,12 +318,16 @@ cdef class DenseConvKernel:
             sp = <float *>&s[0]
         cdef const float *xp = _ops_ptr(x)
         cdef float *yp = _ops_ptr(y) + out_channel_offset
-        cdef int ih = h, iw = w, code = self.isa_code
+        cdef int ih = h, iw = w, code = self.isa_code, fast = self.int8_fast, done = 0
+        cdef bint int8 = self.precision == "int8"
         with nogil:
             if code == -2:
                 qcnn_dconv_ref(&self.p, xp, ih, iw, yp, ystride)
             else:
-                qcnn_dconv_run(&self.p, code, xp, ih, iw, yp, ystride, sp)
+                if int8:
+                    done = qcnn_iconv_run(&self.ip, fast, xp, ih, iw, yp, ystride, sp)
+                if not done:
+                    qcnn_dconv_run(&self.p, code, xp, ih, iw, yp, ystride, sp)
         return y_hwc
 
 

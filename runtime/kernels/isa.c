@@ -51,8 +51,22 @@ qcnn_isa qcnn_isa_detect(void) {
     if (f && bw && vl && vbmi && os512) return QCNN_ISA_AVX512VBMI;
     return QCNN_ISA_AVX2;
 }
+/* AVX-512 VNNI (vpdpbusd) on top of the F/BW/VL subset, OS-enabled; the int8 dense conv's
+ * fast path. Separate from qcnn_isa: some AVX-512 VBMI CPUs lack VNNI and vice versa. */
+int qcnn_cpu_has_avx512vnni(void) {
+    unsigned r[4];
+    cpuid(0, 0, r);
+    if (r[0] < 7) return 0;
+    cpuid(1, 0, r);
+    if (!((r[2] >> 27) & 1)) return 0; /* no OSXSAVE: xgetbv would fault */
+    if ((xgetbv0() & 0xE6) != 0xE6) return 0;
+    cpuid(7, 0, r);
+    const unsigned ebx7 = r[1], ecx7 = r[2];
+    return ((ebx7 >> 16) & 1) && ((ebx7 >> 30) & 1) && ((ebx7 >> 31) & 1) && ((ecx7 >> 11) & 1);
+}
 #else
 qcnn_isa qcnn_isa_detect(void) { return QCNN_ISA_GENERIC; }
+int qcnn_cpu_has_avx512vnni(void) { return 0; }
 #endif
 
 qcnn_isa qcnn_isa_select(void) {

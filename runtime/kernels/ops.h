@@ -62,6 +62,41 @@ size_t qcnn_dconv_scratch_floats(const qcnn_dconv_params *p, int h, int w);
 void qcnn_dconv_run(const qcnn_dconv_params *p, int isa, const float *x, int h, int w, float *y,
                     int ystride, float *scratch);
 
+/* ------------------------------------------------------------------ dense convolution, int8 */
+/* The same ONNX Conv computed in 8-bit integers where the CPU has AVX-512 VNNI (one vpdpbusd
+ * does 64 multiply-adds, four times an fp32 FMA): the input image is quantized per image to
+ * uint8 (asymmetric: scale sx and zero point zp covering [min(x, 0), max(x, 0)]), the weights
+ * once per output channel to int8 (symmetric, scale sw[c] = max|w_c|/127), products are summed
+ * exactly in int32 and y = sx*sw[c]*(acc - zp*sum_c(wq)) + bias. Padding holds the zero point,
+ * i.e. the value 0. Every ISA computes the same integers, so results are bit-identical across
+ * ISAs; the error against fp32 is that of the two roundings (about 1% of an output's scale).
+ *
+ * Packed weights [groups][ceil(cout_g/16)][kh][nseg][nquad][16][4] int8: each kernel row is
+ * nseg segments of seglen contiguous input values (one segment of kw*cin when groups == 1,
+ * else kw segments of cin_g), rounded up to quads of 4 (vpdpbusd's unit) with zero weights. */
+typedef struct {
+    qcnn_dconv_params geom; /* geometry, relu and bias (weight/packed pointers unused) */
+    int nseg, seglen, nquad;
+    const int8_t *wq;     /* packed int8 weights (qcnn_iconv_pack) */
+    const float *wscale;  /* [groups][ceil(cout_g/16)*16]: sw per channel, 0 past cout_g */
+    const int32_t *wsum;  /* same layout: sum of the channel's int8 weights */
+} qcnn_iconv_params;
+
+/* Fills nseg/seglen/nquad from geom; returns the number of packed weight bytes. */
+size_t qcnn_iconv_init(qcnn_iconv_params *p, const qcnn_dconv_params *geom);
+/* Channel arrays (wscale, wsum) hold this many entries. */
+size_t qcnn_iconv_channels(const qcnn_iconv_params *p);
+void qcnn_iconv_pack(const qcnn_iconv_params *p, const float *w_onnx, int8_t *wq, float *wscale,
+                     int32_t *wsum);
+/* 1 if this CPU can run the VNNI kernel (AVX-512 F/BW/VL/VNNI, OS-enabled). */
+int qcnn_iconv_fast_available(void);
+size_t qcnn_iconv_scratch_bytes(const qcnn_iconv_params *p, int h, int w);
+/* y as for qcnn_dconv_run. fast: 1 = the VNNI kernel (only if available), 0 = portable C with
+ * the same integer arithmetic. Returns 0 (and writes nothing) if x holds a NaN or infinity:
+ * the caller then runs the fp32 kernel, whose result is defined for them. */
+int qcnn_iconv_run(const qcnn_iconv_params *p, int fast, const float *x, int h, int w, float *y,
+                   int ystride, void *scratch);
+
 /* ------------------------------------------------------------------ dense fully connected */
 /* y[o] = bias[o] + sum_i W[o][i] x[i]  (ONNX Gemm with transB=1), W float32 [out][in]. */
 typedef struct {
@@ -136,6 +171,26 @@ typedef struct {
     const float *bias; /* at channel g*cout_g, or NULL */
     int relu;
 } qcnn_dconv_row;
+
+/* One output row of one group of the int8 conv (see qcnn_iconv_params). */
+typedef struct {
+    const uint8_t *x;  /* quantized padded input at (oy*stride_h, 0), channel g*cin_g */
+    size_t xpix, xrow, xseg; /* bytes between output pixels' windows / input rows / segments */
+    int kh, nseg, nquad;
+    const int8_t *w;   /* packed weights of the group: blocks of kh*nseg*nquad*64 bytes */
+    int b0, b1, cout_g, ow;
+    float *y;          /* output at (oy, 0), channel g*cout_g */
+    size_t ypix;
+    const float *mul, *add; /* per channel of the group: y = acc*mul + add (then ReLU) */
+    int relu;
+} qcnn_iconv_row;
+
+void qcnn_iconv_row_generic(const qcnn_iconv_row *r);
+#if defined(__x86_64__)
+void qcnn_iconv_row_vnni(const qcnn_iconv_row *r);
+int qcnn_iconv_range_avx512(const float *x, size_t n, float *lo, float *hi);
+void qcnn_iconv_quantize_avx512(const float *x, size_t n, float inv, float zp, uint8_t *q);
+#endif
 
 void qcnn_dconv_row_generic(const qcnn_dconv_row *r);
 #if defined(__x86_64__)

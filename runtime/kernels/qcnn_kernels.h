@@ -30,6 +30,8 @@ qcnn_isa qcnn_isa_detect(void);
  * lower one. Asking for an ISA the CPU lacks falls back to the best available one. */
 qcnn_isa qcnn_isa_select(void);
 const char *qcnn_isa_name(qcnn_isa isa);
+/* 1 if the CPU and OS support AVX-512 VNNI (with F/BW/VL); the int8 dense conv uses it. */
+int qcnn_cpu_has_avx512vnni(void);
 
 /* ------------------------------------------------------------------ quantized conv (LUT) */
 /* Weights of a product-quantized convolution (paper Eq. 6).

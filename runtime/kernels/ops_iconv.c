@@ -1,0 +1,273 @@
+/* Dense convolution in 8-bit integers: weight packing, input quantization, the portable row
+ * kernel and the driver. The VNNI row kernel is in ops_iconv_x86.c; the scheme and the
+ * arithmetic are described at qcnn_iconv_params in ops.h.
+ *
+ * Why it exists: a conv that stays dense (AlexNet's conv1 has 3 input channels, where a LUT
+ * has nothing to share) is bound by FMA throughput; vpdpbusd does four times the
+ * multiply-adds per instruction. Both roundings (input per image, weights per channel) are
+ * done here in portable C, so every ISA sums the very same integers.
+ */
+#include <math.h>
+#include <string.h>
+
+#include "ops.h"
+#include "qcnn_kernels.h"
+
+#define NB 16 /* output channels per block: one zmm of int32 sums */
+
+static int nblocks(const qcnn_iconv_params *p)
+{
+    return (p->geom.cout / p->geom.groups + NB - 1) / NB;
+}
+
+size_t qcnn_iconv_init(qcnn_iconv_params *p, const qcnn_dconv_params *geom)
+{
+    p->geom = *geom;
+    const int cin_g = geom->cin / geom->groups;
+    if (cin_g == geom->cin) { /* a kernel row is kw*cin contiguous values */
+        p->nseg = 1;
+        p->seglen = geom->kw * geom->cin;
+    } else {
+        p->nseg = geom->kw;
+        p->seglen = cin_g;
+    }
+    p->nquad = (p->seglen + 3) / 4;
+    p->wq = NULL;
+    p->wscale = NULL;
+    p->wsum = NULL;
+    return (size_t)geom->groups * nblocks(p) * geom->kh * p->nseg * p->nquad * NB * 4;
+}
+
+size_t qcnn_iconv_channels(const qcnn_iconv_params *p)
+{
+    return (size_t)p->geom.groups * nblocks(p) * NB;
+}
+
+void qcnn_iconv_pack(const qcnn_iconv_params *p, const float *w_onnx, int8_t *wq, float *wscale,
+                     int32_t *wsum)
+{
+    const qcnn_dconv_params *g_ = &p->geom;
+    const int G = g_->groups, cin_g = g_->cin / G, cout_g = g_->cout / G, nb = nblocks(p);
+    const int KH = g_->kh, KW = g_->kw;
+    const size_t per_out = (size_t)cin_g * KH * KW;
+    for (int g = 0; g < G; g++)
+        for (int c = 0; c < nb * NB; c++) {
+            const size_t ch = (size_t)g * nb * NB + c;
+            float amax = 0.0f;
+            if (c < cout_g) {
+                const float *wc = w_onnx + ((size_t)g * cout_g + c) * per_out;
+                for (size_t i = 0; i < per_out; i++)
+                    amax = fabsf(wc[i]) > amax ? fabsf(wc[i]) : amax;
+            }
+            wscale[ch] = amax / 127.0f; /* 0 for an all-zero channel: its output is the bias */
+            wsum[ch] = 0;
+        }
+    int8_t *dst = wq;
+    for (int g = 0; g < G; g++)
+        for (int b = 0; b < nb; b++)
+            for (int ky = 0; ky < KH; ky++)
+                for (int s = 0; s < p->nseg; s++)
+                    for (int q = 0; q < p->nquad; q++)
+                        for (int l = 0; l < NB; l++)
+                            for (int t = 0; t < 4; t++) {
+                                const int co = b * NB + l, e = q * 4 + t;
+                                const size_t ch = (size_t)g * nb * NB + co;
+                                int v = 0;
+                                if (co < cout_g && e < p->seglen && wscale[ch] > 0.0f) {
+                                    /* segment element e -> (kx, ci) of the ONNX weight */
+                                    const int kx = p->nseg == 1 ? e / cin_g : s;
+                                    const int ci = p->nseg == 1 ? e % cin_g : e;
+                                    const size_t o = (size_t)g * cout_g + co;
+                                    const float w = w_onnx[((o * cin_g + ci) * KH + ky) * KW + kx];
+                                    v = (int)lrintf(w / wscale[ch]);
+                                    v = v > 127 ? 127 : v < -127 ? -127 : v;
+                                    wsum[ch] += v;
+                                }
+                                *dst++ = (int8_t)v;
+                            }
+}
+
+int qcnn_iconv_fast_available(void)
+{
+    /* CPUID traps to the hypervisor on VMs (slow): ask once. A race only repeats the probe. */
+    static int cached = -1;
+    if (cached < 0)
+        cached = qcnn_cpu_has_avx512vnni();
+    return cached;
+}
+
+/* Quantized padded input [PH][PW][cin] bytes, then slack (a quad may read up to 3 bytes past
+ * the last pixel; their weights are 0), then the per-channel mul/add arrays. */
+typedef struct {
+    size_t xq, mul, add, total;
+} iconv_layout;
+
+#define ALIGN64(n) (((n) + 63) & ~(size_t)63)
+
+static iconv_layout layout(const qcnn_iconv_params *p, int h, int w)
+{
+    const qcnn_dconv_params *g = &p->geom;
+    const size_t ph = (size_t)h + g->pad_top + g->pad_bottom, pw = (size_t)w + g->pad_left + g->pad_right;
+    iconv_layout l;
+    size_t o = 0;
+    l.xq = o;  o += ALIGN64(ph * pw * g->cin + 64);
+    l.mul = o; o += ALIGN64(qcnn_iconv_channels(p) * sizeof(float));
+    l.add = o; o += ALIGN64(qcnn_iconv_channels(p) * sizeof(float));
+    l.total = o + 64; /* room to align the base */
+    return l;
+}
+
+size_t qcnn_iconv_scratch_bytes(const qcnn_iconv_params *p, int h, int w)
+{
+    return layout(p, h, w).total;
+}
+
+/* Range of x, and whether every value is finite (checked on the exponent bits, so the loop
+ * vectorises: no float comparisons with NaN involved). */
+static int input_range(const float *x, size_t n, float *lo, float *hi)
+{
+    uint32_t bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, x + i, 4);
+        bad |= (uint32_t)((u & 0x7F800000u) == 0x7F800000u);
+    }
+    if (bad)
+        return 0;
+    float mn = 0.0f, mx = 0.0f; /* the range always holds 0, the padding value */
+    for (size_t i = 0; i < n; i++) {
+        mn = x[i] < mn ? x[i] : mn;
+        mx = x[i] > mx ? x[i] : mx;
+    }
+    *lo = mn;
+    *hi = mx;
+    return 1;
+}
+
+static void quantize_row(const float *x, size_t n, float inv, float zp, uint8_t *q)
+{
+    for (size_t i = 0; i < n; i++) {
+        float t = x[i] * inv + zp + 0.5f; /* round half up; t >= 0 after the clamp, so trunc = floor */
+        t = t < 0.0f ? 0.0f : t > 255.0f ? 255.0f : t;
+        q[i] = (uint8_t)(int)t;
+    }
+}
+
+/* ---------------------------------------------------------------- portable row kernel */
+void qcnn_iconv_row_generic(const qcnn_iconv_row *r)
+{
+    const size_t wblk = (size_t)r->kh * r->nseg * r->nquad * NB * 4;
+    for (int b = r->b0; b < r->b1; b++) {
+        const int c0 = b * NB;
+        const int ncols = r->cout_g - c0 < NB ? r->cout_g - c0 : NB;
+        for (int ox = 0; ox < r->ow; ox++) {
+            int32_t acc[NB] = {0};
+            const int8_t *w = r->w + b * wblk;
+            for (int ky = 0; ky < r->kh; ky++)
+                for (int s = 0; s < r->nseg; s++) {
+                    const uint8_t *xs = r->x + ox * r->xpix + ky * r->xrow + s * r->xseg;
+                    for (int q = 0; q < r->nquad; q++, w += NB * 4)
+                        for (int l = 0; l < NB; l++)
+                            for (int t = 0; t < 4; t++)
+                                acc[l] += (int32_t)xs[4 * q + t] * (int32_t)w[4 * l + t];
+                }
+            float *yp = r->y + ox * r->ypix + c0;
+            for (int l = 0; l < ncols; l++) {
+                float v = (float)acc[l] * r->mul[c0 + l];
+                v = v + r->add[c0 + l];
+                yp[l] = (r->relu && v < 0.0f) ? 0.0f : v;
+            }
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- driver */
+int qcnn_iconv_run(const qcnn_iconv_params *p, int fast, const float *x, int h, int w, float *y,
+                   int ystride, void *scratch)
+{
+    const qcnn_dconv_params *g_ = &p->geom;
+    int OH, OW;
+    if (!qcnn_dconv_out_size(g_, h, w, &OH, &OW))
+        return 1;
+    const int C = g_->cin, G = g_->groups, cin_g = C / G, cout_g = g_->cout / G, nb = nblocks(p);
+    const size_t n = (size_t)h * w * C;
+    int (*range_fn)(const float *, size_t, float *, float *) = input_range;
+    void (*quantize_fn)(const float *, size_t, float, float, uint8_t *) = quantize_row;
+    void (*row_fn)(const qcnn_iconv_row *) = qcnn_iconv_row_generic;
+#if defined(__x86_64__)
+    if (fast && qcnn_iconv_fast_available()) {
+        range_fn = qcnn_iconv_range_avx512;
+        quantize_fn = qcnn_iconv_quantize_avx512;
+        row_fn = qcnn_iconv_row_vnni;
+    }
+#else
+    (void)fast;
+#endif
+    float lo, hi;
+    if (!range_fn(x, n, &lo, &hi))
+        return 0;
+
+    /* x ~ sx * (q - zp): 255 steps over [lo, hi] (which holds 0), zp = the code of 0. */
+    const float sx = hi > lo ? (hi - lo) / 255.0f : 1.0f;
+    const float inv = 1.0f / sx;
+    int zp = (int)lrintf(-lo * inv);
+    zp = zp < 0 ? 0 : zp > 255 ? 255 : zp;
+
+    uint8_t *base = (uint8_t *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
+    const iconv_layout l = layout(p, h, w);
+    uint8_t *xq = base + l.xq;
+    float *mul = (float *)(base + l.mul), *add = (float *)(base + l.add);
+    const int PH = h + g_->pad_top + g_->pad_bottom, PW = w + g_->pad_left + g_->pad_right;
+    const size_t prow = (size_t)PW * C;
+    memset(xq, zp, (size_t)g_->pad_top * prow);
+    for (int iy = 0; iy < h; iy++) {
+        uint8_t *row = xq + (size_t)(iy + g_->pad_top) * prow;
+        memset(row, zp, (size_t)g_->pad_left * C);
+        quantize_fn(x + (size_t)iy * w * C, (size_t)w * C, inv, (float)zp, row + (size_t)g_->pad_left * C);
+        memset(row + (size_t)(g_->pad_left + w) * C, zp, (size_t)g_->pad_right * C);
+    }
+    memset(xq + (size_t)(g_->pad_top + h) * prow, zp, (size_t)g_->pad_bottom * prow + 64);
+
+    /* y = sx*sw*(acc - zp*wsum) + bias = acc*mul + add */
+    for (int g = 0; g < G; g++)
+        for (int c = 0; c < nb * NB; c++) {
+            const size_t ch = (size_t)g * nb * NB + c;
+            mul[ch] = sx * p->wscale[ch];
+            const float b = (g_->bias && c < cout_g) ? g_->bias[g * cout_g + c] : 0.0f;
+            add[ch] = b - (float)zp * (float)p->wsum[ch] * mul[ch];
+        }
+
+    qcnn_iconv_row r;
+    r.xpix = (size_t)g_->stride_w * C;
+    r.xrow = prow;
+    r.xseg = p->nseg == 1 ? 0 : (size_t)C;
+    r.kh = g_->kh;
+    r.nseg = p->nseg;
+    r.nquad = p->nquad;
+    r.cout_g = cout_g;
+    r.ow = OW;
+    r.ypix = (size_t)ystride;
+    r.relu = g_->relu;
+    const size_t wgroup = (size_t)nb * g_->kh * p->nseg * p->nquad * NB * 4;
+    for (int g = 0; g < G; g++) {
+        r.w = p->wq + g * wgroup;
+        r.mul = mul + (size_t)g * nb * NB;
+        r.add = add + (size_t)g * nb * NB;
+        /* As in the fp32 driver: blocks in chunks whose weights stay in L2 while all rows go by. */
+        const size_t wblk = wgroup / nb, budget = 512 * 1024;
+        const int nchunks = (int)((wgroup + budget - 1) / budget);
+        const int per = (nb + nchunks - 1) / nchunks;
+        for (int b0 = 0; b0 < nb; b0 += per) {
+            r.b0 = b0;
+            r.b1 = b0 + per < nb ? b0 + per : nb;
+            for (int oy = 0; oy < OH; oy++) {
+                r.x = xq + (size_t)oy * g_->stride_h * prow + (size_t)g * cin_g;
+                r.y = y + (size_t)oy * OW * ystride + (size_t)g * cout_g;
+                row_fn(&r);
+            }
+        }
+        (void)wblk;
+    }
+    (void)PH;
+    return 1;
+}

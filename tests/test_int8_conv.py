@@ -1,0 +1,157 @@
+"""The int8 dense conv (DenseConvKernel(precision="int8"), ops_iconv*.c).
+
+Checked three ways: against a numpy re-statement of its arithmetic (uint8 input per image, int8
+weights per channel, exact integer sums: the same floats bit for bit), the VNNI kernel against
+the portable one (identical), and against the fp32 reference (the error the two roundings add).
+"""
+import numpy as np
+import pytest
+
+from qcnn.runtime import _core
+
+FAST = _core.int8_conv_fast_available()
+ISAS = ["generic"] + (["avx512"] if FAST else [])
+
+
+def int8_conv_numpy(x, weight, bias, strides, pads, groups, relu):
+    """What the int8 kernel computes, in numpy: x [h][w][cin] float32 -> [oh][ow][cout]."""
+    f32 = np.float32
+    lo, hi = min(f32(x.min()), f32(0)), max(f32(x.max()), f32(0))
+    sx = f32((hi - lo) / f32(255)) if hi > lo else f32(1)
+    inv = f32(f32(1) / sx)
+    zp = int(np.clip(np.rint(-lo * inv), 0, 255))
+    q = np.clip(x * inv + f32(zp) + f32(0.5), f32(0), f32(255)).astype(np.int64)
+    cout, cin_g, kh, kw = weight.shape
+    amax = np.abs(weight.reshape(cout, -1)).max(axis=1).astype(f32)
+    sw = (amax / f32(127)).astype(f32)
+    safe = np.where(sw > 0, sw, f32(1))
+    wq = np.where(sw[:, None, None, None] > 0, np.clip(np.rint(weight / safe[:, None, None, None]), -127, 127), 0)
+    wq = wq.astype(np.int64)
+    t, l, b, r = pads
+    qp = np.pad(q, ((t, b), (l, r), (0, 0)), constant_values=zp)
+    oh = (qp.shape[0] - kh) // strides[0] + 1
+    ow = (qp.shape[1] - kw) // strides[1] + 1
+    cout_g = cout // groups
+    acc = np.zeros((oh, ow, cout), np.int64)
+    for g in range(groups):
+        for ky in range(kh):
+            for kx in range(kw):
+                patch = qp[ky:ky + strides[0] * (oh - 1) + 1:strides[0], kx:kx + strides[1] * (ow - 1) + 1:strides[1],
+                           g * cin_g:(g + 1) * cin_g]
+                acc[..., g * cout_g:(g + 1) * cout_g] += patch @ wq[g * cout_g:(g + 1) * cout_g, :, ky, kx].T
+    mul = (sx * sw).astype(f32)
+    bias = np.zeros(cout, f32) if bias is None else bias
+    add = (bias - f32(zp) * wq.reshape(cout, -1).sum(axis=1).astype(f32) * mul).astype(f32)
+    y = acc.astype(f32) * mul + add
+    return np.maximum(y, f32(0)) if relu else y
+
+
+def random_case(rng):
+    groups = int(rng.choice([1, 1, 2, 3]))
+    cin, cout = groups * int(rng.integers(1, 12)), groups * int(rng.integers(1, 40))
+    kh, kw = int(rng.integers(1, 6)), int(rng.integers(1, 6))
+    sh, sw = int(rng.integers(1, 4)), int(rng.integers(1, 4))
+    pads = tuple(int(v) for v in rng.integers(0, 3, size=4))
+    h = int(rng.integers(max(1, kh - pads[0] - pads[2]), 14))
+    w = int(rng.integers(max(1, kw - pads[1] - pads[3]), 30))
+    weight = rng.standard_normal((cout, cin // groups, kh, kw)).astype(np.float32)
+    bias = rng.standard_normal(cout).astype(np.float32) if rng.random() < 0.7 else None
+    # inputs of either sign, only positive (ReLU output) or only negative: zp 0..255
+    x = rng.standard_normal((h, w, cin)).astype(np.float32) + np.float32(rng.choice([0.0, 3.0, -3.0]))
+    return x, weight, bias, dict(strides=(sh, sw), pads=pads, groups=groups, relu=bool(rng.random() < 0.5))
+
+
+def run(kern, x):
+    h, w, _ = x.shape
+    y = np.full(kern.out_shape(h, w), np.nan, np.float32)
+    kern.run(x, y, np.empty(kern.scratch_nbytes(h, w), np.uint8))
+    return y
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_int8_conv_is_its_numpy_statement(isa):
+    rng = np.random.default_rng(7)
+    for _ in range(40):
+        x, weight, bias, args = random_case(rng)
+        kern = _core.DenseConvKernel(weight, bias, isa=isa, precision="int8", **args)
+        np.testing.assert_array_equal(run(kern, x), int8_conv_numpy(x, weight, bias, **args), err_msg=str(args))
+
+
+@pytest.mark.skipif(not FAST, reason="CPU has no AVX-512 VNNI")
+def test_vnni_kernel_equals_portable_kernel_on_alexnet_conv1_and_wide_layers():
+    rng = np.random.default_rng(3)
+    cases = [((227, 227, 3), (96, 3, 11, 11), dict(strides=(4, 4))),  # AlexNet conv1
+             ((13, 15, 256), (136, 256, 3, 3), dict(pads=(1, 1, 1, 1), relu=True)),  # > L2 budget, partial block
+             ((9, 21, 64), (50, 32, 1, 1), dict(groups=2)),
+             ((6, 37, 5), (17, 5, 3, 7), dict(strides=(2, 3), pads=(0, 2, 1, 0)))]
+    for xs, ws, args in cases:
+        x = rng.standard_normal(xs).astype(np.float32)
+        weight, bias = rng.standard_normal(ws).astype(np.float32), rng.standard_normal(ws[0]).astype(np.float32)
+        fast = _core.DenseConvKernel(weight, bias, isa="avx512", precision="int8", **args)
+        slow = _core.DenseConvKernel(weight, bias, isa="generic", precision="int8", **args)
+        assert (fast.int8_isa, slow.int8_isa) == ("avx512vnni", "generic")
+        np.testing.assert_array_equal(run(fast, x), run(slow, x))
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_int8_conv_error_against_fp32_is_small(isa):
+    rng = np.random.default_rng(11)
+    for _ in range(20):
+        x, weight, bias, args = random_case(rng)
+        ref = _core.DenseConvKernel(weight, bias, isa="ref", **args)
+        got = run(_core.DenseConvKernel(weight, bias, isa=isa, precision="int8", **args), x)
+        want = run(ref, x)
+        # two roundings of half a step each: well under 2% of the output's scale
+        assert np.linalg.norm(got - want) <= 0.02 * np.linalg.norm(want) + 1e-6, args
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_int8_conv_non_finite_input_runs_in_fp32(isa):
+    weight, bias = np.ones((4, 2, 3, 3), np.float32), np.zeros(4, np.float32)
+    x = np.ones((5, 5, 2), np.float32)
+    x[0, 0, 0] = np.nan
+    x[4, 4, 1] = np.inf
+    got = run(_core.DenseConvKernel(weight, bias, isa=isa, precision="int8"), x)
+    want = run(_core.DenseConvKernel(weight, bias, isa="ref"), x)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_int8_conv_constant_input_and_zero_channel(isa):
+    weight = np.random.default_rng(0).standard_normal((5, 3, 3, 3)).astype(np.float32)
+    weight[2] = 0  # an all-zero channel gives exactly its bias
+    bias = np.arange(5, dtype=np.float32)
+    for value in (0.0, 2.5, -1.0):
+        x = np.full((6, 7, 3), value, np.float32)
+        got = run(_core.DenseConvKernel(weight, bias, pads=(1, 1, 1, 1), isa=isa, precision="int8"), x)
+        want = run(_core.DenseConvKernel(weight, bias, pads=(1, 1, 1, 1), isa="ref"), x)
+        assert (got[..., 2] == 2.0).all()
+        np.testing.assert_allclose(got, want, rtol=0.02, atol=0.02 * max(1.0, abs(value)) * 3)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_int8_conv_into_channel_slice(isa):
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((9, 11, 24)).astype(np.float32)
+    wa, wb = rng.standard_normal((20, 24, 1, 1)).astype(np.float32), rng.standard_normal((36, 24, 3, 3)).astype(np.float32)
+    ka = _core.DenseConvKernel(wa, None, isa=isa, precision="int8", relu=True)
+    kb = _core.DenseConvKernel(wb, None, pads=(1, 1, 1, 1), isa=isa, precision="int8", relu=True)
+    scratch = np.empty(max(ka.scratch_nbytes(9, 11), kb.scratch_nbytes(9, 11)), np.uint8)
+    out = np.full((9, 11, 60), np.nan, np.float32)
+    ka.run(x, out, scratch, out_channel_offset=0)
+    kb.run(x, out, scratch, out_channel_offset=20)
+    np.testing.assert_array_equal(out[..., :56], np.concatenate([run(ka, x), run(kb, x)], axis=2))
+    assert np.isnan(out[..., 56:]).all()
+
+
+def test_int8_conv_validation():
+    w = np.ones((4, 2, 3, 3), np.float32)
+    with pytest.raises(ValueError, match="precision"):
+        _core.DenseConvKernel(w, precision="int4")
+    with pytest.raises(ValueError, match="ref"):
+        _core.DenseConvKernel(w, precision="int8", isa="ref")
+    kern = _core.DenseConvKernel(w, precision="int8", isa="generic")
+    with pytest.raises(ValueError, match="scratch"):
+        kern.run(np.ones((5, 5, 2), np.float32), np.empty((3, 3, 4), np.float32))
+    assert _core.DenseConvKernel(w).int8_isa is None
