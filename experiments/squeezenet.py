@@ -26,6 +26,7 @@ from qcnn.converter import convert  # noqa: E402
 from qcnn.converter import plan as qplan  # noqa: E402
 from qcnn.converter.onnx_import import import_onnx  # noqa: E402
 from qcnn.runtime import Model  # noqa: E402
+from qcnn.runtime.model import dense_precision  # noqa: E402
 from qcnn.schema import ir  # noqa: E402
 
 
@@ -71,6 +72,14 @@ def main(argv=None):
     engines = {"ort": lambda: sess.run(None, {"data": xe[:1]})}
     dense_model = Model(tmp / "dense.qcnn")
     engines["qcnn-dense"] = lambda: dense_model.run(xe[:1])
+    # every layer dense, in each precision the runtime has for dense convs (no product quantization)
+    dense_rows = {}
+    for prec in ("int8", "fp32"):
+        dm = Model(tmp / "dense.qcnn", dense=prec)
+        dense_rows[prec] = common.topk(common.qcnn_logits(dm, xe), ye)
+        engines[f"dense-{prec}"] = (lambda dm=dm: dm.run(xe[:1]))
+        print(f"all dense, {prec} convs: top-1 {dense_rows[prec]['top1']:.1f}% top-5 {dense_rows[prec]['top5']:.1f}%",
+              flush=True)
 
     rows = []
     targets = [t.strip() for t in args.targets.split(",")]
@@ -110,6 +119,9 @@ def main(argv=None):
             row[lut]["ms"] = ms[f"{row['target']}/{lut}"]
             row[lut]["speedup_vs_ort"] = ms["ort"] / ms[f"{row['target']}/{lut}"]
     print("  " + ", ".join(f"{k} {v:.3f} ms" for k, v in ms.items()), flush=True)
+    for prec, row in dense_rows.items():
+        row["ms"] = ms[f"dense-{prec}"]
+        row["speedup_vs_ort"] = ms["ort"] / row["ms"]
 
     # per-layer time of the main plan vs the dense qcnn model
     main_t = args.main if args.main in [r["target"] for r in rows] else rows[-1]["target"]
@@ -132,7 +144,7 @@ def main(argv=None):
     main_row["plain"] = pm
 
     result = {"date": common.stamp(), "machine": common.machine(), "ort": {**ref_acc, "all500": all_acc, "ms": ms["ort"]},
-              "qcnn_dense_ms": ms["qcnn-dense"], "conv_dense_ms": dense_ms, "conv_fastest_ms": fastest,
+              "qcnn_dense_ms": ms["qcnn-dense"], "dense": dense_rows, "dense_precision": dense_precision(), "conv_dense_ms": dense_ms, "conv_fastest_ms": fastest,
               "max_conv_speedup": max_speed, "plans": rows, "main": main_t, "per_layer": per_layer,
               "errors": {"ec": err_ec, "plain": err_plain}, "calib_count": args.calib_count,
               "error_images": len(xh), "scored": [{"name": lo.name, "candidates": {c.label: {"ms": c.ms, "error": c.error}
@@ -153,8 +165,16 @@ def markdown(r) -> str:
          f"(all 500: {o['all500']['top1']:.1f}% / {o['all500']['top5']:.1f}%). qcnn with every layer dense: {r['qcnn_dense_ms']:.2f} ms. "
          f"Conv layers alone (kernel timings): dense {r['conv_dense_ms']:.2f} ms, fastest candidate everywhere "
          f"{r['conv_fastest_ms']:.2f} ms = {r['max_conv_speedup']:.2f}x at best.", "",
+         f"Columns: *int8* = int8 tables, dense convs in {r.get('dense_precision', 'fp32')} (the runtime's default on this CPU); "
+         "*float* = float tables, fp32 dense convs.", "",
          "| plan (conv speed-up target) | FLOPs speed-up | compression | int8 ms | vs ORT | int8 top-1 / top-5 (drop) | float top-1 / top-5 (drop) |",
          "|---|---|---|---|---|---|---|"]
+    if "dense" in r:
+        i, f = r["dense"]["int8"], r["dense"]["fp32"]
+        L.append(f"| all dense, no Q-CNN (int8 column: int8 dense convs; float: fp32) | 1.00x | 1.0x | {i['ms']:.2f} | "
+                 f"{i['speedup_vs_ort']:.2f}x | {i['top1']:.1f} / {i['top5']:.1f} ({o['top1'] - i['top1']:+.1f} / "
+                 f"{o['top5'] - i['top5']:+.1f}) | {f['top1']:.1f} / {f['top5']:.1f} ({o['top1'] - f['top1']:+.1f} / "
+                 f"{o['top5'] - f['top5']:+.1f}) ({f['ms']:.2f} ms) |")
     for p in r["plans"]:
         i, f = p["int8"], p["float"]
         L.append(f"| speed={p['target']} ({p['plan_totals']['speedup_time']:.2f}x planned) | {p['plan_totals']['speedup_flops']:.2f}x | "
@@ -197,6 +217,9 @@ def plot(r, path):
         xs = [p[lut]["speedup_vs_ort"] for p in r["plans"]]
         ax.plot(xs, [p[lut]["top1"] for p in r["plans"]], mk, label=f"top-1 ({lut} LUT)")
         ax.plot(xs, [p[lut]["top5"] for p in r["plans"]], mk, label=f"top-5 ({lut} LUT)")
+    if "dense" in r:  # all dense with int8 convs: no product quantization, for reference
+        d = r["dense"]["int8"]
+        ax.plot([d["speedup_vs_ort"]] * 2, [d["top1"], d["top5"]], "k*", ms=9, label="all dense, int8 convs")
     ax.axhline(o["top1"], color="gray", lw=0.8)
     ax.axhline(o["top5"], color="gray", lw=0.8)
     ax.axvline(2.0, color="red", lw=0.8, ls=":")

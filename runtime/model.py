@@ -58,6 +58,18 @@ def _hwc(shape):
     return (shape[1], shape[2], shape[0]) if len(shape) == 3 else tuple(shape)
 
 
+def dense_precision(lut: str = "int8", isa: str = "auto", dense: str = "auto") -> str:
+    """What Model(lut=, isa=, dense=) runs its dense convs in: "int8" or "fp32".
+
+    "auto" picks int8 when the tables are int8 and the CPU has AVX-512 VNNI (there the int8 conv
+    is ~3.4x faster than fp32; elsewhere it would be slower, so fp32)."""
+    if dense != "auto":
+        return dense
+    resolved = _core.isa_selected() if isa == "auto" else isa
+    fast = resolved == "avx512vbmi" and _core.int8_conv_fast_available()
+    return "int8" if lut == "int8" and fast else "fp32"
+
+
 class Model:
     """A loaded .qcnn model.
 
@@ -75,12 +87,8 @@ class Model:
         self.lut = lut
         # Convs kept dense (not quantized in the file): "int8" runs them in 8-bit integers
         # (uint8 input per image, int8 weights per channel; ops.h qcnn_iconv_params), "fp32" in
-        # floats. "auto": int8 when the tables are int8 and the CPU has AVX-512 VNNI (where it is
-        # ~3.4x faster than fp32), fp32 otherwise (elsewhere int8 would be slower).
-        if dense == "auto":
-            fast = _core.int8_conv_fast_available() and (_core.isa_selected() if isa == "auto" else isa) == "avx512vbmi"
-            dense = "int8" if lut == "int8" and fast else "fp32"
-        self.dense = dense
+        # floats; "auto": see dense_precision().
+        self.dense = dense_precision(lut, isa, dense)
         self._file = open_qcnn(path)
         self._closed = False
         self._active = 0

@@ -124,8 +124,11 @@ def calibration_inputs(shape: Sequence[int], calib: Optional[str], count: int, o
 
 
 def conversion_settings(args) -> dict:
-    return {"conv": args.conv, "fc": args.fc, "last_fc": args.last_fc, "ec": not args.no_ec,
-            "calib_count": args.calib_count}
+    settings = {"conv": args.conv, "fc": args.fc, "last_fc": args.last_fc, "ec": not args.no_ec,
+                "calib_count": args.calib_count}
+    if getattr(args, "plan", None):  # only when given, so earlier cache keys stay valid
+        settings["plan"] = args.plan
+    return settings
 
 
 def _ck(text: str) -> Tuple[int, int]:
@@ -153,7 +156,8 @@ def convert_cached(name: str, src: Path, cal: np.ndarray, kwargs: dict, settings
         f"{cal.shape[0]} calibration inputs)")
     t0, c0 = time.perf_counter(), time.process_time()
     convert(str(src), str(dst), calib=cal, calib_count=cal.shape[0], ec=settings["ec"], conv=_ck(settings["conv"]),
-            fc=_ck(settings["fc"]), last_fc=_ck(settings["last_fc"]), log=lambda m: log(f"  {m}"), **kwargs)
+            fc=_ck(settings["fc"]), last_fc=_ck(settings["last_fc"]), plan=settings.get("plan"),
+            log=lambda m: log(f"  {m}"), **kwargs)
     if cpu is not None:
         cpu["seconds"] = time.process_time() - c0
     log(f"{name}: converted in {time.perf_counter() - t0:.0f} s ({time.process_time() - c0:.0f} s CPU)")
@@ -432,6 +436,8 @@ def main(argv=None) -> int:
     p.add_argument("--fc", default="4/32", help="fully-connected C's/K (default 4/32)")
     p.add_argument("--last-fc", default="1/16", help="last fully-connected layer C's/K (default 1/16)")
     p.add_argument("--no-ec", action="store_true", help="plain k-means instead of error correction")
+    p.add_argument("--plan", metavar="speed=S|size=X|ms=T",
+                   help="per-layer plan as qcnn-convert --plan (dense or C's/K per layer, timed on this CPU)")
     p.add_argument("--lut", choices=["int8", "float"], default="int8")
     p.add_argument("--isa", default="auto")
     p.add_argument("--no-rss", action="store_true", help="skip peak-memory subprocesses")
