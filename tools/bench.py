@@ -283,7 +283,8 @@ def bench_model(name: str, path: Optional[str], args, out_dir: Path, log) -> dic
     res["weights_compression"] = info["totals"]["compression"]
 
     log(f"{name}: timing {args.runs} runs per engine, round-robin")
-    model = Model(qpath, lut=args.lut, isa=args.isa)
+    model = Model(qpath, lut=args.lut, isa=args.isa, dense=args.dense)
+    res["qcnn_dense_precision"] = model.dense  # what its dense convs ran in (int8 needs AVX-512 VNNI)
     try:
         runners = {
             "onnx_fp32": common.ort_runner(common.ort_session(str(src), threads=args.threads)),
@@ -316,7 +317,7 @@ def bench_model(name: str, path: Optional[str], args, out_dir: Path, log) -> dic
         log(f"{name}: peak RSS, one process per engine")
         few = ev[:3]
         res["rss_mb"] = {k: common.measure_rss("qcnn" if k == "qcnn" else "onnx", v, few, lut=args.lut,
-                                               isa=args.isa, threads=args.threads)["rss_mb"]
+                                               isa=args.isa, threads=args.threads, dense=args.dense)["rss_mb"]
                          for k, v in files.items()}
     return res
 
@@ -335,7 +336,9 @@ def format_markdown(report: dict) -> str:
            f"Batch 1; onnxruntime with {s['threads']} intra-op thread(s), qcnn on 1 thread; {s['runs']} runs per "
            f"engine, round-robin after warm-up; qcnn LUT {s['lut']}. Conversion: "
            f"{'error-corrected (EC)' if s['ec'] else 'k-means'} product quantization, conv C's/K {s['conv']}, "
-           f"fc {s['fc']}, last fc {s['last_fc']}.", ""]
+           f"fc {s['fc']}, last fc {s['last_fc']}"
+           f"{', plan ' + s['plan'] if s.get('plan') else ''}. Convs kept dense ran in "
+           f"{', '.join(sorted({m.get('qcnn_dense_precision', 'fp32') for m in report['models'] if 'error' not in m})) or 'fp32'}.", ""]
     rows = []
     for m in report["models"]:
         if "error" in m:
@@ -440,6 +443,8 @@ def main(argv=None) -> int:
                    help="per-layer plan as qcnn-convert --plan (dense or C's/K per layer, timed on this CPU)")
     p.add_argument("--lut", choices=["int8", "float"], default="int8")
     p.add_argument("--isa", default="auto")
+    p.add_argument("--dense", choices=["auto", "int8", "fp32"], default="auto",
+                   help="precision of the convs the file keeps dense (auto: int8 with int8 tables on AVX-512 VNNI)")
     p.add_argument("--no-rss", action="store_true", help="skip peak-memory subprocesses")
     p.add_argument("--no-profile", action="store_true", help="skip per-layer profiles")
     args = p.parse_args(argv)
@@ -463,7 +468,8 @@ def main(argv=None) -> int:
     machine = common.machine_info(args.isa)
     log(common.machine_line(machine))
     report = {"machine": machine, "settings": {**conversion_settings(args), "threads": args.threads,
-                                               "runs": args.runs, "lut": args.lut, "isa": args.isa},
+                                               "runs": args.runs, "lut": args.lut, "isa": args.isa,
+                                               "dense": args.dense},
               "models": []}
     status = 0
     t0, c0 = time.perf_counter(), time.process_time()

@@ -248,7 +248,7 @@ def _peak_rss_mb() -> float:
 
 
 def measure_rss(engine: str, model_path, inputs: np.ndarray, lut: str = "int8", isa: str = "auto",
-                threads: int = 1, timeout: float = 600) -> Dict[str, float]:
+                threads: int = 1, timeout: float = 600, dense: str = "auto") -> Dict[str, float]:
     """Peak RSS (MiB) of a fresh Python process that loads `model_path` with `engine` and runs `inputs`.
 
     Returns {"rss_mb": peak, "baseline_mb": peak after imports, before loading the model}.
@@ -260,7 +260,7 @@ def measure_rss(engine: str, model_path, inputs: np.ndarray, lut: str = "int8", 
         npy = os.path.join(tmp, "inputs.npy")
         np.save(npy, np.ascontiguousarray(inputs, dtype=np.float32))
         cmd = [sys.executable, "-m", "qcnn.tools.common", "rss", engine, str(model_path), npy,
-               "--lut", lut, "--isa", isa, "--threads", str(threads)]
+               "--lut", lut, "--isa", isa, "--dense", dense, "--threads", str(threads)]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         raise RuntimeError(f"RSS measurement for {engine} failed:\n{proc.stderr.strip()[-2000:]}")
@@ -276,6 +276,7 @@ def _rss_child(argv: List[str]) -> int:
     p.add_argument("inputs")
     p.add_argument("--lut", default="int8")
     p.add_argument("--isa", default="auto")
+    p.add_argument("--dense", default="auto")
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args(argv)
     x = np.load(a.inputs)
@@ -288,7 +289,7 @@ def _rss_child(argv: List[str]) -> int:
         from qcnn.runtime import Model
 
         baseline = _peak_rss_mb()
-        run = qcnn_runner(Model(a.model, lut=a.lut, isa=a.isa))
+        run = qcnn_runner(Model(a.model, lut=a.lut, isa=a.isa, dense=a.dense))
     for i in range(x.shape[0]):
         run(x[i : i + 1])
     print(json.dumps({"rss_mb": round(_peak_rss_mb(), 1), "baseline_mb": round(baseline, 1)}))

@@ -118,11 +118,11 @@ def run_both(run_onnx: Callable, run_qcnn: Callable, x: np.ndarray, warmup: int 
 
 def compare(onnx_path, qcnn_path, images=None, npz=None, labels_file=None, count: Optional[int] = None,
             offset: int = 0, lut: str = "int8", isa: str = "auto", warmup: int = 3, rss: bool = True,
-            rss_inputs: int = 3) -> dict:
+            rss_inputs: int = 3, dense: str = "auto") -> dict:
     """All qcnn-compare numbers as a dict with exactly JSON_KEYS."""
     from qcnn.runtime import Model
 
-    with Model(qcnn_path, lut=lut, isa=isa) as model:
+    with Model(qcnn_path, lut=lut, isa=isa, dense=dense) as model:
         x, y, _ = load_inputs(model, images, npz, labels_file, count, offset)
         sess = common.ort_session(str(onnx_path), threads=1)
         y_o, y_q, t_o, t_q = run_both(common.ort_runner(sess), common.qcnn_runner(model), x, warmup)
@@ -135,7 +135,7 @@ def compare(onnx_path, qcnn_path, images=None, npz=None, labels_file=None, count
     if rss:
         few = x[: max(1, rss_inputs)]
         res["rss_mb_onnx"] = common.measure_rss("onnx", onnx_path, few)["rss_mb"]
-        res["rss_mb_qcnn"] = common.measure_rss("qcnn", qcnn_path, few, lut=lut, isa=isa)["rss_mb"]
+        res["rss_mb_qcnn"] = common.measure_rss("qcnn", qcnn_path, few, lut=lut, isa=isa, dense=dense)["rss_mb"]
     return {k: res[k] for k in JSON_KEYS}
 
 
@@ -186,6 +186,8 @@ def main(argv=None) -> int:
     p.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT ('-' for stdout only)")
     p.add_argument("--lut", choices=["int8", "float"], default="int8", help="qcnn look-up table precision")
     p.add_argument("--isa", default="auto", help="qcnn kernel ISA (auto, generic, avx2, avx512vbmi)")
+    p.add_argument("--dense", choices=["auto", "int8", "fp32"], default="auto",
+                   help="precision of the convs the file keeps dense (auto: int8 with int8 tables on AVX-512 VNNI)")
     p.add_argument("--no-rss", action="store_true", help="skip the peak-memory subprocesses")
     args = p.parse_args(argv)
     if args.count is not None and args.count < 1:
@@ -198,7 +200,8 @@ def main(argv=None) -> int:
 
     try:
         r = compare(args.onnx, args.qcnn, images=args.images, npz=args.npz, labels_file=args.labels,
-                    count=args.count, offset=args.offset, lut=args.lut, isa=args.isa, rss=not args.no_rss)
+                    count=args.count, offset=args.offset, lut=args.lut, isa=args.isa, rss=not args.no_rss,
+                    dense=args.dense)
     except (QcnnFormatError, FileNotFoundError, ValueError) as exc:
         print(f"qcnn-compare: error: {exc}", file=sys.stderr)
         return 2
