@@ -32,8 +32,9 @@ from qcnn.schema import ir  # noqa: E402
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--targets", default="1.1,1.2,1.35,1.5,1.75,2.0", help="measured conv speed-ups to plan for")
-    ap.add_argument("--main", default="1.2", help="the plan whose per-layer times and EC/plain errors are reported")
+    ap.add_argument("--targets", default="1.1,1.2,size=1.5,size=2,size=3",
+                    help="plans: measured conv speed-ups over the dense runtime kernels, or size=X compression targets")
+    ap.add_argument("--main", default="size=1.5", help="the plan whose per-layer times and EC/plain errors are reported")
     ap.add_argument("--calib-count", type=int, default=100, help="calibration images for EC (of the 250)")
     ap.add_argument("--error-images", type=int, default=48, help="held-out images for response errors")
     ap.add_argument("--runs", type=int, default=40)
@@ -85,11 +86,15 @@ def main(argv=None):
     targets = [t.strip() for t in args.targets.split(",")]
     models = {}
     for t in targets:
-        speed = max_speed * 0.995 if t == "max" else float(t)
-        if speed > max_speed:
-            print(f"skip speed={speed}: above the reachable {max_speed:.2f}x")
-            continue
-        p = qplan.make_plan(model, None, qplan.Target("speed", speed, "time"), scored=scored)
+        if t.startswith("size="):  # a compression target (bytes); the rest are speed targets
+            target = qplan.Target("size", float(t[5:]), "bytes")
+        else:
+            speed = max_speed * 0.995 if t == "max" else float(t)
+            if speed > max_speed:
+                print(f"skip speed={speed}: above the reachable {max_speed:.2f}x")
+                continue
+            target = qplan.Target("speed", speed, "time")
+        p = qplan.make_plan(model, None, target, scored=scored)
         layers, skip = p.overrides()
         path = tmp / f"plan-{t}.qcnn"
         t0 = time.time()
@@ -98,7 +103,7 @@ def main(argv=None):
         conv_s = time.time() - t0
         # FLOPs and bytes from the plan (it counts the dense layers too; the converter report's totals
         # leave --skip layers out)
-        row = {"target": t, "speed_target": speed, "plan": {lo.name: lo.candidates[lo.chosen].label for lo in p.layers},
+        row = {"target": t, "plan_target": asdict_target(target), "plan": {lo.name: lo.candidates[lo.chosen].label for lo in p.layers},
                "plan_totals": p.totals(), "flops_speedup": p.totals()["speedup_flops"],
                "compression": p.totals()["compression"], "convert_s": conv_s,
                "calib_error_sum": sum(r.get("error", 0) for r in res.report["layers"])}
@@ -157,6 +162,14 @@ def main(argv=None):
     print(f"done in {time.time() - t_start:.0f} s")
 
 
+def asdict_target(t) -> dict:
+    return {"what": t.what, "value": t.value, "cost": t.cost}
+
+
+def _label(target: str) -> str:
+    return target if "=" in target else f"speed={target}"
+
+
 def markdown(r) -> str:
     o = r["ort"]
     L = [f"### SqueezeNet 1.1 on real photos ({r['date']}; {r['machine']})", "",
@@ -177,7 +190,7 @@ def markdown(r) -> str:
                  f"{o['top5'] - f['top5']:+.1f}) ({f['ms']:.2f} ms) |")
     for p in r["plans"]:
         i, f = p["int8"], p["float"]
-        L.append(f"| speed={p['target']} ({p['plan_totals']['speedup_time']:.2f}x planned) | {p['plan_totals']['speedup_flops']:.2f}x | "
+        L.append(f"| {_label(p['target'])} ({p['plan_totals']['speedup_time']:.2f}x planned) | {p['plan_totals']['speedup_flops']:.2f}x | "
                  f"{p['plan_totals']['compression']:.1f}x | {i['ms']:.2f} | {i['speedup_vs_ort']:.2f}x | {i['top1']:.1f} / {i['top5']:.1f} "
                  f"({o['top1'] - i['top1']:+.1f} / {o['top5'] - i['top5']:+.1f}) | {f['top1']:.1f} / {f['top5']:.1f} "
                  f"({o['top1'] - f['top1']:+.1f} / {o['top5'] - f['top5']:+.1f}) |")
@@ -185,15 +198,15 @@ def markdown(r) -> str:
     main = next(p for p in r["plans"] if p["target"] == r["main"])
     if "plain" in main:
         pl = main["plain"]
-        L.append(f"Plain Q-CNN (no EC) with the speed={r['main']} plan: int8 top-1/top-5 {pl['int8']['top1']:.1f} / "
+        L.append(f"Plain Q-CNN (no EC) with the {_label(r['main'])} plan: int8 top-1/top-5 {pl['int8']['top1']:.1f} / "
                  f"{pl['int8']['top5']:.1f}, float {pl['float']['top1']:.1f} / {pl['float']['top5']:.1f}.")
         L.append("")
-    L += [f"Per-layer time, speed={r['main']} plan vs all-dense (ms per step, int8, batch 1):", "",
+    L += [f"Per-layer time, {_label(r['main'])} plan vs all-dense (ms per step, int8, batch 1):", "",
           "| op | choice | dense ms | plan ms |", "|---|---|---|---|"]
     for x in r["per_layer"]:
         L.append(f"| {x['name']} | {x['choice'] or x['op']} | {x['dense_ms']:.3f} | {x['plan_ms']:.3f} |")
     L.append(f"| total | | {sum(x['dense_ms'] for x in r['per_layer']):.3f} | {sum(x['plan_ms'] for x in r['per_layer']):.3f} |")
-    L += ["", f"Relative response error on {r['error_images']} held-out photos, speed={r['main']} plan "
+    L += ["", f"Relative response error on {r['error_images']} held-out photos, {_label(r['main'])} plan "
               "(input from the quantized network, i.e. accumulated; 'single' = this layer alone on the original input):", "",
           "| layer | C/K | plain | EC | plain single | EC single |", "|---|---|---|---|---|---|"]
     ec, pl = r["errors"]["ec"], r["errors"]["plain"]
@@ -214,9 +227,10 @@ def plot(r, path):
     fig, ax = plt.subplots(figsize=(6.5, 4))
     o = r["ort"]
     for lut, mk in (("int8", "o-"), ("float", "s--")):
-        xs = [p[lut]["speedup_vs_ort"] for p in r["plans"]]
-        ax.plot(xs, [p[lut]["top1"] for p in r["plans"]], mk, label=f"top-1 ({lut} LUT)")
-        ax.plot(xs, [p[lut]["top5"] for p in r["plans"]], mk, label=f"top-5 ({lut} LUT)")
+        plans = sorted(r["plans"], key=lambda p: p[lut]["speedup_vs_ort"])  # a curve along the x axis
+        xs = [p[lut]["speedup_vs_ort"] for p in plans]
+        ax.plot(xs, [p[lut]["top1"] for p in plans], mk, label=f"top-1 ({lut} LUT)")
+        ax.plot(xs, [p[lut]["top5"] for p in plans], mk, label=f"top-5 ({lut} LUT)")
     if "dense" in r:  # all dense with int8 convs: no product quantization, for reference
         d = r["dense"]["int8"]
         ax.plot([d["speedup_vs_ort"]] * 2, [d["top1"], d["top5"]], "k*", ms=9, label="all dense, int8 convs")
