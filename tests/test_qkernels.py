@@ -179,6 +179,26 @@ def test_qfc_matches_numpy(case, isa, lut):
     check_close(y, step, lut, y64.reshape(-1), absterms.reshape(-1), nlook.reshape(-1))
 
 
+@pytest.mark.skipif(not {"avx2", "avx512vbmi"} <= set(_core.isa_available()), reason="needs AVX2 and AVX-512")
+def test_qfc_int8_is_bit_identical_across_simd_layouts():
+    # AVX-512 FC with K <= 32 packs indices at ceil(log2 K) bits and sums 4 subspaces per lane
+    # (VNNI, where the CPU has it); AVX2 keeps one byte per index: the integer sums, and so the
+    # outputs, must be the same. M not a multiple of 4, outputs not a multiple of 64, every K.
+    rng = np.random.default_rng(5)
+    for nin, nout, Cs, K in [(9216, 4096, 4, 32), (4096, 1000, 1, 16), (100, 37, 3, 32), (64, 130, 2, 8),
+                             (30, 65, 1, 2), (37, 200, 5, 17), (13, 300, 1, 3), (6, 64, 1, 64)]:
+        cb, idx, M = make_conv(rng, nin, nout, 1, 1, 1, Cs, K)
+        bias = rng.standard_normal(nout).astype(np.float32)
+        x = np.abs(rng.standard_normal(nin)).astype(np.float32)
+        ys = []
+        for isa in ("avx2", "avx512vbmi"):
+            k = _core.QFcKernel(nin, nout, Cs, M, K, cb[0], idx[0, 0, 0], bias, True, isa=isa, lut="int8")
+            y = np.full(nout, np.nan, np.float32)
+            k.run(x, y, np.empty(k.scratch_nbytes(), np.uint8))
+            ys.append(y)
+        np.testing.assert_array_equal(ys[0], ys[1], err_msg=str((nin, nout, Cs, K)))
+
+
 @pytest.mark.parametrize("isa", _core.isa_available())
 def test_int8_deterministic_across_runs_and_threads(isa):
     rng = np.random.default_rng(7)

@@ -366,7 +366,83 @@ INLINE T512 void fc_all(const qlut_run *r, const int KC) {
     }
 }
 
+/* ------------------------------------------------------------------ fully connected, quads */
+#define T512Q __attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi,avx512vnni")))
+/* acc += the four bytes of each int32 lane of v (times 1). asm: gcc copies and spills
+ * accumulators around the intrinsic (see ops_iconv_x86.c). */
+#define DPBUSD(acc, x, w) __asm__("vpdpbusd %[wv], %[xv], %[av]" : [av] "+v"(acc) : [xv] "v"(x), [wv] "v"(w))
+
+/* One chunk of NB 64-channel blocks in the quad layout (qcnn_qconv_prepared.fcq_bits): per
+ * group of 4 subspaces, their tables (4*Kp bytes, KC = 1 or 2 registers) serve every channel;
+ * each 64-byte index vector (16 channels x 4 subspaces) is unpacked from 8*B bytes, looked up
+ * once, and vpdpbusd adds each channel's 4 bytes to its int32 sum: 5 instructions per 64
+ * look-ups, and the same integer sums as fc_chunk. */
+INLINE T512Q void fcq_chunk(const qlut_run *r, const uint8_t *ip, int ob0, const int NB, const int KC,
+                            const int B) {
+    const int Q = qlut_table_subspaces(r->q) / FCQ_SUB, Kp = r->q->Kp;
+    /* unpack: qword j of the vector gets bytes B*j.. (its 8 values), then value i of each qword
+     * is the byte at bit offset B*i, masked to B bits; the subspace's table offset s*Kp is or-ed
+     * in (s = byte % 4). */
+    uint8_t sp[64], sh[64], off[64];
+    for (int b = 0; b < 64; b++) {
+        sp[b] = (uint8_t)(B * (b / 8) + b % 8);
+        sh[b] = (uint8_t)(B * (b % 8));
+        off[b] = (uint8_t)((b % FCQ_SUB) * Kp);
+    }
+    const __m512i spread = _mm512_loadu_si512(sp), shifts = _mm512_loadu_si512(sh);
+    const __m512i offs = _mm512_loadu_si512(off), mask = _mm512_set1_epi8((char)((1 << B) - 1));
+    const __m512i ones = _mm512_set1_epi8(1);
+    __m512i acc[FCQ_NB][4];
+    for (int i = 0; i < NB; i++)
+        for (int j = 0; j < 4; j++) acc[i][j] = _mm512_setzero_si512();
+    const uint8_t *tab = r->lq;
+    for (int qd = 0; qd < Q; qd++, tab += FCQ_SUB * Kp) {
+        const __m512i t0 = _mm512_load_si512(tab);
+        const __m512i t1 = KC == 2 ? _mm512_load_si512(tab + 64) : t0;
+        for (int i = 0; i < NB; i++)
+            for (int j = 0; j < 4; j++, ip += 8 * B) {
+                __m512i idx = _mm512_permutexvar_epi8(spread, _mm512_loadu_si512(ip));
+                idx = _mm512_multishift_epi64_epi8(shifts, idx);
+                idx = _mm512_ternarylogic_epi32(idx, mask, offs, 0xEA); /* (idx & mask) | offs */
+                const __m512i v = KC == 1 ? _mm512_permutexvar_epi8(idx, t0)
+                                          : _mm512_permutex2var_epi8(t0, idx, t1);
+                DPBUSD(acc[i][j], v, ones);
+            }
+    }
+    for (int i = 0; i < NB; i++) epilogue(r, acc[i], 0, 0, 0, ob0 + 64 * i);
+}
+
+INLINE T512Q void fcq_all(const qlut_run *r, const int KC, const int B) {
+    const qcnn_qconv_prepared *q = r->q;
+    const int nblk = q->Ogp / 64, Q = qlut_table_subspaces(q) / FCQ_SUB;
+    const uint8_t *ip = q->idx;
+    for (int ch = 0; ch * FCQ_NB < nblk; ch++) {
+        const int nbc = nblk - ch * FCQ_NB < FCQ_NB ? nblk - ch * FCQ_NB : FCQ_NB;
+        switch (nbc) {
+        case 1: fcq_chunk(r, ip, ch * FCQ_NB * 64, 1, KC, B); break;
+        case 2: fcq_chunk(r, ip, ch * FCQ_NB * 64, 2, KC, B); break;
+        case 3: fcq_chunk(r, ip, ch * FCQ_NB * 64, 3, KC, B); break;
+        default: fcq_chunk(r, ip, ch * FCQ_NB * 64, 4, KC, B); break;
+        }
+        ip += (size_t)Q * nbc * 4 * 8 * B;
+    }
+}
+
+static T512Q void fcq_dispatch(const qlut_run *r) {
+    const int KC = r->q->Kp == 16 ? 1 : 2; /* 4 tables of 16 (one zmm) or of 32 entries (two) */
+    switch (r->q->fcq_bits) {
+#define BITS(b)                                                                                        case b:                                                                                                if (KC == 1) fcq_all(r, 1, b);                                                                     else fcq_all(r, 2, b);                                                                             break;
+        BITS(1) BITS(2) BITS(3) BITS(4)
+#undef BITS
+    default: fcq_all(r, 2, 5); break;
+    }
+}
+
 T512 void qlut_conv_avx512(const qlut_run *r) {
+    if (r->q->fcq_bits) {
+        fcq_dispatch(r);
+        return;
+    }
     if (r->q->fcnb) {
         switch (r->q->Kp) {
         case 16: case 32: case 64: fc_all(r, 1); break;

@@ -80,6 +80,15 @@ static qcnn_qconv_prepared *prepare(const qcnn_qconv_params *p, qcnn_isa isa, qc
     const size_t T = (size_t)p->kh * p->kw * M; /* look-ups per output channel and pixel */
     size_t cb_bytes = ALIGN64((size_t)G * M * Cs * Kp * sizeof(float));
     size_t idx_bytes = isa == QCNN_ISA_GENERIC ? 0 : (size_t)G * T * q->Ogp;
+#if QLUT_X86
+    if (fc && isa == QCNN_ISA_AVX512VBMI && K <= 32 && qcnn_cpu_has_avx512vnni()) {
+        int bits = 1;
+        while ((1 << bits) < K) bits++;
+        q->fcq_bits = bits;
+        /* + 64: the kernel loads whole 64-byte vectors of which it uses 8*bits bytes */
+        idx_bytes = (size_t)qlut_table_subspaces(q) * q->Ogp * bits / 8 + 64;
+    }
+#endif
     q->mem = malloc(cb_bytes + idx_bytes + 64);
     if (!q->mem) goto oom;
     q->cbt = align_ptr(q->mem);
@@ -96,7 +105,28 @@ static qcnn_qconv_prepared *prepare(const qcnn_qconv_params *p, qcnn_isa isa, qc
         uint8_t *d = (uint8_t *)q->cbt + cb_bytes;
         const int blk = q->cblk;
         memset(d, 0, idx_bytes);
-        if (fc) {
+        if (fc && q->fcq_bits) {
+            /* FC quads (AVX-512 VNNI, K <= 32): one 64-byte index vector = 16 output channels x 4
+             * consecutive subspaces, so one look-up in the 4 subspaces' shared table (4*Kp <= 128
+             * bytes) gives 4 bytes per channel that vpdpbusd sums straight into int32. The values
+             * are stored at fcq_bits bits each (LSB first, 8*bits bytes per vector): index bytes
+             * are what an FC layer streams from memory, and they shrink by 8/bits. */
+            const int B = q->fcq_bits, nblk = q->Ogp / 64, Q = qlut_table_subspaces(q) / FCQ_SUB;
+            size_t bit = 0;
+            for (int ch = 0; ch * FCQ_NB < nblk; ch++) {
+                const int nbc = nblk - ch * FCQ_NB < FCQ_NB ? nblk - ch * FCQ_NB : FCQ_NB;
+                for (int qd = 0; qd < Q; qd++)
+                    for (int i = 0; i < nbc; i++)
+                        for (int j = 0; j < 4; j++)
+                            for (int e = 0; e < 64; e++, bit += B) {
+                                const int o = (ch * FCQ_NB + i) * 64 + j * 16 + e / FCQ_SUB;
+                                const int m = qd * FCQ_SUB + e % FCQ_SUB;
+                                const unsigned v = (o < q->Og && m < M) ? p->indices[(size_t)m * q->Og + o] : 0;
+                                for (int t = 0; t < B; t++)
+                                    d[(bit + t) >> 3] |= (uint8_t)(((v >> t) & 1u) << ((bit + t) & 7));
+                            }
+            }
+        } else if (fc) {
             /* FC (1x1 conv, T = M): chunks of fcnb channel blocks, each chunk [M][blocks][blk]. */
             const int nb = q->fcnb = isa == QCNN_ISA_AVX512VBMI ? 8 : 4, nblk = q->Ogp / blk;
             /* Subspaces sharing one 64-byte table (Kp < 64, AVX-512 only): index m % share
@@ -175,7 +205,7 @@ static scratch_layout layout(const qcnn_qconv_prepared *q, int h, int w) {
     s.Lf = o;   o += ALIGN64(tabs * q->Kp * sizeof(float));
     s.tmin = o; o += ALIGN64(tabs * sizeof(float));
     if (q->mode == QCNN_LUT_INT8) {
-        s.lq = o;   o += ALIGN64(PH * PW * p->groups * q->M * q->Kp);
+        s.lq = o;   o += ALIGN64(PH * PW * p->groups * qlut_table_subspaces(q) * q->Kp);
         s.tsum = o; o += ALIGN64(PH * PW * p->groups * sizeof(float));
         s.off = o;  o += ALIGN64((size_t)oh * ow * p->groups * sizeof(float));
     }
@@ -389,6 +419,8 @@ void qcnn_qconv_run(const qcnn_qconv_prepared *q, const float *x, int h, int w, 
             }
         }
     }
+    if (q->fcq_bits) /* the padding subspaces of the last quad look up zeros */
+        memset(lq + (size_t)M * q->Kp, 0, (size_t)(qlut_table_subspaces(q) - M) * q->Kp);
     for (int oy = 0; oy < r.oh; oy++)
         for (int ox = 0; ox < r.ow; ox++)
             for (int g = 0; g < G; g++) {

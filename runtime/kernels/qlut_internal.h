@@ -19,6 +19,9 @@ struct qcnn_qconv_prepared {
     const uint8_t *idx; /* [G][KH][KW][M][Ogp]; SIMD layouts permute channels inside a block */
     int fcnb;         /* FC on SIMD: blocks per chunk; idx is then [chunk][M][blocks of chunk][cblk]
                        * so the kernel streams it sequentially, one table load per M per chunk */
+    int fcq_bits;     /* > 0: AVX-512 VNNI FC layout "quads" (K <= 32): indices packed at this many
+                       * bits, per chunk of FCQ_NB 64-channel blocks [M/4][blocks][4][16 ch x 4
+                       * subspaces]; see qlut_avx512.c fcq_chunk. 0: the fcnb layout. */
     void *mem;        /* owned allocation behind cbt (and idx when it is a copy) */
 };
 
@@ -71,6 +74,14 @@ static inline int qlut_block_pos(int c, int blk) {
 #else
 #define QLUT_X86 0
 #endif
+
+/* FC quad layout (fcq_bits > 0): 64-channel blocks per chunk, and the subspaces of a table group. */
+#define FCQ_NB 4
+#define FCQ_SUB 4
+/* Subspaces the tables are laid out for (padded to whole quads, the padding tables all zero). */
+static inline int qlut_table_subspaces(const qcnn_qconv_prepared *q) {
+    return q->fcq_bits ? (q->M + FCQ_SUB - 1) / FCQ_SUB * FCQ_SUB : q->M;
+}
 
 /* Bytes of qlut_run.work the ISA's conv kernel needs. */
 size_t qlut_work_bytes(const qcnn_qconv_prepared *q);
