@@ -91,20 +91,37 @@ T512 float qlut_build_avx512(const qcnn_qconv_prepared *q, const float *x, int h
     }
 }
 
+/* Same operations as the generic quant1(): trunc(((L - min) * inv) + 0.5) clamped to 0..255.
+ * The clamp is min(255, f) then the saturating packs: min returns its second operand for NaN,
+ * which converts to INT_MIN and saturates to 0 (as quant1), negatives saturate to 0. */
+INLINE T512 __m512i quant16(const float *L, float mn, __m512 vinv) {
+    __m512 f = _mm512_mul_ps(_mm512_sub_ps(_mm512_load_ps(L), _mm512_set1_ps(mn)), vinv);
+    f = _mm512_min_ps(_mm512_set1_ps(255.0f), _mm512_add_ps(f, _mm512_set1_ps(0.5f)));
+    return _mm512_cvttps_epi32(f);
+}
+
 T512 void qlut_quant_avx512(const qcnn_qconv_prepared *q, const float *Lf, const float *tmin,
                            size_t ntab, float inv, uint8_t *lq) {
-    const int Kp = q->Kp;
-    const __m512 vinv = _mm512_set1_ps(inv), half = _mm512_set1_ps(0.5f);
-    const __m512 zero = _mm512_setzero_ps(), top = _mm512_set1_ps(255.0f);
-    for (size_t t = 0; t < ntab; t++) {
-        const __m512 mn = _mm512_set1_ps(tmin[t]);
-        for (int k = 0; k < Kp; k += 16) {
-            /* Same operations as the generic quant1(): ((L - min) * inv) + 0.5, clamp, truncate.
-             * max/min return the second operand for NaN, so NaN becomes 0. */
-            __m512 f = _mm512_mul_ps(_mm512_sub_ps(_mm512_load_ps(Lf + t * Kp + k), mn), vinv);
-            f = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(f, half), zero), top);
-            _mm_storeu_si128((__m128i *)(lq + t * Kp + k), _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(f)));
-        }
+    /* Tables are consecutive in Lf and lq and Kp is a power of 2 >= 16: walk the entries 64 at
+     * a time (4 vectors, maybe of different tables), packing 4 x 16 int32 into one zmm. */
+    const int sh = __builtin_ctz((unsigned)q->Kp);
+    const size_t n = ntab << sh;
+    const __m512 vinv = _mm512_set1_ps(inv);
+    const __m512i perm = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    size_t e = 0;
+    for (; e + 64 <= n; e += 64) {
+        const __m512i a = quant16(Lf + e, tmin[e >> sh], vinv);
+        const __m512i b = quant16(Lf + e + 16, tmin[(e + 16) >> sh], vinv);
+        const __m512i c = quant16(Lf + e + 32, tmin[(e + 32) >> sh], vinv);
+        const __m512i d = quant16(Lf + e + 48, tmin[(e + 48) >> sh], vinv);
+        /* packs work per 128-bit lane: lane l ends as a[4l..], b[4l..], c[4l..], d[4l..] */
+        const __m512i v = _mm512_packus_epi16(_mm512_packs_epi32(a, b), _mm512_packs_epi32(c, d));
+        _mm512_storeu_si512(lq + e, _mm512_permutexvar_epi32(perm, v));
+    }
+    for (; e < n; e += 16) {
+        const __m512i a = quant16(Lf + e, tmin[e >> sh], vinv);
+        const __m512i v = _mm512_packus_epi16(_mm512_packs_epi32(a, a), _mm512_packs_epi32(a, a));
+        _mm_storeu_si128((__m128i *)(lq + e), _mm512_castsi512_si128(_mm512_permutexvar_epi32(perm, v)));
     }
 }
 
