@@ -161,6 +161,8 @@ FC_CASES = [
     (20, 40, 1, 90, False, False),
     (300, 1100, 3, 32, True, True),  # several chunks of channel blocks + a partial one
     (7, 70, 1, 5, False, True),      # 7 subspaces: 4 share a table, then 3
+    (37, 70, 1, 9, True, True),      # AVX-512 FC tables built 16 subspaces at a time: 16+16+5
+    (70, 90, 4, 20, False, True),    # ... 16+2, the last subspace short (2 of 4 channels)
 ]
 
 

@@ -80,8 +80,68 @@ INLINE T512 float build_all(const qcnn_qconv_prepared *q, const float *x, int h,
     return maxr;
 }
 
+/* r[i] = min (or max) over the 16 lanes of v[i]: a butterfly that halves the vector count and
+ * the lanes per table at each of 4 levels (45 ops for 16 tables, against ~8 per table for one
+ * _mm512_reduce_min_ps each). */
+INLINE T512 __m512 reduce16(const __m512 *v, const int is_max) {
+#define OP(a, b) (is_max ? _mm512_max_ps(a, b) : _mm512_min_ps(a, b))
+    __m512 w[8], u[4], s[2];
+    for (int i = 0; i < 8; i++) /* 128-bit lanes 0,1 hold table 2i, lanes 2,3 table 2i+1 */
+        w[i] = OP(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0x44),
+                  _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0xEE));
+    for (int i = 0; i < 4; i++) /* lane l holds table 4i + l */
+        u[i] = OP(_mm512_shuffle_f32x4(w[2 * i], w[2 * i + 1], 0x88),
+                  _mm512_shuffle_f32x4(w[2 * i], w[2 * i + 1], 0xDD));
+    for (int i = 0; i < 2; i++) /* lane l: 2 floats of table 8i + l, 2 of table 8i + 4 + l */
+        s[i] = OP(_mm512_shuffle_ps(u[2 * i], u[2 * i + 1], 0x44),
+                  _mm512_shuffle_ps(u[2 * i], u[2 * i + 1], 0xEE));
+    /* lane l: tables l, 4 + l, 8 + l, 12 + l; permute to table order */
+    const __m512 r = OP(_mm512_shuffle_ps(s[0], s[1], 0x88), _mm512_shuffle_ps(s[0], s[1], 0xDD));
+#undef OP
+    return _mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), r);
+}
+
+/* One pixel (FC): no codebook to share between pixels, and a table is only Cs x NV FMAs, so the
+ * per-table horizontal min/max dominated (fc8: 1 FMA per table). Here 16 consecutive subspaces
+ * are built, then folded together by reduce16; their minima are contiguous in tmin. Same sums
+ * (0 + x0*d0 + x1*d1 ...) and, min/max being exact, the same minima and largest range. */
+INLINE T512 float build_fc(const qcnn_qconv_prepared *q, const float *x, float *Lf, float *tmin,
+                           const int NV) {
+    const int M = q->M, Cs = q->Cs, Kp = q->Kp, Cg = q->Cg;
+    __m512 maxr = _mm512_setzero_ps();
+    for (int m0 = 0; m0 < M; m0 += 16) {
+        const int nt = M - m0 < 16 ? M - m0 : 16;
+        __m512 mn[16], mx[16];
+        for (int j = 0; j < 16; j++) {
+            const int m = m0 + (j < nt ? j : 0); /* unused slots repeat table m0: no effect */
+            const int nc = Cg - m * Cs < Cs ? Cg - m * Cs : Cs;
+            const float *cb = q->cbt + (size_t)m * Cs * Kp, *xs = x + (size_t)m * Cs;
+            __m512 acc[2];
+            for (int v = 0; v < NV; v++) acc[v] = _mm512_setzero_ps();
+            for (int c = 0; c < nc; c++)
+                for (int v = 0; v < NV; v++)
+                    acc[v] = _mm512_fmadd_ps(_mm512_set1_ps(xs[c]), _mm512_load_ps(cb + (size_t)c * Kp + 16 * v), acc[v]);
+            mn[j] = mx[j] = acc[0];
+            for (int v = 0; v < NV; v++) {
+                if (j < nt) _mm512_store_ps(Lf + (size_t)m * Kp + 16 * v, acc[v]);
+                if (v) {
+                    mn[j] = _mm512_min_ps(mn[j], acc[v]);
+                    mx[j] = _mm512_max_ps(mx[j], acc[v]);
+                }
+            }
+        }
+        const __m512 lo = reduce16(mn, 0), hi = reduce16(mx, 1);
+        /* max(r, maxr) keeps maxr when r is NaN, like the scalar `r > maxr ? r : maxr`. */
+        maxr = _mm512_max_ps(_mm512_sub_ps(hi, lo), maxr);
+        _mm512_mask_storeu_ps(tmin + m0, (__mmask16)((1u << nt) - 1), lo);
+    }
+    return _mm512_reduce_max_ps(maxr);
+}
+
 T512 float qlut_build_avx512(const qcnn_qconv_prepared *q, const float *x, int h, int w, float *Lf,
                              float *tmin) {
+    if (h * w == 1 && q->p.groups == 1 && q->Kp <= 32 && q->M >= 16)
+        return q->Kp == 16 ? build_fc(q, x, Lf, tmin, 1) : build_fc(q, x, Lf, tmin, 2);
     switch (q->Kp) {
     case 16: return build_all(q, x, h, w, Lf, tmin, 1, 4);
     case 32: return build_all(q, x, h, w, Lf, tmin, 2, 4);
@@ -91,20 +151,37 @@ T512 float qlut_build_avx512(const qcnn_qconv_prepared *q, const float *x, int h
     }
 }
 
+/* Same operations as the generic quant1(): trunc(((L - min) * inv) + 0.5) clamped to 0..255.
+ * The clamp is min(255, f) then the saturating packs: min returns its second operand for NaN,
+ * which converts to INT_MIN and saturates to 0 (as quant1), negatives saturate to 0. */
+INLINE T512 __m512i quant16(const float *L, float mn, __m512 vinv) {
+    __m512 f = _mm512_mul_ps(_mm512_sub_ps(_mm512_load_ps(L), _mm512_set1_ps(mn)), vinv);
+    f = _mm512_min_ps(_mm512_set1_ps(255.0f), _mm512_add_ps(f, _mm512_set1_ps(0.5f)));
+    return _mm512_cvttps_epi32(f);
+}
+
 T512 void qlut_quant_avx512(const qcnn_qconv_prepared *q, const float *Lf, const float *tmin,
                            size_t ntab, float inv, uint8_t *lq) {
-    const int Kp = q->Kp;
-    const __m512 vinv = _mm512_set1_ps(inv), half = _mm512_set1_ps(0.5f);
-    const __m512 zero = _mm512_setzero_ps(), top = _mm512_set1_ps(255.0f);
-    for (size_t t = 0; t < ntab; t++) {
-        const __m512 mn = _mm512_set1_ps(tmin[t]);
-        for (int k = 0; k < Kp; k += 16) {
-            /* Same operations as the generic quant1(): ((L - min) * inv) + 0.5, clamp, truncate.
-             * max/min return the second operand for NaN, so NaN becomes 0. */
-            __m512 f = _mm512_mul_ps(_mm512_sub_ps(_mm512_load_ps(Lf + t * Kp + k), mn), vinv);
-            f = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(f, half), zero), top);
-            _mm_storeu_si128((__m128i *)(lq + t * Kp + k), _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(f)));
-        }
+    /* Tables are consecutive in Lf and lq and Kp is a power of 2 >= 16: walk the entries 64 at
+     * a time (4 vectors, maybe of different tables), packing 4 x 16 int32 into one zmm. */
+    const int sh = __builtin_ctz((unsigned)q->Kp);
+    const size_t n = ntab << sh;
+    const __m512 vinv = _mm512_set1_ps(inv);
+    const __m512i perm = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    size_t e = 0;
+    for (; e + 64 <= n; e += 64) {
+        const __m512i a = quant16(Lf + e, tmin[e >> sh], vinv);
+        const __m512i b = quant16(Lf + e + 16, tmin[(e + 16) >> sh], vinv);
+        const __m512i c = quant16(Lf + e + 32, tmin[(e + 32) >> sh], vinv);
+        const __m512i d = quant16(Lf + e + 48, tmin[(e + 48) >> sh], vinv);
+        /* packs work per 128-bit lane: lane l ends as a[4l..], b[4l..], c[4l..], d[4l..] */
+        const __m512i v = _mm512_packus_epi16(_mm512_packs_epi32(a, b), _mm512_packs_epi32(c, d));
+        _mm512_storeu_si512(lq + e, _mm512_permutexvar_epi32(perm, v));
+    }
+    for (; e < n; e += 16) {
+        const __m512i a = quant16(Lf + e, tmin[e >> sh], vinv);
+        const __m512i v = _mm512_packus_epi16(_mm512_packs_epi32(a, a), _mm512_packs_epi32(a, a));
+        _mm_storeu_si128((__m128i *)(lq + e), _mm512_castsi512_si128(_mm512_permutexvar_epi32(perm, v)));
     }
 }
 

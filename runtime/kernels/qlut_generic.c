@@ -409,27 +409,50 @@ void qcnn_qconv_run(const qcnn_qconv_prepared *q, const float *x, int h, int w, 
         size_t t0 = (size_t)iy * w * G * M;
         quant(q, Lf + t0 * q->Kp, tmin + t0, (size_t)w * G * M, inv,
               row + (size_t)p->pad_left * pix_bytes);
-        for (int px = 0; px < r.PW; px++) {
-            int ix = px - p->pad_left;
-            for (int g = 0; g < G; g++) {
-                float sum = 0.0f;
-                if (ix >= 0 && ix < w)
-                    for (int m = 0; m < M; m++) sum += tmin[t0 + ((size_t)ix * G + g) * M + m];
-                trow[(size_t)px * G + g] = sum;
+        /* tsum = 0 + tmin[m=0] + tmin[1] + ... per (pixel, group); four sums at a time so their
+         * adds overlap instead of waiting on each other (add latency). */
+        memset(trow, 0, (size_t)r.PW * G * sizeof(float));
+        float *tr = trow + (size_t)p->pad_left * G;
+        const float *tm = tmin + t0;
+        const size_t n = (size_t)w * G;
+        size_t j = 0;
+        for (; j + 4 <= n; j += 4) {
+            float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
+            for (int m = 0; m < M; m++) {
+                a0 += tm[j * M + m];
+                a1 += tm[(j + 1) * M + m];
+                a2 += tm[(j + 2) * M + m];
+                a3 += tm[(j + 3) * M + m];
             }
+            tr[j] = a0;
+            tr[j + 1] = a1;
+            tr[j + 2] = a2;
+            tr[j + 3] = a3;
+        }
+        for (; j < n; j++) {
+            float a = 0.0f;
+            for (int m = 0; m < M; m++) a += tm[j * M + m];
+            tr[j] = a;
         }
     }
     if (q->fcq_bits) /* the padding subspaces of the last quad look up zeros */
         memset(lq + (size_t)M * q->Kp, 0, (size_t)(qlut_table_subspaces(q) - M) * q->Kp);
-    for (int oy = 0; oy < r.oh; oy++)
-        for (int ox = 0; ox < r.ow; ox++)
-            for (int g = 0; g < G; g++) {
-                float sum = 0.0f;
-                for (int ky = 0; ky < p->kh; ky++)
-                    for (int kx = 0; kx < p->kw; kx++)
-                        sum += tsum[((size_t)(oy * p->stride_h + ky) * r.PW + ox * p->stride_w + kx) * G + g];
-                off[((size_t)oy * r.ow + ox) * G + g] = sum;
+    /* off = 0 + tsum[ky=0][kx=0] + tsum[0][1] + ... per (output pixel, group), in that order;
+     * kernel taps outermost for the same reason (a 5x5 kernel is a chain of 25 adds). */
+    for (int oy = 0; oy < r.oh; oy++) {
+        float *orow = off + (size_t)oy * r.ow * G;
+        memset(orow, 0, (size_t)r.ow * G * sizeof(float));
+        for (int ky = 0; ky < p->kh; ky++)
+            for (int kx = 0; kx < p->kw; kx++) {
+                const float *trow = tsum + ((size_t)(oy * p->stride_h + ky) * r.PW + kx) * G;
+                if (p->stride_w == 1)
+                    for (size_t j = 0; j < (size_t)r.ow * G; j++) orow[j] += trow[j];
+                else
+                    for (int ox = 0; ox < r.ow; ox++)
+                        for (int g = 0; g < G; g++)
+                            orow[(size_t)ox * G + g] += trow[(size_t)ox * p->stride_w * G + g];
             }
+    }
     r.y = y;
     conv(&r);
 }
