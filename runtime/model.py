@@ -364,7 +364,7 @@ class Model:
         return out
 
     def _run_one(self, image_chw, ws, times=None):
-        if image_chw.flags.c_contiguous:
+        if image_chw.flags.c_contiguous and image_chw.flags.aligned:  # C reads floats: needs alignment
             _core.nchw_to_nhwc(image_chw, ws["input"])
         else:
             np.copyto(ws["input"], image_chw.transpose(1, 2, 0))

@@ -127,6 +127,8 @@ cdef object _ops_check(object a, str name, int ndim, bint writable=False):
         raise ValueError(f"{name}: expected {ndim} dims, got shape {a.shape}")
     if not a.flags.c_contiguous:
         raise ValueError(f"{name}: expected a C-contiguous array, got a strided view")
+    if not a.flags.aligned:  # C kernels read whole floats (UBSan: misaligned load)
+        raise ValueError(f"{name}: expected an aligned array, got one at an odd address")
     if writable and not a.flags.writeable:
         raise ValueError(f"{name}: expected a writable array, got a read-only one")
     return a

@@ -98,6 +98,8 @@ def _qk_check(name, a, dtype, shape, writable=False):
         raise ValueError(f"{name}: expected shape {tuple(shape)}, got {a.shape}")
     if not a.flags.c_contiguous:
         raise ValueError(f"{name}: expected a C-contiguous array")
+    if not a.flags.aligned:  # C kernels read whole floats (UBSan: misaligned load)
+        raise ValueError(f"{name}: expected an aligned array")
     if writable and not a.flags.writeable:
         raise ValueError(f"{name}: expected a writable array")
 

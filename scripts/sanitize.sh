@@ -38,7 +38,7 @@ for lib in "$LIBASAN" "$LIBUBSAN"; do
   [ -f "$lib" ] || { echo "sanitizer runtime not found: $lib (install gcc's libasan/libubsan)" >&2; exit 2; }
 done
 
-so_built() { nm -D "$(find "$VENV" -name '_core*.so' 2>/dev/null | head -1)" 2>/dev/null | grep -q __asan_report; }
+so_built() { nm -D "$(find "$VENV" -name '_core*.so' 2>/dev/null | head -1)" 2>/dev/null | grep __asan_report >/dev/null; }  # no -q: an early exit would SIGPIPE nm under pipefail
 echo "== copying sources to $SRC"
 rm -rf "$SRC"
 mkdir -p "$SRC"
@@ -58,6 +58,8 @@ else
 
 echo "== building with -fsanitize=address,undefined into $VENV"
 "$PYTHON" -m venv --system-site-packages "$VENV"
+# The build and test dependencies (pyproject.toml's [test] extra), whatever the system Python has.
+"$VENV/bin/pip" install -q "setuptools>=68" wheel "Cython>=3.0" numpy onnx onnxruntime flatbuffers Pillow tqdm pytest
 export CFLAGS="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g"
 export LDFLAGS="-fsanitize=address,undefined"
 (cd "$SRC" && "$VENV/bin/pip" install -q --no-build-isolation --no-deps --force-reinstall . )
@@ -79,7 +81,9 @@ export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
 cd "$(mktemp -d)"
 echo "== pytest under ASan+UBSan"
 STATUS=0
-"$VENV/bin/python" -m pytest -q -p no:cacheprovider -m "not slow" "$SRC/tests" "${PYTEST_ARGS[@]}" || STATUS=1
+# --capture=sys: pytest's default fd capture would swallow a sanitizer report written to fd 2
+# just before the process exits (all one then sees is the run stopping).
+"$VENV/bin/python" -m pytest -q -p no:cacheprovider --capture=sys -m "not slow" "$SRC/tests" "${PYTEST_ARGS[@]}" || STATUS=1
 
 if [ "$HARNESS" = 1 ]; then
   # The harness workers are forked children: an ASan report there counts as a "crash" outcome.
