@@ -217,7 +217,7 @@ int qcnn_iconv_run(const qcnn_iconv_params *p, int fast, const float *x, int h, 
     const iconv_layout l = layout(p, h, w);
     uint8_t *xq = base + l.xq;
     float *mul = (float *)(base + l.mul), *add = (float *)(base + l.add);
-    const int PH = h + g_->pad_top + g_->pad_bottom, PW = w + g_->pad_left + g_->pad_right;
+    const int PW = w + g_->pad_left + g_->pad_right;
     const size_t prow = (size_t)PW * C;
     memset(xq, zp, (size_t)g_->pad_top * prow);
     for (int iy = 0; iy < h; iy++) {
@@ -254,7 +254,7 @@ int qcnn_iconv_run(const qcnn_iconv_params *p, int fast, const float *x, int h, 
         r.mul = mul + (size_t)g * nb * NB;
         r.add = add + (size_t)g * nb * NB;
         /* As in the fp32 driver: blocks in chunks whose weights stay in L2 while all rows go by. */
-        const size_t wblk = wgroup / nb, budget = 512 * 1024;
+        const size_t budget = 512 * 1024;
         const int nchunks = (int)((wgroup + budget - 1) / budget);
         const int per = (nb + nchunks - 1) / nchunks;
         for (int b0 = 0; b0 < nb; b0 += per) {
@@ -266,8 +266,6 @@ int qcnn_iconv_run(const qcnn_iconv_params *p, int fast, const float *x, int h, 
                 row_fn(&r);
             }
         }
-        (void)wblk;
     }
-    (void)PH;
     return 1;
 }
