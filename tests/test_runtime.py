@@ -97,6 +97,23 @@ def test_int8_lut_is_close_to_oracle(which, tmp_path, tiny_model_factory):
     assert (y.argmax(1) == ref.argmax(1)).mean() >= 0.75
 
 
+def test_dense_conv_precision_choice(fire_qcnn):
+    from qcnn.runtime.model import dense_precision
+
+    vnni = _core.int8_conv_fast_available() and "avx512vbmi" in _core.isa_available()
+    assert Model(fire_qcnn).dense == ("int8" if vnni and _core.isa_selected() == "avx512vbmi" else "fp32")
+    assert Model(fire_qcnn, lut="float").dense == "fp32"  # float tables: everything in floats
+    assert Model(fire_qcnn, isa="avx2").dense == "fp32"   # no VNNI kernel below AVX-512
+    assert dense_precision("int8", "generic") == "fp32"
+    with pytest.raises(ValueError, match="dense"):
+        Model(fire_qcnn, dense="int4")
+    # int8 dense convs (the fire model's dense layers) stay close to the float oracle, on any CPU
+    x = np.random.default_rng(3).standard_normal((2, 3, 17, 15)).astype(np.float32)
+    ref = Model(fire_qcnn, lut="float", dense="fp32").run(x)
+    got = Model(fire_qcnn, lut="float", dense="int8").run(x)
+    assert 0 < _rel_l2(got, ref) <= 0.03
+
+
 @pytest.mark.parametrize("isa", _core.isa_available())
 def test_every_isa_agrees(isa, fire_qcnn):
     x = np.random.default_rng(3).standard_normal((2, 3, 17, 15)).astype(np.float32)
