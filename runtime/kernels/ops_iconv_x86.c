@@ -14,16 +14,14 @@
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 
+#include "vnni_x86.h"
+
 #define TV __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
 #define NB 16
 #define PMAX 12
 /* NV*P accumulators + NV weights + 1 broadcast within the 32 zmm registers. */
 #define PV(NV) ((NV) == 4 ? 6 : (NV) == 3 ? 8 : 12)
 
-/* acc += u8 quads of x . s8 quads of w, in place. Written as asm because gcc, given the
- * intrinsic, copies every accumulator before and after each vpdpbusd and spills the rest to the
- * stack (measured: 1.6x fp32 speed instead of 4x). */
-#define DPBUSD(acc, x, w) __asm__("vpdpbusd %[wv], %[xv], %[av]" : [av] "+v"(acc) : [xv] "v"(x), [wv] "v"(w))
 
 static inline __attribute__((always_inline)) TV void
 itile(const qcnn_iconv_row *r, const uint8_t *x, const int8_t *w, size_t wblk, float *y,

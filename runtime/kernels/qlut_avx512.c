@@ -15,6 +15,8 @@
 
 #if QLUT_X86
 #include <immintrin.h>
+
+#include "vnni_x86.h"
 #include <string.h>
 
 #define T512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi")))
@@ -445,9 +447,6 @@ INLINE T512 void fc_all(const qlut_run *r, const int KC) {
 
 /* ------------------------------------------------------------------ fully connected, quads */
 #define T512Q __attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi,avx512vnni")))
-/* acc += the four bytes of each int32 lane of v (times 1). asm: gcc copies and spills
- * accumulators around the intrinsic (see ops_iconv_x86.c). */
-#define DPBUSD(acc, x, w) __asm__("vpdpbusd %[wv], %[xv], %[av]" : [av] "+v"(acc) : [xv] "v"(x), [wv] "v"(w))
 
 /* One chunk of NB 64-channel blocks in the quad layout (qcnn_qconv_prepared.fcq_bits): per
  * group of 4 subspaces, their tables (4*Kp bytes, KC = 1 or 2 registers) serve every channel;
