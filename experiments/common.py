@@ -40,7 +40,13 @@ def machine() -> str:
                 model = line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return f"{model}, {os.cpu_count()} cores (shared with other jobs), taskset {sorted(os.sched_getaffinity(0))}"
+    try:  # the CPU name alone ("AMD EPYC") does not say which kernels ran
+        from qcnn.runtime import _core
+        isa = _core.isa_available()[-1]
+    except ImportError:
+        isa = "unknown ISA"
+    return (f"{model}, best ISA {isa}, {os.cpu_count()} cores (shared with other jobs), "
+            f"taskset {sorted(os.sched_getaffinity(0))}")
 
 
 def stamp() -> str:

@@ -49,7 +49,17 @@ def main(argv=None):
     from qcnn.models.build import build_model
 
     t_start = time.time()
+    # Nets not named in --models keep their earlier results (each net records its own date/machine),
+    # so `--models vgg16` adds VGG-16 without discarding the AlexNet tables.
+    old = out_dir / "ec_study.json"
     results = {}
+    if old.exists():
+        import json
+        prev = json.loads(old.read_text())
+        for k, v in prev.get("models", {}).items():
+            v.setdefault("date", prev.get("date"))
+            v.setdefault("machine", prev.get("machine"))
+            results[k] = v
     for name in [n.strip() for n in args.models.split(",")]:
         cfg = {k: max(2, int(v * args.scale)) for k, v in NETS[name].items()}
         src = tmp / f"{name}.onnx"
@@ -61,7 +71,8 @@ def main(argv=None):
         ref = common.ort_logits(sess, xe).reshape(len(xe), -1)
         # all conv layers, fc layers dense (as the paper's Table 5); --with-fc adds fc 4/32, last fc 1/16
         skip = [] if args.with_fc else [op.name for op in model.operators if isinstance(op, ir.Gemm)]
-        r = {"calib": len(xc), "eval": len(xe), "err_images": cfg["err"], "variants": {}}
+        r = {"calib": len(xc), "eval": len(xe), "err_images": cfg["err"], "variants": {},
+             "date": common.stamp(), "machine": common.machine()}
         for variant, kw in (("plain", {"ec": False}), ("ec", {"ec": True, "multilayer": True}),
                             ("ec-single", {"ec": True, "multilayer": False})):
             t0 = time.time()
@@ -98,8 +109,9 @@ def markdown(o) -> str:
          "top-1 on held-out photos; errors = relative response error on held-out photos.", ""]
     for name, r in o["models"].items():
         V = r["variants"]
+        when = f"; run {r['date']} on {r['machine']}" if r.get("date") else ""
         L += [f"**{name}** (calibration {r['calib']} photos, agreement on {r['eval']}, errors on {r['err_images']}; "
-              f"conv layers: FLOPs speed-up {V['ec']['flops_speedup']:.2f}x, compression {V['ec']['compression']:.1f}x)", "",
+              f"conv layers: FLOPs speed-up {V['ec']['flops_speedup']:.2f}x, compression {V['ec']['compression']:.1f}x{when})", "",
               "| variant | top-1 agreement int8 | float | fp32 top-1 in qcnn top-5 (int8) | logits rel. error |",
               "|---|---|---|---|---|"]
         for k, lab in (("plain", "plain k-means"), ("ec", "EC, multi-layer (§3.3.3, default)"),
