@@ -35,13 +35,16 @@ cdef extern from "ops.h" nogil:
         qcnn_dconv_params geom
         int nseg, seglen, nquad
         const signed char *wq
+        const short *wq16
         const float *wscale
         const int *wsum
     size_t qcnn_iconv_init(qcnn_iconv_params *p, const qcnn_dconv_params *geom)
     size_t qcnn_iconv_channels(const qcnn_iconv_params *p)
     void qcnn_iconv_pack(const qcnn_iconv_params *p, const float *w_onnx, signed char *wq,
                          float *wscale, int *wsum)
+    void qcnn_iconv_widen(const qcnn_iconv_params *p, short *wq16)
     int qcnn_iconv_fast_available()
+    int qcnn_iconv_avx2_available()
     size_t qcnn_iconv_scratch_bytes(const qcnn_iconv_params *p, int h, int w)
     int qcnn_iconv_run(const qcnn_iconv_params *p, int fast, const float *x, int h, int w,
                        float *y, int ystride, void *scratch)
@@ -187,14 +190,15 @@ cdef class DenseConvKernel:
 
     precision "int8": uint8 input (per image) x int8 weights (per channel), summed exactly in
     int32 (ops.h, qcnn_iconv_params) — with the VNNI kernel when the CPU has it and isa is
-    avx512, else portable C computing the same integers (int8_isa tells which). An image holding
+    avx512, the AVX2 kernel when isa is avx2 (or avx512 without VNNI), else portable C; all
+    three compute the same integers (int8_isa tells which ran). An image holding
     NaN or infinity runs in fp32 instead. "fp32" (default): float arithmetic.
     """
     cdef qcnn_dconv_params p
     cdef qcnn_iconv_params ip
     cdef int isa_code
     cdef bint int8_fast
-    cdef readonly object weight, packed, bias, wq, wscale, wsum
+    cdef readonly object weight, packed, bias, wq, wq16, wscale, wsum
     cdef readonly str isa, precision
 
     def __init__(self, weight, bias=None, strides=(1, 1), pads=(0, 0, 0, 0), int groups=1,
@@ -236,8 +240,9 @@ cdef class DenseConvKernel:
         qcnn_dconv_pack(&self.p, self.p.weight, _ops_ptr(self.packed))
         self.p.packed = _ops_ptr(self.packed)
         self.precision = precision
-        self.wq = self.wscale = self.wsum = None
+        self.wq = self.wq16 = self.wscale = self.wsum = None
         cdef signed char[::1] wq_v
+        cdef short[::1] wq16_v
         cdef int[::1] wsum_v
         if precision == "int8":
             if self.isa_code == -2:
@@ -253,13 +258,22 @@ cdef class DenseConvKernel:
             self.ip.wscale = _ops_ptr(self.wscale)
             self.ip.wsum = &wsum_v[0]
             self.int8_fast = self.isa_code == 2 and qcnn_iconv_fast_available()
+            if not self.int8_fast and self.isa_code >= 1 and qcnn_iconv_avx2_available():
+                # the AVX2 kernel multiplies 16-bit copies of the weights (vpmaddwd)
+                self.wq16 = _ops_np.empty(self.wq.shape[0], dtype=_ops_np.int16)
+                wq16_v = self.wq16
+                qcnn_iconv_widen(&self.ip, &wq16_v[0])
+                self.ip.wq16 = &wq16_v[0]
+                self.int8_fast = True
 
     @property
     def int8_isa(self):
-        """Which int8 kernel runs: 'avx512vnni', 'generic', or None for precision fp32."""
+        """Which int8 kernel runs: 'avx512vnni', 'avx2', 'generic', or None for precision fp32."""
         if self.precision != "int8":
             return None
-        return "avx512vnni" if self.int8_fast else "generic"
+        if not self.int8_fast:
+            return "generic"
+        return "avx2" if self.wq16 is not None else "avx512vnni"
 
     @property
     def cin(self):

@@ -1,8 +1,9 @@
 """The int8 dense conv (DenseConvKernel(precision="int8"), ops_iconv*.c).
 
 Checked three ways: against a numpy re-statement of its arithmetic (uint8 input per image, int8
-weights per channel, exact integer sums: the same floats bit for bit), the VNNI kernel against
-the portable one (identical), and against the fp32 reference (the error the two roundings add).
+weights per channel, exact integer sums: the same floats bit for bit), each SIMD kernel (AVX-512
+VNNI, AVX2) against the portable one (identical), and against the fp32 reference (the error the
+two roundings add).
 """
 import numpy as np
 import pytest
@@ -10,7 +11,15 @@ import pytest
 from qcnn.runtime import _core
 
 FAST = _core.int8_conv_fast_available()
-ISAS = ["generic"] + (["avx512"] if FAST else [])
+HAVE = _core.isa_available()
+# DenseConvKernel isa names -> the int8 kernel each one runs here
+INT8_KERNEL = {"generic": "generic"}
+if "avx2" in HAVE:
+    INT8_KERNEL["avx2"] = "avx2"
+if "avx512vbmi" in HAVE:
+    INT8_KERNEL["avx512"] = "avx512vnni" if FAST else "avx2"
+ISAS = list(INT8_KERNEL)
+SIMD = [i for i in ISAS if i != "generic"]
 
 
 def int8_conv_numpy(x, weight, bias, strides, pads, groups, relu):
@@ -77,8 +86,9 @@ def test_int8_conv_is_its_numpy_statement(isa):
         np.testing.assert_array_equal(run(kern, x), int8_conv_numpy(x, weight, bias, **args), err_msg=str(args))
 
 
-@pytest.mark.skipif(not FAST, reason="CPU has no AVX-512 VNNI")
-def test_vnni_kernel_equals_portable_kernel_on_alexnet_conv1_and_wide_layers():
+@pytest.mark.skipif(not SIMD, reason="CPU has neither AVX2 nor AVX-512")
+@pytest.mark.parametrize("isa", SIMD)
+def test_simd_kernel_equals_portable_kernel_on_alexnet_conv1_and_wide_layers(isa):
     rng = np.random.default_rng(3)
     cases = [((227, 227, 3), (96, 3, 11, 11), dict(strides=(4, 4))),  # AlexNet conv1
              ((13, 15, 256), (136, 256, 3, 3), dict(pads=(1, 1, 1, 1), relu=True)),  # > L2 budget, partial block
@@ -87,9 +97,9 @@ def test_vnni_kernel_equals_portable_kernel_on_alexnet_conv1_and_wide_layers():
     for xs, ws, args in cases:
         x = rng.standard_normal(xs).astype(np.float32)
         weight, bias = rng.standard_normal(ws).astype(np.float32), rng.standard_normal(ws[0]).astype(np.float32)
-        fast = _core.DenseConvKernel(weight, bias, isa="avx512", precision="int8", **args)
+        fast = _core.DenseConvKernel(weight, bias, isa=isa, precision="int8", **args)
         slow = _core.DenseConvKernel(weight, bias, isa="generic", precision="int8", **args)
-        assert (fast.int8_isa, slow.int8_isa) == ("avx512vnni", "generic")
+        assert (fast.int8_isa, slow.int8_isa) == (INT8_KERNEL[isa], "generic")
         np.testing.assert_array_equal(run(fast, x), run(slow, x))
 
 

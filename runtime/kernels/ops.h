@@ -64,7 +64,8 @@ void qcnn_dconv_run(const qcnn_dconv_params *p, int isa, const float *x, int h, 
 
 /* ------------------------------------------------------------------ dense convolution, int8 */
 /* The same ONNX Conv computed in 8-bit integers where the CPU has AVX-512 VNNI (one vpdpbusd
- * does 64 multiply-adds, four times an fp32 FMA): the input image is quantized per image to
+ * does 64 multiply-adds, four times an fp32 FMA) or AVX2 (vpmaddwd on the same values widened
+ * to 16 bits: 16 exact multiply-adds, twice an fp32 FMA): the input image is quantized per image to
  * uint8 (asymmetric: scale sx and zero point zp covering [min(x, 0), max(x, 0)]), the weights
  * once per output channel to int8 (symmetric, scale sw[c] = max|w_c|/127), products are summed
  * exactly in int32 and y = sx*sw[c]*(acc - zp*sum_c(wq)) + bias. Padding holds the zero point,
@@ -78,6 +79,7 @@ typedef struct {
     qcnn_dconv_params geom; /* geometry, relu and bias (weight/packed pointers unused) */
     int nseg, seglen, nquad;
     const int8_t *wq;     /* packed int8 weights (qcnn_iconv_pack) */
+    const int16_t *wq16;  /* the same values widened to int16 for the AVX2 kernel, or NULL */
     const float *wscale;  /* [groups][ceil(cout_g/16)*16]: sw per channel, 0 past cout_g */
     const int32_t *wsum;  /* same layout: sum of the channel's int8 weights */
 } qcnn_iconv_params;
@@ -88,11 +90,15 @@ size_t qcnn_iconv_init(qcnn_iconv_params *p, const qcnn_dconv_params *geom);
 size_t qcnn_iconv_channels(const qcnn_iconv_params *p);
 void qcnn_iconv_pack(const qcnn_iconv_params *p, const float *w_onnx, int8_t *wq, float *wscale,
                      int32_t *wsum);
+/* wq16[i] = wq[i]: what the AVX2 kernel reads (vpmaddwd multiplies 16-bit values). */
+void qcnn_iconv_widen(const qcnn_iconv_params *p, int16_t *wq16);
 /* 1 if this CPU can run the VNNI kernel (AVX-512 F/BW/VL/VNNI, OS-enabled). */
 int qcnn_iconv_fast_available(void);
+/* 1 if it can run the AVX2 kernel (AVX2, OS-enabled). */
+int qcnn_iconv_avx2_available(void);
 size_t qcnn_iconv_scratch_bytes(const qcnn_iconv_params *p, int h, int w);
-/* y as for qcnn_dconv_run. fast: 1 = the VNNI kernel (only if available), 0 = portable C with
- * the same integer arithmetic. Returns 0 (and writes nothing) if x holds a NaN or infinity:
+/* y as for qcnn_dconv_run. fast: 1 = a SIMD kernel: AVX2 when p->wq16 is set (and the CPU
+ * has it), else VNNI if available; 0 = portable C. All three compute the same integers. Returns 0 (and writes nothing) if x holds a NaN or infinity:
  * the caller then runs the fp32 kernel, whose result is defined for them. */
 int qcnn_iconv_run(const qcnn_iconv_params *p, int fast, const float *x, int h, int w, float *y,
                    int ystride, void *scratch);
@@ -175,9 +181,11 @@ typedef struct {
 /* One output row of one group of the int8 conv (see qcnn_iconv_params). */
 typedef struct {
     const uint8_t *x;  /* quantized padded input at (oy*stride_h, 0), channel g*cin_g */
+    const uint16_t *x16; /* the same values as 16-bit words (AVX2 kernel only; same offsets) */
     size_t xpix, xrow, xseg; /* bytes between output pixels' windows / input rows / segments */
     int kh, nseg, nquad;
     const int8_t *w;   /* packed weights of the group: blocks of kh*nseg*nquad*64 bytes */
+    const int16_t *w16; /* the same widened (AVX2 kernel only) */
     int b0, b1, cout_g, ow;
     float *y;          /* output at (oy, 0), channel g*cout_g */
     size_t ypix;
@@ -190,6 +198,9 @@ void qcnn_iconv_row_generic(const qcnn_iconv_row *r);
 void qcnn_iconv_row_vnni(const qcnn_iconv_row *r);
 int qcnn_iconv_range_avx512(const float *x, size_t n, float *lo, float *hi);
 void qcnn_iconv_quantize_avx512(const float *x, size_t n, float inv, float zp, uint8_t *q);
+void qcnn_iconv_row_avx2(const qcnn_iconv_row *r);
+int qcnn_iconv_range_avx2(const float *x, size_t n, float *lo, float *hi);
+void qcnn_iconv_quantize_avx2(const float *x, size_t n, float inv, float zp, uint8_t *q);
 #endif
 
 void qcnn_dconv_row_generic(const qcnn_dconv_row *r);

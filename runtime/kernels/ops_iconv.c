@@ -4,7 +4,7 @@
  *
  * Why it exists: a conv that stays dense (AlexNet's conv1 has 3 input channels, where a LUT
  * has nothing to share) is bound by FMA throughput; vpdpbusd does four times the
- * multiply-adds per instruction. Both roundings (input per image, weights per channel) are
+ * multiply-adds per instruction, AVX2's vpmaddwd twice (on 16-bit copies of the same values). Both roundings (input per image, weights per channel) are
  * done here in portable C, so every ISA sums the very same integers.
  */
 #include <math.h>
@@ -33,6 +33,7 @@ size_t qcnn_iconv_init(qcnn_iconv_params *p, const qcnn_dconv_params *geom)
     }
     p->nquad = (p->seglen + 3) / 4;
     p->wq = NULL;
+    p->wq16 = NULL;
     p->wscale = NULL;
     p->wsum = NULL;
     return (size_t)geom->groups * nblocks(p) * geom->kh * p->nseg * p->nquad * NB * 4;
@@ -87,6 +88,21 @@ void qcnn_iconv_pack(const qcnn_iconv_params *p, const float *w_onnx, int8_t *wq
                             }
 }
 
+void qcnn_iconv_widen(const qcnn_iconv_params *p, int16_t *wq16)
+{
+    const size_t n = (size_t)p->geom.groups * nblocks(p) * p->geom.kh * p->nseg * p->nquad * NB * 4;
+    for (size_t i = 0; i < n; i++)
+        wq16[i] = p->wq[i];
+}
+
+int qcnn_iconv_avx2_available(void)
+{
+    static int cached = -1; /* as below: CPUID is slow under a hypervisor */
+    if (cached < 0)
+        cached = qcnn_isa_detect() >= QCNN_ISA_AVX2;
+    return cached;
+}
+
 int qcnn_iconv_fast_available(void)
 {
     /* CPUID traps to the hypervisor on VMs (slow): ask once. A race only repeats the probe. */
@@ -97,9 +113,10 @@ int qcnn_iconv_fast_available(void)
 }
 
 /* Quantized padded input [PH][PW][cin] bytes, then slack (a quad may read up to 3 bytes past
- * the last pixel; their weights are 0), then the per-channel mul/add arrays. */
+ * the last pixel; their weights are 0), then the per-channel mul/add arrays, then (only with
+ * wq16, for the AVX2 kernel) the input again as 16-bit words. */
 typedef struct {
-    size_t xq, mul, add, total;
+    size_t xq, mul, add, xq16, total;
 } iconv_layout;
 
 #define ALIGN64(n) (((n) + 63) & ~(size_t)63)
@@ -113,6 +130,7 @@ static iconv_layout layout(const qcnn_iconv_params *p, int h, int w)
     l.xq = o;  o += ALIGN64(ph * pw * g->cin + 64);
     l.mul = o; o += ALIGN64(qcnn_iconv_channels(p) * sizeof(float));
     l.add = o; o += ALIGN64(qcnn_iconv_channels(p) * sizeof(float));
+    l.xq16 = o; o += p->wq16 ? ALIGN64(ph * pw * g->cin + 64) * 2 : 0;
     l.total = o + 64; /* room to align the base */
     return l;
 }
@@ -194,8 +212,14 @@ int qcnn_iconv_run(const qcnn_iconv_params *p, int fast, const float *x, int h, 
     int (*range_fn)(const float *, size_t, float *, float *) = input_range;
     void (*quantize_fn)(const float *, size_t, float, float, uint8_t *) = quantize_row;
     void (*row_fn)(const qcnn_iconv_row *) = qcnn_iconv_row_generic;
+    int widen = 0; /* the AVX2 kernel reads a 16-bit copy of the quantized input */
 #if defined(__x86_64__)
-    if (fast && qcnn_iconv_fast_available()) {
+    if (fast && p->wq16 && qcnn_iconv_avx2_available()) { /* wq16: the caller asked for AVX2 */
+        range_fn = qcnn_iconv_range_avx2;
+        quantize_fn = qcnn_iconv_quantize_avx2;
+        row_fn = qcnn_iconv_row_avx2;
+        widen = 1;
+    } else if (fast && qcnn_iconv_fast_available()) {
         range_fn = qcnn_iconv_range_avx512;
         quantize_fn = qcnn_iconv_quantize_avx512;
         row_fn = qcnn_iconv_row_vnni;
@@ -227,6 +251,11 @@ int qcnn_iconv_run(const qcnn_iconv_params *p, int fast, const float *x, int h, 
         memset(row + (size_t)(g_->pad_left + w) * C, zp, (size_t)g_->pad_right * C);
     }
     memset(xq + (size_t)(g_->pad_top + h) * prow, zp, (size_t)g_->pad_bottom * prow + 64);
+    const size_t nxq = (size_t)(g_->pad_top + h + g_->pad_bottom) * prow + 64;
+    uint16_t *xq16 = (uint16_t *)(base + l.xq16);
+    if (widen)
+        for (size_t i = 0; i < nxq; i++) /* vectorised by the compiler; ~1% of the conv */
+            xq16[i] = xq[i];
 
     /* y = sx*sw*(acc - zp*wsum) + bias = acc*mul + add */
     for (int g = 0; g < G; g++)
@@ -251,17 +280,20 @@ int qcnn_iconv_run(const qcnn_iconv_params *p, int fast, const float *x, int h, 
     const size_t wgroup = (size_t)nb * g_->kh * p->nseg * p->nquad * NB * 4;
     for (int g = 0; g < G; g++) {
         r.w = p->wq + g * wgroup;
+        r.w16 = widen ? p->wq16 + g * wgroup : NULL;
         r.mul = mul + (size_t)g * nb * NB;
         r.add = add + (size_t)g * nb * NB;
         /* As in the fp32 driver: blocks in chunks whose weights stay in L2 while all rows go by. */
-        const size_t budget = 512 * 1024;
-        const int nchunks = (int)((wgroup + budget - 1) / budget);
+        const size_t budget = 512 * 1024, wbytes = wgroup * (widen ? 2 : 1);
+        const int nchunks = (int)((wbytes + budget - 1) / budget);
         const int per = (nb + nchunks - 1) / nchunks;
         for (int b0 = 0; b0 < nb; b0 += per) {
             r.b0 = b0;
             r.b1 = b0 + per < nb ? b0 + per : nb;
             for (int oy = 0; oy < OH; oy++) {
-                r.x = xq + (size_t)oy * g_->stride_h * prow + (size_t)g * cin_g;
+                const size_t xo = (size_t)oy * g_->stride_h * prow + (size_t)g * cin_g;
+                r.x = xq + xo;
+                r.x16 = widen ? xq16 + xo : NULL;
                 r.y = y + (size_t)oy * OW * ystride + (size_t)g * cout_g;
                 row_fn(&r);
             }

@@ -1,4 +1,5 @@
-/* int8 dense conv row kernel for AVX-512 VNNI. See ops_iconv.c / qcnn_iconv_params (ops.h).
+/* int8 dense conv row kernels for AVX-512 VNNI and for AVX2. See ops_iconv.c /
+ * qcnn_iconv_params (ops.h).
  *
  * Same tiling as the fp32 kernel (ops_conv_x86.c): P output pixels x NV*16 output channels of
  * int32 sums in registers. Per quad of 4 input bytes: NV weight vectors (16 channels x 4 int8)
@@ -6,6 +7,10 @@
  * vpdpbusd per (pixel, vector) adds 4 products to each of 16 channels. The sums are exact
  * (|acc| <= 255*127*taps), so this kernel and the portable one give identical integers.
  * Only called after qcnn_iconv_fast_available() said the CPU and OS support it.
+ *
+ * The AVX2 kernel (end of file) sums the same products with vpmaddwd on 16-bit copies of the
+ * bytes: vpmaddubsw would do twice as many per instruction but saturates its 16-bit pair sums
+ * (255*127*2 > 32767), so it would need 7-bit values and give other integers than VNNI.
  */
 #include <string.h>
 
@@ -146,6 +151,130 @@ TV void qcnn_iconv_row_vnni(const qcnn_iconv_row *r)
         default: ichunk(r, w, wblk, y, r->mul + c0, r->add + c0, mask, 4); break;
         }
         b += nv;
+    }
+}
+
+/* ---------------------------------------------------------------- AVX2 */
+#define T2 __attribute__((target("avx2,fma")))
+#define P2 3 /* pixels per tile: 3 x 4 accumulators + 1 broadcast + 2 products in 16 ymm */
+
+/* P output pixels x one 16-channel block. A ymm of weights holds 4 channels x one quad (4
+ * int16); vpmaddwd against the pixel's quad broadcast to every 64-bit lane leaves each
+ * channel's two pair sums in adjacent int32 lanes, added together at the end. */
+static inline __attribute__((always_inline)) T2 void
+itile2(const qcnn_iconv_row *r, const uint16_t *x, const int16_t *w, float *y, const float *mul,
+       const float *add, int ncols, const int P)
+{
+    __m256i acc[P2][4];
+    for (int p = 0; p < P; p++)
+        for (int v = 0; v < 4; v++)
+            acc[p][v] = _mm256_setzero_si256();
+    const size_t xpix = r->xpix;
+    for (int ky = 0; ky < r->kh; ky++)
+        for (int s = 0; s < r->nseg; s++) {
+            const uint16_t *xs = x + ky * r->xrow + s * r->xseg;
+            for (int q = 0; q < r->nquad; q++, w += NB * 4) {
+                for (int p = 0; p < P; p++) {
+                    int64_t quad;
+                    memcpy(&quad, xs + p * xpix + 4 * q, 8);
+                    const __m256i xb = _mm256_set1_epi64x(quad);
+                    for (int v = 0; v < 4; v++)
+                        acc[p][v] = _mm256_add_epi32(
+                            acc[p][v], _mm256_madd_epi16(xb, _mm256_loadu_si256((const __m256i *)(w + 16 * v))));
+                }
+            }
+        }
+    const __m256 zero = _mm256_setzero_ps();
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    for (int p = 0; p < P; p++)
+        for (int h = 0; h < 2; h++) {
+            /* hadd gives channels (0,1,4,5 | 2,3,6,7) of the 8; the permute puts them in order */
+            const __m256i sum = _mm256_permute4x64_epi64(_mm256_hadd_epi32(acc[p][2 * h], acc[p][2 * h + 1]), 0xD8);
+            const int c = 8 * h;
+            if (c >= ncols)
+                break;
+            const __m256i mk = _mm256_cmpgt_epi32(_mm256_set1_epi32(ncols - c), lane);
+            /* mul then add, unfused, like the portable kernel: identical floats */
+            __m256 o = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(sum), _mm256_maskload_ps(mul + c, mk)),
+                                     _mm256_maskload_ps(add + c, mk));
+            if (r->relu)
+                o = _mm256_max_ps(o, zero);
+            _mm256_maskstore_ps(y + p * r->ypix + c, mk, o);
+        }
+}
+
+/* The driver's input passes, 8 floats at a time, as the AVX-512 ones above. */
+T2 int qcnn_iconv_range_avx2(const float *x, size_t n, float *lo, float *hi)
+{
+    const __m256i expmask = _mm256_set1_epi32(0x7F800000);
+    __m256 mn = _mm256_setzero_ps(), mx = _mm256_setzero_ps();
+    __m256i bad = _mm256_setzero_si256();
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 v = _mm256_loadu_ps(x + i);
+        bad = _mm256_or_si256(bad, _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_castps_si256(v), expmask), expmask));
+        mn = _mm256_min_ps(mn, v);
+        mx = _mm256_max_ps(mx, v);
+    }
+    if (!_mm256_testz_si256(bad, bad))
+        return 0;
+    float l[8], h[8];
+    _mm256_storeu_ps(l, mn);
+    _mm256_storeu_ps(h, mx);
+    float a = 0.0f, b = 0.0f;
+    for (int k = 0; k < 8; k++) {
+        a = l[k] < a ? l[k] : a;
+        b = h[k] > b ? h[k] : b;
+    }
+    for (; i < n; i++) { /* the tail, as the portable loop */
+        uint32_t u;
+        memcpy(&u, x + i, 4);
+        if ((u & 0x7F800000u) == 0x7F800000u)
+            return 0;
+        a = x[i] < a ? x[i] : a;
+        b = x[i] > b ? x[i] : b;
+    }
+    *lo = a;
+    *hi = b;
+    return 1;
+}
+
+T2 void qcnn_iconv_quantize_avx2(const float *x, size_t n, float inv, float zp, uint8_t *q)
+{
+    const __m256 vinv = _mm256_set1_ps(inv), vzp = _mm256_set1_ps(zp), half = _mm256_set1_ps(0.5f);
+    const __m256 zero = _mm256_setzero_ps(), top = _mm256_set1_ps(255.0f);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        /* x*inv + zp + 0.5 in the portable kernel's order (mul, add, add: no FMA) */
+        __m256 t = _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(x + i), vinv), vzp), half);
+        t = _mm256_min_ps(_mm256_max_ps(t, zero), top);
+        const __m256i v = _mm256_cvttps_epi32(t);
+        const __m128i w = _mm_packus_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+        _mm_storel_epi64((__m128i *)(q + i), _mm_packus_epi16(w, w));
+    }
+    for (; i < n; i++) {
+        float t = x[i] * inv + zp + 0.5f;
+        t = t < 0.0f ? 0.0f : t > 255.0f ? 255.0f : t;
+        q[i] = (uint8_t)(int)t;
+    }
+}
+
+T2 void qcnn_iconv_row_avx2(const qcnn_iconv_row *r)
+{
+    const size_t wblk = (size_t)r->kh * r->nseg * r->nquad * NB * 4;
+    for (int b = r->b0; b < r->b1; b++) {
+        const int c0 = b * NB;
+        const int ncols = r->cout_g - c0 < NB ? r->cout_g - c0 : NB;
+        const int16_t *w = r->w16 + b * wblk;
+        const float *mul = r->mul + c0, *add = r->add + c0;
+        float *y = r->y + c0;
+        int ox = 0;
+        for (; ox + P2 <= r->ow; ox += P2)
+            itile2(r, r->x16 + ox * r->xpix, w, y + ox * r->ypix, mul, add, ncols, P2);
+        if (r->ow - ox == 2)
+            itile2(r, r->x16 + ox * r->xpix, w, y + ox * r->ypix, mul, add, ncols, 2);
+        else if (r->ow - ox == 1)
+            itile2(r, r->x16 + ox * r->xpix, w, y + ox * r->ypix, mul, add, ncols, 1);
     }
 }
 #endif
