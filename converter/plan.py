@@ -201,12 +201,12 @@ def kernel_ms(op, in_shape, subvec: int, ncode: int, lut: str = "int8", repeats:
     if isinstance(op, ir.Conv):
         c, h, w = in_shape
         x = rng.standard_normal((h, w, c)).astype(np.float32)
-        if subvec == 0:  # in the precision the runtime will use for it (int8 on VNNI CPUs)
+        if subvec == 0:  # in the precision the runtime will use for it (runtime.model.dense_precision)
             from qcnn.runtime.model import dense_precision
 
             k = _core.DenseConvKernel(op.weights, bias, strides=op.strides, pads=op.pads, groups=op.groups,
                                       relu=bool(op.relu), isa={"avx512vbmi": "avx512"}.get(_core.isa_selected(), "auto"),
-                                      precision=dense_precision(lut))
+                                      precision=dense_precision(lut, conv=op))
         else:
             geom = quantize.geometry(op, subvec, ncode)
             cb = rng.standard_normal((op.groups, geom.nsub, ncode, subvec)).astype(np.float32)

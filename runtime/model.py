@@ -58,16 +58,38 @@ def _hwc(shape):
     return (shape[1], shape[2], shape[0]) if len(shape) == 3 else tuple(shape)
 
 
-def dense_precision(lut: str = "int8", isa: str = "auto", dense: str = "auto") -> str:
-    """What Model(lut=, isa=, dense=) runs its dense convs in: "int8" or "fp32".
+def dense_precision(lut: str = "int8", isa: str = "auto", dense: str = "auto", conv=None) -> str:
+    """What Model(lut=, isa=, dense=) runs a dense conv in: "int8" or "fp32".
 
-    "auto" picks int8 when the tables are int8 and the CPU has AVX-512 VNNI (there the int8 conv
-    is ~3.4x faster than fp32; elsewhere it would be slower, so fp32)."""
+    "auto" picks int8 only where it is faster, and only with int8 tables (lut="float" keeps every
+    layer in floats). With AVX-512 VNNI (vpdpbusd: 64 MACs per instruction) int8 wins on every
+    conv (~3.4x). With AVX2 only, int8 multiplies 16-bit copies (vpmaddwd), ~1.6x the MAC rate
+    of fp32 FMAs but with a fixed cost per input pixel (quantizing it, widening it to 16 bits),
+    so it pays only on convs doing many MACs per input value and little zero padding of the
+    4-channel quads (measured, benchmarks/bench_qkernels.py: AlexNet conv1 1.27x, SqueezeNet
+    3x3 expands 1.2-1.6x, conv10 1.4x, VGG conv3_2 1.55x; SqueezeNet 1x1 squeeze/expand and
+    3-channel conv0 0.6x). `conv` is the ir.Conv (None: the answer for a typical layer).
+    """
     if dense != "auto":
         return dense
+    if lut != "int8":
+        return "fp32"
     resolved = _core.isa_selected() if isa == "auto" else isa
-    fast = resolved == "avx512vbmi" and _core.int8_conv_fast_available()
-    return "int8" if lut == "int8" and fast else "fp32"
+    if resolved == "avx512vbmi" and _core.int8_conv_fast_available():
+        return "int8"
+    if resolved in ("avx2", "avx512vbmi") and conv is not None and _avx2_int8_pays(conv):
+        return "int8"
+    return "fp32"
+
+
+def _avx2_int8_pays(conv) -> bool:
+    """The AVX2 int8 conv is faster than fp32 for this conv (see dense_precision)."""
+    cin_g, cout_g = conv.cin // conv.groups, conv.cout // conv.groups
+    kh, kw = conv.kernel
+    seglen = kw * cin_g if conv.groups == 1 else cin_g  # contiguous values per kernel row (ops_iconv.c)
+    quad_use = seglen / (4 * -(-seglen // 4))
+    macs_per_input = cout_g * kh * kw / (conv.strides[0] * conv.strides[1])
+    return quad_use >= 0.9 and macs_per_input >= 256
 
 
 class Model:
@@ -87,8 +109,8 @@ class Model:
         self.lut = lut
         # Convs kept dense (not quantized in the file): "int8" runs them in 8-bit integers
         # (uint8 input per image, int8 weights per channel; ops.h qcnn_iconv_params), "fp32" in
-        # floats; "auto": see dense_precision().
-        self.dense = dense_precision(lut, isa, dense)
+        # floats; "auto": per layer, see dense_precision(). self.dense then says what ran.
+        self._dense_setting = dense
         self._file = open_qcnn(path)
         self._closed = False
         self._active = 0
@@ -104,6 +126,14 @@ class Model:
         self._release_mapping()
 
     # ------------------------------------------------------------------ what the file says
+    @property
+    def dense(self) -> str:
+        """What the convs kept dense run in: "int8", "fp32", or "int8+fp32" when the choice
+        differs per layer (dense="auto" on AVX2; `layers` gives each conv's precision)."""
+        used = sorted({st.kernel.precision for st in self._steps if isinstance(st.kernel, _core.DenseConvKernel)},
+                      reverse=True)
+        return "+".join(used) if used else dense_precision(self.lut, self.isa, self._dense_setting)
+
     @property
     def input_shape(self):
         """(N, C, H, W) with N = -1: any batch size."""
@@ -144,6 +174,8 @@ class Model:
                 d.update(quantized=True, subvec=w.subvec, nsub=w.nsub, ncode=w.ncode, index_bits=w.index_bits)
             elif w is not None:
                 d.update(quantized=False)
+                if isinstance(step.kernel, _core.DenseConvKernel):
+                    d.update(precision=step.kernel.precision)
             out.append(d)
         return out
 
@@ -200,7 +232,8 @@ class Model:
                     w.subvec, w.nsub, w.ncode, _private(w.codebooks), _unpacked_indices(w, what),
                     _private(op.bias), bool(op.relu), isa=isa, lut=self.lut)
             return _core.DenseConvKernel(_private(w), _private(op.bias), strides=op.strides, pads=op.pads, groups=op.groups,
-                                         relu=bool(op.relu), isa=dense_isa, precision=self.dense)
+                                         relu=bool(op.relu), isa=dense_isa,
+                                         precision=dense_precision(self.lut, isa, self._dense_setting, op))
         if isinstance(op, ir.Gemm):
             w = op.weights
             if isinstance(w, ir.QuantizedWeights):

@@ -3,6 +3,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -101,10 +102,21 @@ def test_dense_conv_precision_choice(fire_qcnn):
     from qcnn.runtime.model import dense_precision
 
     vnni = _core.int8_conv_fast_available() and "avx512vbmi" in _core.isa_available()
-    assert Model(fire_qcnn).dense == ("int8" if vnni and _core.isa_selected() == "avx512vbmi" else "fp32")
+    if vnni and _core.isa_selected() == "avx512vbmi":
+        assert Model(fire_qcnn).dense == "int8"  # VNNI: every dense conv in int8
     assert Model(fire_qcnn, lut="float").dense == "fp32"  # float tables: everything in floats
-    assert Model(fire_qcnn, isa="avx2").dense == "fp32"   # no VNNI kernel below AVX-512
     assert dense_precision("int8", "generic") == "fp32"
+    # AVX2 (no VNNI): int8 only on convs with many MACs per input value and full 4-channel quads
+    conv = lambda cin, cout, k, s, g=1: SimpleNamespace(cin=cin, cout=cout, kernel=(k, k), strides=(s, s), groups=g)
+    alexnet_conv1, sq_conv0, sq_squeeze, sq_expand3 = conv(3, 96, 11, 4), conv(3, 64, 3, 2), conv(128, 16, 1, 1), conv(16, 64, 3, 1)
+    assert [dense_precision("int8", "avx2", conv=c) for c in (alexnet_conv1, sq_conv0, sq_squeeze, sq_expand3)] == \
+        ["int8", "fp32", "fp32", "int8"]
+    assert dense_precision("float", "avx2", conv=alexnet_conv1) == "fp32"
+    assert dense_precision("int8", "generic", conv=alexnet_conv1) == "fp32"
+    m2 = Model(fire_qcnn, isa="avx2")
+    dense_convs = [(d, op) for d, op in zip(m2.layers, m2._ir.operators) if "precision" in d]
+    assert dense_convs and all(d["precision"] == dense_precision("int8", "avx2", conv=op) for d, op in dense_convs)
+    assert m2.dense == "+".join(sorted({d["precision"] for d, _ in dense_convs}, reverse=True))
     with pytest.raises(ValueError, match="dense"):
         Model(fire_qcnn, dense="int4")
     # int8 dense convs (the fire model's dense layers) stay close to the float oracle, on any CPU

@@ -284,7 +284,7 @@ def bench_model(name: str, path: Optional[str], args, out_dir: Path, log) -> dic
 
     log(f"{name}: timing {args.runs} runs per engine, round-robin")
     model = Model(qpath, lut=args.lut, isa=args.isa, dense=args.dense)
-    res["qcnn_dense_precision"] = model.dense  # what its dense convs ran in (int8 needs AVX-512 VNNI)
+    res["qcnn_dense_precision"] = model.dense  # what its dense convs ran in (int8, fp32, or int8+fp32 when chosen per layer)
     try:
         runners = {
             "onnx_fp32": common.ort_runner(common.ort_session(str(src), threads=args.threads)),
@@ -444,7 +444,7 @@ def main(argv=None) -> int:
     p.add_argument("--lut", choices=["int8", "float"], default="int8")
     p.add_argument("--isa", default="auto")
     p.add_argument("--dense", choices=["auto", "int8", "fp32"], default="auto",
-                   help="precision of the convs the file keeps dense (auto: int8 with int8 tables on AVX-512 VNNI)")
+                   help="precision of the convs the file keeps dense (auto: int8 with int8 tables where it is faster: every conv on AVX-512 VNNI, convs with many MACs per input on AVX2)")
     p.add_argument("--no-rss", action="store_true", help="skip peak-memory subprocesses")
     p.add_argument("--no-profile", action="store_true", help="skip per-layer profiles")
     args = p.parse_args(argv)

@@ -187,7 +187,7 @@ def main(argv=None) -> int:
     p.add_argument("--lut", choices=["int8", "float"], default="int8", help="qcnn look-up table precision")
     p.add_argument("--isa", default="auto", help="qcnn kernel ISA (auto, generic, avx2, avx512vbmi)")
     p.add_argument("--dense", choices=["auto", "int8", "fp32"], default="auto",
-                   help="precision of the convs the file keeps dense (auto: int8 with int8 tables on AVX-512 VNNI)")
+                   help="precision of the convs the file keeps dense (auto: int8 with int8 tables where it is faster: every conv on AVX-512 VNNI, convs with many MACs per input on AVX2)")
     p.add_argument("--no-rss", action="store_true", help="skip the peak-memory subprocesses")
     args = p.parse_args(argv)
     if args.count is not None and args.count < 1:
