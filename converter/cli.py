@@ -11,7 +11,8 @@ import argparse
 import json
 import os
 import sys
-import tempfile
+
+from qcnn.schema.writer import write_atomic
 
 from .errors import ConversionError
 
@@ -104,7 +105,7 @@ def _check_out_dir(path, flag):
 
 
 def _write_text_atomic(path, text):
-    _write_bytes_atomic(path, text.encode())
+    write_atomic(path, text.encode())
 
 
 def run(argv=None) -> int:
@@ -189,26 +190,10 @@ def _decode(args) -> int:
         proto = decode_to_onnx(args.decode)
     except ValueError as exc:  # QcnnFormatError and friends
         raise ConversionError(f"cannot decode {args.decode}: {exc}") from None
-    _write_bytes_atomic(args.output, proto.SerializeToString())
+    write_atomic(args.output, proto.SerializeToString())
     if not args.quiet:
         print(f"wrote {args.output}")
     return 0
-
-
-def _write_bytes_atomic(path, data):
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual file mode
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def main(argv=None) -> int:

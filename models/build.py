@@ -59,14 +59,14 @@ by ~60 and saturates the softmax. Also ``qcnn.model`` (name), ``qcnn.seed``, ``q
 import argparse
 import json
 import os
-import shutil
 import sys
-import tempfile
 import zlib
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
+from qcnn.schema.writer import write_atomic
 
 from ._data import load_mnist  # noqa: F401  (re-exported: qcnn.models.build.load_mnist)
 
@@ -346,31 +346,13 @@ def serialize(model):
     return model.SerializeToString(deterministic=True)
 
 
-def _atomic_write(path, data=None, copy_from=None):
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".onnx", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if copy_from is not None:
-                with open(copy_from, "rb") as src:
-                    shutil.copyfileobj(src, f)
-            else:
-                f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_model(name, path, seed=0):
     """Build `name` and write it to `path` atomically (temp file in the same folder + os.replace)."""
     if name in MNIST_NAMES:
         build_model(name)  # validates that the committed file exists
-        _atomic_write(path, copy_from=os.path.join(ONNX_DIR, name + ".onnx"))
+        write_atomic(path, make_folder=True, copy_from=os.path.join(ONNX_DIR, name + ".onnx"))
     else:
-        _atomic_write(path, serialize(build_model(name, seed)))
+        write_atomic(path, make_folder=True, data=serialize(build_model(name, seed)))
     return path
 
 

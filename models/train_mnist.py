@@ -28,6 +28,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from qcnn.schema.writer import write_atomic  # the installed package (pip install -e .)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from _data import load_mnist  # noqa: E402  (plain import: this script runs outside the package)
@@ -211,10 +213,7 @@ def main(argv=None):
         raw = model.SerializeToString()
         oerr = ort_error(raw, data)
         path = os.path.join(args.out, f"mnist-{name}.onnx")
-        tmp = path + ".tmp"
-        with open(tmp, "wb") as f:
-            f.write(raw)
-        os.replace(tmp, path)
+        write_atomic(path, raw)
         epochs, lr, dropout, seed = RECIPES[name]
         results[f"mnist-{name}"] = {
             "file": f"onnx/mnist-{name}.onnx", "bytes": len(raw),
@@ -224,10 +223,7 @@ def main(argv=None):
             "train_seconds": round(secs, 1), "threads": args.threads, "augment": "affine shift2px rot10 scale0.1",
         }
         print(f"{name}: torch {terr:.2f}% onnxruntime {oerr:.2f}% ({len(raw)} bytes, {secs:.0f}s)", flush=True)
-        with open(results_path + ".tmp", "w") as f:
-            json.dump(results, f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(results_path + ".tmp", results_path)
+        write_atomic(results_path, (json.dumps(results, indent=2, sort_keys=True) + "\n").encode())
 
 
 if __name__ == "__main__":

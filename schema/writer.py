@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import struct
 import tempfile
 import zlib
@@ -385,15 +386,24 @@ def serialize(model: ir.Model) -> bytes:
 
 
 def write_model(model: ir.Model, path) -> int:
-    """Write `model` to `path` atomically; returns the number of bytes written.
+    """Write `model` to `path` atomically (see write_atomic); returns the number of bytes written."""
+    data = serialize(model)
+    write_atomic(path, data)
+    return len(data)
+
+
+def write_atomic(path, data=None, copy_from=None, make_folder=False):
+    """Write `data` (bytes), or the contents of the file `copy_from`, to `path` atomically.
 
     The bytes go to a temporary file in the same folder, are fsync'ed, then renamed over `path`:
     a crash or Ctrl-C at any point leaves either the old file or the complete new one, never a
-    half-written .qcnn, and the temporary file is removed.
+    half-written one, and the temporary file is removed. The file gets the usual mode (umask).
+    This is the one place the project writes its output files (.qcnn, ONNX, reports).
     """
-    data = serialize(model)
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
+    if make_folder:
+        os.makedirs(folder, exist_ok=True)
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"output folder does not exist: {folder}")
     fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
@@ -402,7 +412,11 @@ def write_model(model: ir.Model, path) -> int:
         os.umask(umask)
         os.chmod(fd, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual mode
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            if copy_from is not None:
+                with open(copy_from, "rb") as src:
+                    shutil.copyfileobj(src, f)
+            else:
+                f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -420,7 +434,6 @@ def write_model(model: ir.Model, path) -> int:
             os.close(dfd)
     except OSError:
         pass
-    return len(data)
 
 
 def sha256_of_file(path) -> str:

@@ -184,10 +184,15 @@ def test_cli_list(capsys):
 
 def test_cli_writes_files_atomically(tmp_path):
     out = tmp_path / "models"
-    assert build.main(["mnist-lenet", "mnist-mlp3", "--out", str(out)]) == 0
+    umask = os.umask(0o022)
+    try:
+        assert build.main(["mnist-lenet", "mnist-mlp3", "--out", str(out)]) == 0
+    finally:
+        os.umask(umask)
     assert sorted(os.listdir(out)) == ["mnist-lenet.onnx", "mnist-mlp3.onnx"]  # no temp files left
     for n in ("mnist-lenet", "mnist-mlp3"):
         assert (out / f"{n}.onnx").read_bytes() == (REPO / "models" / "onnx" / f"{n}.onnx").read_bytes()
+        assert (out / f"{n}.onnx").stat().st_mode & 0o777 == 0o644  # the usual mode, not mkstemp's 0600
 
 
 def test_cli_unknown_name_exits_2_with_one_line(tmp_path):
