@@ -65,10 +65,10 @@ void qcnn_dconv_run(const qcnn_dconv_params *p, int isa, const float *x, int h, 
 /* ------------------------------------------------------------------ dense convolution, int8 */
 /* The same ONNX Conv computed in 8-bit integers where the CPU has AVX-512 VNNI (one vpdpbusd
  * does 64 multiply-adds, four times an fp32 FMA) or AVX2 (vpmaddwd on the same values widened
- * to 16 bits: 16 exact multiply-adds, twice an fp32 FMA): the input image is quantized per image to
- * uint8 (asymmetric: scale sx and zero point zp covering [min(x, 0), max(x, 0)]), the weights
- * once per output channel to int8 (symmetric, scale sw[c] = max|w_c|/127), products are summed
- * exactly in int32 and y = sx*sw[c]*(acc - zp*sum_c(wq)) + bias. Padding holds the zero point,
+ * to 16 bits: 16 exact multiply-adds, twice an fp32 FMA): the input image is quantized per
+ * image to uint8 (asymmetric: scale sx and zero point zp covering [min(x, 0), max(x, 0)]), the
+ * weights once per output channel to int8 (symmetric, scale sw[c] = max|w_c|/127), products are
+ * summed exactly in int32 and y = sx*sw[c]*(acc - zp*sum_c(wq)) + bias. Padding holds the zero point,
  * i.e. the value 0. Every ISA computes the same integers, so results are bit-identical across
  * ISAs; the error against fp32 is that of the two roundings (about 1% of an output's scale).
  *
@@ -98,8 +98,9 @@ int qcnn_iconv_fast_available(void);
 int qcnn_iconv_avx2_available(void);
 size_t qcnn_iconv_scratch_bytes(const qcnn_iconv_params *p, int h, int w);
 /* y as for qcnn_dconv_run. fast: 1 = a SIMD kernel: AVX2 when p->wq16 is set (and the CPU
- * has it), else VNNI if available; 0 = portable C. All three compute the same integers. Returns 0 (and writes nothing) if x holds a NaN or infinity:
- * the caller then runs the fp32 kernel, whose result is defined for them. */
+ * has it), else VNNI if available; 0 = portable C. All three compute the same integers.
+ * Returns 0 (and writes nothing) if x holds a NaN or infinity: the caller then runs the fp32
+ * kernel, whose result is defined for them. */
 int qcnn_iconv_run(const qcnn_iconv_params *p, int fast, const float *x, int h, int w, float *y,
                    int ystride, void *scratch);
 

@@ -4,8 +4,9 @@
  *
  * Why it exists: a conv that stays dense (AlexNet's conv1 has 3 input channels, where a LUT
  * has nothing to share) is bound by FMA throughput; vpdpbusd does four times the
- * multiply-adds per instruction, AVX2's vpmaddwd twice (on 16-bit copies of the same values). Both roundings (input per image, weights per channel) are
- * done here in portable C, so every ISA sums the very same integers.
+ * multiply-adds per instruction, AVX2's vpmaddwd twice (on 16-bit copies of the same values).
+ * Both roundings (input per image, weights per channel) are done here in portable C, so every
+ * ISA sums the very same integers.
  */
 #include <math.h>
 #include <string.h>
