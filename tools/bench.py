@@ -329,6 +329,11 @@ def _table(head: List[str], rows: List[List[str]]) -> List[str]:
     return lines
 
 
+def _precision_text(dense: str) -> str:
+    """Model.dense in words: "int8+fp32" means the runtime chose per layer (AVX2 CPUs)."""
+    return "int8 or fp32, chosen per layer" if "+" in dense else dense
+
+
 def format_markdown(report: dict) -> str:
     hb = common.human_bytes
     s = report["settings"]
@@ -338,7 +343,7 @@ def format_markdown(report: dict) -> str:
            f"{'error-corrected (EC)' if s['ec'] else 'k-means'} product quantization, conv C's/K {s['conv']}, "
            f"fc {s['fc']}, last fc {s['last_fc']}"
            f"{', plan ' + s['plan'] if s.get('plan') else ''}. Convs kept dense ran in "
-           f"{', '.join(sorted({m.get('qcnn_dense_precision', 'fp32') for m in report['models'] if 'error' not in m})) or 'fp32'}.", ""]
+           f"{', '.join(sorted({_precision_text(m.get('qcnn_dense_precision', 'fp32')) for m in report['models'] if 'error' not in m})) or 'fp32'}.", ""]
     rows = []
     for m in report["models"]:
         if "error" in m:
