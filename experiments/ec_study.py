@@ -17,6 +17,7 @@ Writes experiments/results/ec_study.{json,md}.
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 import tempfile
@@ -54,7 +55,6 @@ def main(argv=None):
     old = out_dir / "ec_study.json"
     results = {}
     if old.exists():
-        import json
         prev = json.loads(old.read_text())
         for k, v in prev.get("models", {}).items():
             v.setdefault("date", prev.get("date"))
