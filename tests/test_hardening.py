@@ -6,6 +6,8 @@ The mutation harness (qcnn.tools.hardening.mutate) runs here scaled down; the fu
 import os
 import signal
 import struct
+import subprocess
+import sys
 import time
 import zlib
 from pathlib import Path
@@ -161,7 +163,7 @@ def test_structural_damage_is_named(tiny_bytes, path, value, message):
     assert "\n" not in str(exc.value)
 
 
-def test_code_ge_k_is_refused():
+def test_code_ge_k_is_refused(tmp_path):
     op_index = 5  # the fully connected layer: K=5, 3-bit codes, so 5..7 are representable
     model = seeds.tiny()
     w = model.operators[op_index].weights
@@ -175,6 +177,12 @@ def test_code_ge_k_is_refused():
     data = writer.serialize(model)
     with pytest.raises(QcnnFormatError, match=r"index 7 >= K=5"):
         reader.parse(data, unpack_indices=True)
+    # qcnn-inspect refuses it too (it used to report such a file as fine: it never unpacked)
+    bad = tmp_path / "bad.qcnn"
+    bad.write_bytes(data)
+    r = subprocess.run([sys.executable, "-m", "qcnn.tools.inspect", str(bad)], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert len(r.stderr.strip().splitlines()) == 1 and "index 7 >= K=5" in r.stderr
 
 
 def test_every_truncation_of_the_flatbuffer_region_with_resigned_footer(tiny_bytes):

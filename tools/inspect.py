@@ -119,7 +119,9 @@ def describe(path) -> dict:
     """Everything qcnn-inspect reports, as a JSON-ready dict."""
     from qcnn.schema.reader import open_qcnn
 
-    f = open_qcnn(path)  # verifies the whole file; indices stay packed (we only need their sizes)
+    # Verifies the whole file, codes < K included: that check needs the indices unpacked (the
+    # table itself only needs their sizes), so a file the runtime would refuse is refused here too.
+    f = open_qcnn(path, unpack_indices=True)
     try:
         m = f.model
         rows = layer_rows(m)
