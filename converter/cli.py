@@ -189,7 +189,10 @@ def _decode(args) -> int:
     try:
         proto = decode_to_onnx(args.decode)
     except ValueError as exc:  # QcnnFormatError and friends
-        raise ConversionError(f"cannot decode {args.decode}: {exc}") from None
+        msg = str(exc)  # the reader's messages start with the path already: name it once
+        if not msg.startswith(f"{args.decode}: "):
+            msg = f"{args.decode}: {msg}"
+        raise ConversionError(f"cannot decode {msg}") from None
     write_atomic(args.output, proto.SerializeToString())
     if not args.quiet:
         print(f"wrote {args.output}")

@@ -394,6 +394,7 @@ def test_command_line_tools_on_hostile_files(tmp_path, capsys):
             assert rc in (0, 2), (name, m.kind, m.detail, err)
             if rc == 2:
                 assert len(err) == 1 and "error" in err[0], (name, m.kind, m.detail, err)
+                assert err[0].count(path) <= 1, (name, err)  # the file is named once, not twice
             codes[name].add(rc)
             if os.path.exists(out):
                 os.unlink(out)
