@@ -203,6 +203,8 @@ class _Importer:
 
     # ------------------------------------------------------------------ main pass
     def run(self) -> ir.Model:
+        import onnx
+
         g = self.model.graph
         nodes = list(g.node)
         # Consumer counts over the raw graph; aliasing adds the alias's consumers to its source below.
@@ -220,6 +222,9 @@ class _Importer:
             if node.domain not in ("", "ai.onnx"):
                 raise ConversionError(f"unsupported op {node.domain}.{node.op_type} (node {label!r})")
             op = node.op_type
+            if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+                # If / Loop / Scan: folding would evaluate a subgraph; the runtime has no control flow
+                raise ConversionError(f"unsupported op {op} (node {label!r}): control flow (subgraphs)")
             if op == "Constant":
                 self.fold(node, label)
                 continue

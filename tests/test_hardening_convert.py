@@ -47,12 +47,29 @@ def conv_net(path, cin=3, hw=16, widths=(8,), nclass=4, dynamic=False, extra=Non
     return str(path)
 
 
+def _if_net(path):
+    """Put an If (constant condition, both branches pass the activation on) before the pooling."""
+    m = onnx.load(path)
+    nodes = list(m.graph.node)
+    at = next(i for i, n in enumerate(nodes) if n.op_type == "GlobalAveragePool")
+    x = nodes[at].input[0]
+    branch = lambda name: helper.make_graph([helper.make_node("Identity", [x], [name])], name, [],
+                                            [helper.make_tensor_value_info(name, TensorProto.FLOAT, None)])
+    cond = helper.make_node("Constant", [], ["cond"], value=numpy_helper.from_array(np.array(True)))
+    node = helper.make_node("If", ["cond"], ["if_out"], name="branchy", then_branch=branch("t"), else_branch=branch("e"))
+    nodes[at].input[0] = "if_out"
+    m.graph.ClearField("node")
+    m.graph.node.extend(nodes[:at] + [cond, node] + nodes[at:])
+    onnx.save(m, path)
+
+
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
     d = tmp_path_factory.mktemp("onnx")
     conv_net(d / "ok.onnx")
     conv_net(d / "dynamic.onnx", dynamic=True)
     conv_net(d / "sin.onnx", extra=lambda x: helper.make_node("Sin", [x], ["s"]))
+    _if_net(conv_net(d / "if.onnx"))
     conv_net(d / "external.onnx", external=True)
     os.unlink(d / "external.onnx.data")  # weights stored beside the model, then lost
     (d / "text.onnx").write_text("hello, not a protobuf")
@@ -111,6 +128,7 @@ BAD = [  # (id, argv after the model, model file, words the error line must cont
     ("empty file", [], "empty.onnx", ["not an ONNX model"]),
     ("random bytes", [], "random.onnx", ["not an ONNX model"]),
     ("unsupported op", [], "sin.onnx", ["unsupported op", "Sin"]),
+    ("control flow", [], "if.onnx", ["unsupported op If", "branchy"]),
     ("dynamic spatial dims", [], "dynamic.onnx", ["dynamic", "--input-shape"]),
     ("bad --input-shape", ["--input-shape", "1,3,0,5"], "dynamic.onnx", ["--input-shape"]),
     ("external data missing", [], "external.onnx", ["W0", "external.onnx.data"]),
