@@ -52,6 +52,7 @@ cdef extern from "qcnn_kernels.h" nogil:
                                                      _qk_lut_mode mode, const char **err)
     _qk_isa _qk_prepared_isa "qcnn_qconv_isa"(const _qk_prepared *q)
     size_t _qk_conv_scratch "qcnn_qconv_scratch_bytes"(const _qk_prepared *q, int h, int w)
+    int _qk_pointwise_chunk "qcnn_qconv_pointwise_chunk"(const _qk_prepared *q)
     void _qk_conv_run "qcnn_qconv_run"(const _qk_prepared *q, const float *x, int h, int w,
                                        float *y, void *scratch, float *lut_step)
     void _qk_conv_free "qcnn_qconv_free"(_qk_prepared *q)
@@ -135,6 +136,12 @@ cdef class _QkBase:
     def isa(self):
         """The ISA the prepared kernel actually runs ('generic' for lut='ref'/'float')."""
         return _QK_ISA_NAMES[<int>_qk_prepared_isa(self._q)]
+
+    @property
+    def pointwise_chunk(self):
+        """Pixels per chunk of a pointwise (1x1, stride 1, unpadded) layer, each chunk with its own
+        int8 step; 0 for other layers (one step per image)."""
+        return _qk_pointwise_chunk(self._q)
 
     cdef _scratch_ptr(self, scratch, size_t need):
         cdef uint8_t[::1] s

@@ -147,6 +147,54 @@ def test_qconv_matches_numpy(case, isa, lut):
     check_close(y, step, lut, yr.astype(np.float64), absterms, nlook)
 
 
+@pytest.mark.parametrize("isa,lut", [v for v in VARIANTS if v[1] != "ref"])
+def test_pointwise_conv_runs_in_chunks_with_their_own_step(isa, lut):
+    """A 1x1 / stride 1 / unpadded conv reads one input pixel per output pixel, so the runtime
+    quantizes its tables chunk by chunk: one loud pixel must not coarsen the other chunks."""
+    cin, cout, G, Cs, K, H, W = 64, 96, 2, 4, 128, 9, 11
+    rng = np.random.default_rng(7)
+    cb, idx, M = make_conv(rng, cin, cout, G, 1, 1, Cs, K)
+    bias = rng.standard_normal(cout).astype(np.float32)
+    x = rng.standard_normal((H, W, cin)).astype(np.float32)
+    x[0, 0] *= 1000.0  # the first chunk's step is ~1000x the others'
+    k = _core.QConvKernel(cin, cout, G, 1, 1, (1, 1), (0, 0, 0, 0), Cs, M, K, cb, idx, bias, False,
+                          isa=isa, lut=lut)
+    n = k.pointwise_chunk
+    assert n == 32  # 256 KB of float tables / (G * M * 128 entries * 4 bytes) = 32 pixels
+    assert n < H * W  # several chunks, the last one partial (99 = 3 * 32 + 3)
+    y = np.full(k.out_shape(H, W), np.nan, np.float32)
+    step = k.run(x, y, np.empty(k.scratch_nbytes(H, W), np.uint8))
+    y64, absterms, nlook = np_qconv(x, cb, idx, bias, G, (1, 1), (0, 0, 0, 0), False)
+    if lut != "int8":
+        check_close(y, step, lut, y64, absterms, nlook)
+        return
+    assert step == pytest.approx(np_table_step(x, cb, G), rel=1e-4)  # the largest chunk step
+    flat_x, flat_y = x.reshape(-1, 1, cin), y.reshape(-1, cout)
+    for p0 in range(0, H * W, n):  # each chunk within its own step's bound
+        chunk_step = np_table_step(flat_x[p0:p0 + n], cb, G)
+        assert chunk_step == pytest.approx(step, rel=1e-4) if p0 == 0 else chunk_step < step / 100
+        sl = slice(p0, p0 + n)
+        err = np.abs(flat_y[sl] - y64.reshape(-1, cout)[sl])
+        bound = (nlook.reshape(-1, cout)[sl] * chunk_step / 2 * (1 + 1e-3)
+                 + 1e-5 * absterms.reshape(-1, cout)[sl] + 1e-6)
+        assert np.all(err <= bound), f"chunk at pixel {p0}: error {err.max()} over its own step's bound"
+
+
+def test_only_pointwise_layers_are_chunked():
+    rng = np.random.default_rng(0)
+    cb, idx, M = make_conv(rng, 16, 8, 1, 1, 1, 4, 16)
+    for strides, pads in (((2, 2), (0, 0, 0, 0)), ((1, 1), (1, 1, 1, 1))):
+        k = _core.QConvKernel(16, 8, 1, 1, 1, strides, pads, 4, M, 16, cb, idx, None, False)
+        assert k.pointwise_chunk == 0
+    k = _core.QConvKernel(16, 8, 1, 1, 1, (1, 1), (0, 0, 0, 0), 4, M, 16, cb, idx, None, False)
+    assert k.pointwise_chunk > 0
+    assert _core.QConvKernel(16, 8, 1, 1, 1, (1, 1), (0, 0, 0, 0), 4, M, 16, cb, idx, None, False,
+                             lut="ref").pointwise_chunk == 0
+    cb3, idx3, M3 = make_conv(rng, 16, 8, 1, 3, 3, 4, 16)
+    assert _core.QConvKernel(16, 8, 1, 3, 3, (1, 1), (1, 1, 1, 1), 4, M3, 16, cb3, idx3, None,
+                             False).pointwise_chunk == 0
+
+
 # in, out, Cs, K, relu, bias
 FC_CASES = [
     (10, 7, 3, 2, False, False),

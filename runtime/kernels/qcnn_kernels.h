@@ -90,6 +90,7 @@ void qcnn_qfc_ref(const qcnn_qfc_params *p, const float *x, float *y, float *scr
  *                   min_k L_t[k] and all tables share one step s = max_t(max-min)/255, so
  *                   L_t[k] ~= min_t + s*q_t[k] with q in 0..255 and |error| <= s/2 per look-up.
  *                   Byte sums are exact integers; y = bias + sum(min_t) + s*sum(q).
+ *                   (Pointwise layers: one step per chunk of pixels instead of per image.)
  * The ISA actually used is min(requested, qcnn_isa_detect()); QCNN_LUT_REF/FLOAT are generic C.
  */
 typedef enum { QCNN_LUT_REF = 0, QCNN_LUT_FLOAT = 1, QCNN_LUT_INT8 = 2 } qcnn_lut_mode;
@@ -107,10 +108,14 @@ qcnn_isa qcnn_qconv_isa(const qcnn_qconv_prepared *q);
 /* Scratch bytes for an h x w input (includes slack so any scratch pointer alignment works). */
 size_t qcnn_qconv_scratch_bytes(const qcnn_qconv_prepared *q, int h, int w);
 /* y: [oh][ow][cout]. lut_step (may be NULL) receives the int8 step s used for this image
- * (0 for float modes), so callers/tests can bound the quantization error. */
+ * (0 for float modes), so callers/tests can bound the quantization error. Pointwise layers
+ * (1x1, stride 1, no padding) are run in chunks of qcnn_qconv_pointwise_chunk() pixels, each
+ * with its own step; lut_step then receives the largest. */
 void qcnn_qconv_run(const qcnn_qconv_prepared *q, const float *x, int h, int w, float *y,
                     void *scratch, float *lut_step);
 void qcnn_qconv_free(qcnn_qconv_prepared *q);
+/* Pixels per chunk of a pointwise layer (see qcnn_qconv_run); 0 if the layer is not pointwise. */
+int qcnn_qconv_pointwise_chunk(const qcnn_qconv_prepared *q);
 
 qcnn_qfc_prepared *qcnn_qfc_prepare(const qcnn_qfc_params *p, qcnn_isa isa, qcnn_lut_mode mode,
                                     const char **err);

@@ -214,10 +214,31 @@ static scratch_layout layout(const qcnn_qconv_prepared *q, int h, int w) {
     return s;
 }
 
+/* A pointwise layer (1x1, stride 1, no padding; not FC) reads exactly one input pixel per output
+ * pixel, so its pixels need not share one int8 step: they are run in chunks whose tables are built,
+ * quantized and looked up while they are still in cache, each chunk with its own (smaller or equal)
+ * step. Whole-image float tables would be large: SqueezeNet's last conv at 4/128 needs 11 MB.
+ * Chunks hold about CHUNK_TABLE_BYTES of float tables, and at least CHUNK_MIN_PIXELS pixels so
+ * the kernels' pixel blocking and index streaming stay efficient. */
+#define CHUNK_TABLE_BYTES (256u << 10)
+#define CHUNK_MIN_PIXELS 16
+
+int qcnn_qconv_pointwise_chunk(const qcnn_qconv_prepared *q) {
+    const qcnn_qconv_params *p = &q->p;
+    if (q->mode == QCNN_LUT_REF || q->fc || p->kh != 1 || p->kw != 1 || p->stride_h != 1 ||
+        p->stride_w != 1 || p->pad_top || p->pad_left || p->pad_bottom || p->pad_right)
+        return 0;
+    const size_t pix_bytes = (size_t)p->groups * q->M * q->Kp * sizeof(float);
+    const size_t n = CHUNK_TABLE_BYTES / pix_bytes;
+    return n < CHUNK_MIN_PIXELS ? CHUNK_MIN_PIXELS : n > 65536 ? 65536 : (int)n;
+}
+
 size_t qcnn_qconv_scratch_bytes(const qcnn_qconv_prepared *q, int h, int w) {
     if (q->mode == QCNN_LUT_REF)
         return (q->fc ? qcnn_qfc_ref_scratch_floats(&(qcnn_qfc_params){.nsub = q->M, .ncode = q->K})
                       : qcnn_qconv_ref_scratch_floats(&q->p, h, w)) * sizeof(float) + 64;
+    const int chunk = qcnn_qconv_pointwise_chunk(q);
+    if (chunk && (size_t)h * w > (size_t)chunk) return layout(q, 1, chunk).total;
     return layout(q, h, w).total;
 }
 
@@ -335,26 +356,16 @@ static void conv_float_generic(const qcnn_qconv_prepared *q, const float *Lf, in
 
 /* ------------------------------------------------------------------ per-image driver */
 
-void qcnn_qconv_run(const qcnn_qconv_prepared *q, const float *x, int h, int w, float *y,
-                    void *scratch, float *lut_step) {
+/* Build the tables of an h x w input, quantize them (int8 mode) with one step and look them up
+ * into y. s: 64-byte aligned scratch laid out by layout(q, h, w). Returns the step (0: float). */
+static float run_tables(const qcnn_qconv_prepared *q, const float *x, int h, int w, float *y,
+                        uint8_t *s) {
     const qcnn_qconv_params *p = &q->p;
-    uint8_t *s = align_ptr(scratch);
-    if (lut_step) *lut_step = 0.0f;
-    if (q->mode == QCNN_LUT_REF) {
-        if (q->fc) {
-            qcnn_qfc_params f = {p->cin, p->cout, q->Cs, q->M, q->K, p->codebooks, p->indices,
-                                 p->bias, p->relu};
-            qcnn_qfc_ref(&f, x, y, (float *)s);
-        } else {
-            qcnn_qconv_ref(p, x, h, w, y, (float *)s);
-        }
-        return;
-    }
     qlut_run r;
     r.q = q;
     qcnn_conv_out_size(h, w, p->kh, p->kw, p->stride_h, p->stride_w, p->pad_top, p->pad_left,
                        p->pad_bottom, p->pad_right, &r.oh, &r.ow);
-    if (r.oh <= 0 || r.ow <= 0) return;
+    if (r.oh <= 0 || r.ow <= 0) return 0.0f;
     r.PH = h + p->pad_top + p->pad_bottom;
     r.PW = w + p->pad_left + p->pad_right;
     scratch_layout sl = layout(q, h, w);
@@ -378,14 +389,13 @@ void qcnn_qconv_run(const qcnn_qconv_prepared *q, const float *x, int h, int w, 
     float maxr = build(q, x, h, w, Lf, tmin);
     if (q->mode == QCNN_LUT_FLOAT) {
         conv_float_generic(q, Lf, h, w, r.oh, r.ow, y, (float *)r.work);
-        return;
+        return 0.0f;
     }
 
     /* One step for the whole image so byte sums over pixels and subspaces stay exact integers.
      * Constant tables (range 0) quantize to 0 whatever the step. */
     float step = maxr > 1e-30f ? maxr / 255.0f : 1.0f;
     r.step = step;
-    if (lut_step) *lut_step = step;
     const float inv = 1.0f / step;
 
     const int G = p->groups, M = q->M;
@@ -455,6 +465,40 @@ void qcnn_qconv_run(const qcnn_qconv_prepared *q, const float *x, int h, int w, 
     }
     r.y = y;
     conv(&r);
+    return step;
+}
+
+void qcnn_qconv_run(const qcnn_qconv_prepared *q, const float *x, int h, int w, float *y,
+                    void *scratch, float *lut_step) {
+    const qcnn_qconv_params *p = &q->p;
+    uint8_t *s = align_ptr(scratch);
+    if (lut_step) *lut_step = 0.0f;
+    if (q->mode == QCNN_LUT_REF) {
+        if (q->fc) {
+            qcnn_qfc_params f = {p->cin, p->cout, q->Cs, q->M, q->K, p->codebooks, p->indices,
+                                 p->bias, p->relu};
+            qcnn_qfc_ref(&f, x, y, (float *)s);
+        } else {
+            qcnn_qconv_ref(p, x, h, w, y, (float *)s);
+        }
+        return;
+    }
+    const int chunk = qcnn_qconv_pointwise_chunk(q);
+    if (!chunk) {
+        const float step = run_tables(q, x, h, w, y, s);
+        if (lut_step) *lut_step = step;
+        return;
+    }
+    /* Pointwise: the input pixels are the output pixels, in the same order. Each chunk is run as
+     * a 1 x n image with its own step; the largest step is reported (it bounds every look-up). */
+    const size_t npix = (size_t)h * w;
+    float maxstep = 0.0f;
+    for (size_t p0 = 0; p0 < npix; p0 += (size_t)chunk) {
+        const int n = npix - p0 < (size_t)chunk ? (int)(npix - p0) : chunk;
+        const float step = run_tables(q, x + p0 * p->cin, 1, n, y + p0 * p->cout, s);
+        maxstep = step > maxstep ? step : maxstep;
+    }
+    if (lut_step) *lut_step = maxstep;
 }
 
 /* ------------------------------------------------------------------ fully connected */
