@@ -51,7 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="per-layer setting (forces quantization); repeatable")
     g.add_argument("--plan", metavar="speed=S|size=X|ms=T",
                    help="choose C/K or dense per layer automatically for this measured conv/fc speed-up "
-                        "(add ,cost=flops for Table 1 FLOPs), compression, or time budget; overrides --conv/--fc/--layer")
+                        "(add ,cost=flops for Table 1 FLOPs), compression, or time budget, or a speed/time and a "
+                        "size target together (speed=1,size=1.5: no slower than dense, 1.5x smaller); "
+                        "overrides --conv/--fc/--layer")
     g.add_argument("--plan-lut", choices=["int8", "float"], default="int8",
                    help="runtime table type the --plan timings are measured with (default int8)")
     g.add_argument("--skip", action="append", default=[], metavar="NAME", help="keep this layer dense; repeatable")

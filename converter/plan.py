@@ -3,6 +3,7 @@
     qcnn-convert MODEL.onnx -o OUT.qcnn --calib DATA --plan speed=2
     qcnn-convert MODEL.onnx -o OUT.qcnn --calib DATA --plan size=10
     qcnn-convert MODEL.onnx -o OUT.qcnn --calib DATA --plan ms=1.0        (conv/fc time budget)
+    qcnn-convert MODEL.onnx -o OUT.qcnn --calib DATA --plan speed=1,size=1.5  (both at once)
 
 A uniform setting such as 8/128 everywhere is a poor fit for nets like SqueezeNet: in a 1x1
 convolution with 16 input channels a 128-entry table per sub-vector costs more than the
@@ -16,7 +17,9 @@ and pick one candidate per layer minimising the summed error under the cost budg
 Selection is an exact multiple-choice knapsack (dynamic programming over savings rounded down to a
 fine grid; a few dozen layers x a dozen candidates x 20000 cells is instant), which beats a greedy or
 Lagrangian pick on the same numbers. A looser budget never yields a higher error (the feasible set
-only grows) - tested.
+only grows) - tested. A time (or FLOPs) target and a size target together (`speed=1,size=1.5`: no
+slower than the dense kernels and at least 1.5x smaller) use the same dynamic programming on a
+two-dimensional grid of savings.
 
 Response error from different layers is summed unweighted: a crude but standard proxy for the
 network output error (each layer's error is relative to its own response energy).
@@ -71,6 +74,11 @@ class Target:
     what: str  # speed, size or ms
     value: float
     cost: str  # time, flops or bytes
+    size: Optional[float] = None  # with speed/ms: also at least this compression (bytes)
+
+    def __str__(self) -> str:
+        text = f"{self.what}={self.value:g}"
+        return text + (f",size={self.size:g}" if self.size is not None else "")
 
 
 @dataclass
@@ -97,7 +105,8 @@ class Plan:
 
     def to_json(self) -> dict:
         t = self.totals()
-        return {"target": asdict(self.target), "lut": self.lut, "seconds": round(self.seconds, 2), **self.info,
+        target = {k: v for k, v in asdict(self.target).items() if v is not None}
+        return {"target": target, "lut": self.lut, "seconds": round(self.seconds, 2), **self.info,
                 "totals": t,
                 "layers": [{"name": lo.name, "choice": lo.candidates[lo.chosen].label,
                             "error": lo.candidates[lo.chosen].error, "ms": lo.candidates[lo.chosen].ms,
@@ -115,8 +124,9 @@ class Plan:
             lines.append(f"{lo.name[:16]:<16} {c.label:>7} {c.ms:>7.3f} {d.ms:>8.3f} {c.flops / 1e6:>8.1f} {c.error:>9.4f}")
         t = self.totals()
         lines.append("-" * len(head))
-        lines.append(f"plan {self.target.what}={self.target.value:g} (cost: {self.target.cost}): measured "
-                     f"{t['speedup_time']:.2f}x ({t['ms']:.3f} of {t['ms_dense']:.3f} ms), FLOPs {t['speedup_flops']:.2f}x, "
+        timed = (f"measured {t['speedup_time']:.2f}x ({t['ms']:.3f} of {t['ms_dense']:.3f} ms), "
+                 if np.isfinite(t["ms"]) else "not timed, ")
+        lines.append(f"plan {self.target} (cost: {self.target.cost}): {timed}FLOPs {t['speedup_flops']:.2f}x, "
                      f"size {t['compression']:.2f}x, summed plain response error {t['error']:.4f}")
         return "\n".join(lines)
 
@@ -134,7 +144,8 @@ def totals(layers: Sequence[LayerOptions], choice: Sequence[int]) -> Dict[str, f
 
 # --------------------------------------------------------------------------- target
 def parse_target(text: str) -> Target:
-    """'speed=2', 'size=10', 'ms=1.2', optionally ',cost=flops' (speed only)."""
+    """'speed=2', 'size=10', 'ms=1.2', optionally ',cost=flops' (speed only); 'speed=S,size=X' or
+    'ms=T,size=X' asks for both a time (or FLOPs) and a size target."""
     parts = [p.strip() for p in str(text).split(",") if p.strip()]
     kv = {}
     for p in parts:
@@ -144,15 +155,20 @@ def parse_target(text: str) -> Target:
         kv[k.strip()] = v.strip()
     goals = [k for k in ("speed", "size", "ms") if k in kv]
     unknown = set(kv) - {"speed", "size", "ms", "cost"}
-    if unknown or len(goals) != 1:
-        raise ConversionError(f"--plan: give exactly one of speed=, size=, ms= (and optionally cost=), got {text!r}")
-    what = goals[0]
-    try:
-        value = float(kv[what])
-    except ValueError:
-        raise ConversionError(f"--plan {what}: expected a number, got {kv[what]!r}") from None
-    if not value > 0 or (what in ("speed", "size") and value < 1):
-        raise ConversionError(f"--plan {what}={kv[what]}: must be {'>= 1' if what != 'ms' else '> 0'}")
+    if unknown or not goals or ("speed" in kv and "ms" in kv):
+        raise ConversionError(f"--plan: give one of speed=, size=, ms= (and optionally cost=), or size= with "
+                              f"speed= or ms=, got {text!r}")
+    values = {}
+    for what in goals:
+        try:
+            values[what] = float(kv[what])
+        except ValueError:
+            raise ConversionError(f"--plan {what}: expected a number, got {kv[what]!r}") from None
+        if not values[what] > 0 or (what in ("speed", "size") and values[what] < 1):
+            raise ConversionError(f"--plan {what}={kv[what]}: must be {'>= 1' if what != 'ms' else '> 0'}")
+    what = goals[0] if len(goals) == 1 else next(g for g in goals if g != "size")
+    value = values[what]
+    size = values["size"] if len(goals) == 2 else None
     cost = kv.get("cost", "bytes" if what == "size" else "time")
     if what == "size" and cost != "bytes":
         raise ConversionError("--plan size=X is always counted in bytes")
@@ -160,7 +176,7 @@ def parse_target(text: str) -> Target:
         raise ConversionError(f"--plan cost must be time or flops, got {cost!r}")
     if what == "ms" and cost != "time":
         raise ConversionError("--plan ms=T needs cost=time")
-    return Target(what, value, cost)
+    return Target(what, value, cost, size)
 
 
 # --------------------------------------------------------------------------- candidates
@@ -323,6 +339,12 @@ def budget(layers: Sequence[LayerOptions], target: Target) -> float:
 
 
 def select(layers: List[LayerOptions], target: Target, resolution: int = 20000) -> List[int]:
+    if target.size is not None:
+        return _select_two(layers, target)
+    return _select_one(layers, target, resolution)
+
+
+def _select_one(layers: List[LayerOptions], target: Target, resolution: int = 20000) -> List[int]:
     """Indices of the chosen candidate per layer: least summed error with total cost <= budget.
 
     Exact multiple-choice knapsack by dynamic programming over the *savings* against dense
@@ -367,6 +389,52 @@ def select(layers: List[LayerOptions], target: Target, resolution: int = 20000) 
         j = int(back[i][s])
         choice[i] = j
         s = max(0, s - int(save[i][j]))
+    return choice
+
+
+def _select_two(layers: List[LayerOptions], target: Target, resolution: int = 400) -> List[int]:
+    """select() for a time/FLOPs target and a size target together: the same dynamic programming
+    over a 2-D grid of savings (cost cells x byte cells), both rounded down, so the plan meets both
+    budgets in true costs. Candidates that cost more than dense in time/FLOPs are dropped (as in
+    the one-target case): they could only be paid for by another layer's savings."""
+    size_target = Target("size", target.size, "bytes")
+    cost = [np.array([_cost_of(c, target) for c in lo.candidates]) for lo in layers]
+    nbytes = [np.array([_cost_of(c, size_target) for c in lo.candidates]) for lo in layers]
+    err = [np.array([c.error for c in lo.candidates]) for lo in layers]
+    if any(not np.isfinite(cs).all() for cs in cost):
+        raise ConversionError("--plan: some candidate has no cost (kernel timing failed)")
+    needs, saves = [], []
+    for cs, tgt in ((cost, target), (nbytes, size_target)):
+        dense = float(sum(c[0] for c in cs))
+        unit = max(dense, 1e-300) / resolution
+        needs.append(max(0, int(np.ceil((dense - budget(layers, tgt)) / unit - 1e-9))))
+        saves.append([np.floor((c[0] - c) / unit + 1e-9).astype(np.int64) for c in cs])
+    nt, nb = needs
+    best = np.full((nt + 1, nb + 1), np.inf)  # least error of the layers so far saving >= (i, j) cells
+    best[0, 0] = 0.0
+    rows, cols = np.arange(nt + 1), np.arange(nb + 1)
+    back = []
+    for st, sb, es in zip(saves[0], saves[1], err):
+        new = np.full_like(best, np.inf)
+        arg = np.zeros(best.shape, np.int16)
+        for j in range(len(es)):
+            if st[j] < 0 or (j and st[j] == 0 and sb[j] <= 0 and es[j] >= es[0]):
+                continue  # slower than dense, or saves nothing
+            cand = best[np.ix_(np.maximum(rows - st[j], 0), np.maximum(cols - sb[j], 0))] + es[j]
+            better = cand < new - 1e-15
+            new[better] = cand[better]
+            arg[better] = j
+        best = new
+        back.append(arg)
+    if not np.isfinite(best[nt, nb]):
+        raise ConversionError(f"--plan {target} is out of reach: no choice of dense or (C's, K) per layer meets "
+                              f"both the {target.cost} and the size target")
+    i, j = nt, nb
+    choice = [0] * len(layers)
+    for li in range(len(layers) - 1, -1, -1):
+        c = int(back[li][i, j])
+        choice[li] = c
+        i, j = max(0, i - int(saves[0][li][c])), max(0, j - int(saves[1][li][c]))
     return choice
 
 

@@ -119,11 +119,46 @@ def test_out_of_reach_and_bad_targets(scored):
     model, x, layers = scored
     with pytest.raises(ConversionError, match="out of reach"):
         qplan.make_plan(model, x, "speed=1000", scored=layers)
-    for bad in ("fast", "speed=0.5", "speed=x", "speed=2,size=3", "size=2,cost=time", "speed=2,cost=watts", "ms=-1"):
+    for bad in ("fast", "speed=0.5", "speed=x", "speed=2,ms=3", "size=2,cost=time", "speed=2,cost=watts", "ms=-1",
+                "speed=2,size=0.5", "cost=time"):
         with pytest.raises(ConversionError):
             qplan.parse_target(bad)
     assert qplan.parse_target("speed=2").cost == "time"
     assert qplan.parse_target("speed=2,cost=flops") == qplan.Target("speed", 2.0, "flops")
+    assert qplan.parse_target("speed=1,size=1.5") == qplan.Target("speed", 1.0, "time", 1.5)
+    assert qplan.parse_target("size=2,ms=0.5") == qplan.Target("ms", 0.5, "time", 2.0)
+    assert str(qplan.parse_target("size=2,speed=1.25")) == "speed=1.25,size=2"
+
+
+def test_two_targets_are_met_together_and_optimally():
+    rng = np.random.default_rng(11)
+    layers = []
+    for i in range(4):
+        cands = [qplan.Candidate(0, 0, 1000, 4000, 0.0)]
+        for j in range(4):
+            cands.append(qplan.Candidate(4, 16 * (j + 1), int(rng.integers(300, 1300)), int(rng.integers(200, 2000)),
+                                         float(rng.random())))
+        layers.append(qplan.LayerOptions(f"l{i}", "conv", cands))
+    met = 0
+    for speed, size in ((1.0, 1.5), (1.2, 2.0), (1.5, 1.2), (1.3, 3.0)):
+        target = qplan.Target("speed", speed, "flops", size)
+        tbud, bbud = 4000 / speed, 16000 / size
+        fits = [ch for ch in itertools.product(range(5), repeat=4)
+                if all(lo.candidates[j].flops <= 1000 for lo, j in zip(layers, ch))  # never slower than dense
+                and sum(lo.candidates[j].flops for lo, j in zip(layers, ch)) <= tbud * (1 - 4 / 400)
+                and sum(lo.candidates[j].nbytes for lo, j in zip(layers, ch)) <= bbud - 4 * 16000 / 400]
+        try:
+            choice = qplan.select(layers, target)
+        except ConversionError as e:
+            assert not fits and "out of reach" in str(e)
+            continue
+        met += 1
+        pick = [lo.candidates[j] for lo, j in zip(layers, choice)]
+        assert sum(c.flops for c in pick) <= tbud and sum(c.nbytes for c in pick) <= bbud
+        if fits:  # optimal up to the 1/400 grid in each dimension
+            best = min(sum(lo.candidates[j].error for lo, j in zip(layers, ch)) for ch in fits)
+            assert sum(c.error for c in pick) <= best + 1e-12
+    assert met >= 2
 
 
 def test_convert_stores_plan_and_cli_prints_it(tmp_path, capsys):
@@ -148,5 +183,15 @@ def test_convert_stores_plan_and_cli_prints_it(tmp_path, capsys):
         assert r["quantized"] == (lay["choice"] != "dense")
         if r["quantized"]:
             assert f"{r['subvec']}/{r['ncode']}" == lay["choice"]
+    # a time and a size target together
+    out2 = tmp_path / "small2.qcnn"
+    assert cli_main([str(src), "-o", str(out2), "--calib", str(calib), "--plan", "speed=1.2,size=1.5,cost=flops"]) == 0
+    printed = capsys.readouterr()
+    assert "plan speed=1.2,size=1.5" in printed.out + printed.err
+    f = open_qcnn(out2)
+    plan = json.loads(f.model.metadata["qcnn.report"])["plan"]
+    f.close()
+    assert plan["target"] == {"what": "speed", "value": 1.2, "cost": "flops", "size": 1.5}
+    assert plan["totals"]["speedup_flops"] >= 1.2 and plan["totals"]["compression"] >= 1.5
     assert cli_main([str(src), "-o", str(tmp_path / "x.qcnn"), "--calib", str(calib), "--plan", "speed=banana"]) == 2
     assert "--plan" in capsys.readouterr().err
