@@ -18,8 +18,8 @@ Selection is an exact multiple-choice knapsack (dynamic programming over savings
 fine grid; a few dozen layers x a dozen candidates x 20000 cells is instant), which beats a greedy or
 Lagrangian pick on the same numbers. A looser budget never yields a higher error (the feasible set
 only grows) - tested. A time (or FLOPs) target and a size target together (`speed=1,size=1.5`: no
-slower than the dense kernels and at least 1.5x smaller) use the same dynamic programming on a
-two-dimensional grid of savings.
+slower than the dense kernels and at least 1.5x smaller) use dynamic programming on a
+two-dimensional grid of costs, where a slower but smaller layer can be paid for by another one.
 
 Response error from different layers is summed unweighted: a crude but standard proxy for the
 network output error (each layer's error is relative to its own response energy).
@@ -392,38 +392,35 @@ def _select_one(layers: List[LayerOptions], target: Target, resolution: int = 20
     return choice
 
 
-def _select_two(layers: List[LayerOptions], target: Target, resolution: int = 400) -> List[int]:
-    """select() for a time/FLOPs target and a size target together: the same dynamic programming
-    over a 2-D grid of savings (cost cells x byte cells), both rounded down, so the plan meets both
-    budgets in true costs. Candidates that cost more than dense in time/FLOPs are dropped (as in
-    the one-target case): they could only be paid for by another layer's savings."""
+def _select_two(layers: List[LayerOptions], target: Target, resolution: Tuple[int, int] = (1000, 400)) -> List[int]:
+    """select() for a time/FLOPs target and a size target together: dynamic programming over a 2-D
+    grid of *costs* (each candidate's cost rounded up to cells of budget/resolution, so the plan meets
+    both budgets in true costs). Unlike savings, costs let a layer that is slower than dense but
+    smaller be paid for by another layer's time savings (`ms=` or `speed=` with `size=`)."""
     size_target = Target("size", target.size, "bytes")
-    cost = [np.array([_cost_of(c, target) for c in lo.candidates]) for lo in layers]
-    nbytes = [np.array([_cost_of(c, size_target) for c in lo.candidates]) for lo in layers]
     err = [np.array([c.error for c in lo.candidates]) for lo in layers]
-    if any(not np.isfinite(cs).all() for cs in cost):
-        raise ConversionError("--plan: some candidate has no cost (kernel timing failed)")
-    needs, saves = [], []
-    for cs, tgt in ((cost, target), (nbytes, size_target)):
-        dense = float(sum(c[0] for c in cs))
-        unit = max(dense, 1e-300) / resolution
-        needs.append(max(0, int(np.ceil((dense - budget(layers, tgt)) / unit - 1e-9))))
-        saves.append([np.floor((c[0] - c) / unit + 1e-9).astype(np.int64) for c in cs])
-    nt, nb = needs
-    best = np.full((nt + 1, nb + 1), np.inf)  # least error of the layers so far saving >= (i, j) cells
-    best[0, 0] = 0.0
-    rows, cols = np.arange(nt + 1), np.arange(nb + 1)
+    cells, limits = [], []
+    for tgt, res in zip((target, size_target), resolution):
+        cs = [np.array([_cost_of(c, tgt) for c in lo.candidates]) for lo in layers]
+        if any(not np.isfinite(c).all() for c in cs):
+            raise ConversionError("--plan: some candidate has no cost (kernel timing failed)")
+        unit = max(budget(layers, tgt), 1e-300) / res
+        cells.append([np.ceil(c / unit - 1e-9).astype(np.int64) for c in cs])
+        limits.append(res)
+    nt, nb = limits
+    best = np.zeros((nt + 1, nb + 1))  # best[i, j]: least error of the layers so far costing <= (i, j) cells
     back = []
-    for st, sb, es in zip(saves[0], saves[1], err):
+    for ct, cb, es in zip(cells[0], cells[1], err):
         new = np.full_like(best, np.inf)
         arg = np.zeros(best.shape, np.int16)
-        for j in range(len(es)):
-            if st[j] < 0 or (j and st[j] == 0 and sb[j] <= 0 and es[j] >= es[0]):
-                continue  # slower than dense, or saves nothing
-            cand = best[np.ix_(np.maximum(rows - st[j], 0), np.maximum(cols - sb[j], 0))] + es[j]
+        for k in range(len(es)):
+            if ct[k] > nt or cb[k] > nb:
+                continue
+            cand = np.full_like(best, np.inf)
+            cand[ct[k]:, cb[k]:] = best[:nt + 1 - ct[k], :nb + 1 - cb[k]] + es[k]
             better = cand < new - 1e-15
             new[better] = cand[better]
-            arg[better] = j
+            arg[better] = k
         best = new
         back.append(arg)
     if not np.isfinite(best[nt, nb]):
@@ -432,9 +429,9 @@ def _select_two(layers: List[LayerOptions], target: Target, resolution: int = 40
     i, j = nt, nb
     choice = [0] * len(layers)
     for li in range(len(layers) - 1, -1, -1):
-        c = int(back[li][i, j])
-        choice[li] = c
-        i, j = max(0, i - int(saves[0][li][c])), max(0, j - int(saves[1][li][c]))
+        k = int(back[li][i, j])
+        choice[li] = k
+        i, j = i - int(cells[0][li][k]), j - int(cells[1][li][k])
     return choice
 
 
