@@ -53,6 +53,8 @@ cdef extern from "qcnn_kernels.h" nogil:
     _qk_isa _qk_prepared_isa "qcnn_qconv_isa"(const _qk_prepared *q)
     size_t _qk_conv_scratch "qcnn_qconv_scratch_bytes"(const _qk_prepared *q, int h, int w)
     int _qk_pointwise_chunk "qcnn_qconv_pointwise_chunk"(const _qk_prepared *q)
+    void _qk_set_table_budget "qcnn_qconv_set_table_budget"(_qk_prepared *q, size_t nbytes)
+    size_t _qk_table_budget "qcnn_qconv_table_budget"(const _qk_prepared *q)
     void _qk_conv_run "qcnn_qconv_run"(const _qk_prepared *q, const float *x, int h, int w,
                                        float *y, void *scratch, float *lut_step)
     void _qk_conv_free "qcnn_qconv_free"(_qk_prepared *q)
@@ -136,6 +138,17 @@ cdef class _QkBase:
     def isa(self):
         """The ISA the prepared kernel actually runs ('generic' for lut='ref'/'float')."""
         return _QK_ISA_NAMES[<int>_qk_prepared_isa(self._q)]
+
+    @property
+    def table_budget(self):
+        """Bytes of float tables a run holds at once: int8 layers with larger tables build them
+        twice, row by row (same results); pointwise layers run in chunks of about this size.
+        Set it before sharing the kernel between threads; scratch_nbytes() depends on it."""
+        return _qk_table_budget(self._q)
+
+    @table_budget.setter
+    def table_budget(self, size_t nbytes):
+        _qk_set_table_budget(self._q, nbytes)
 
     @property
     def pointwise_chunk(self):

@@ -62,6 +62,7 @@ static qcnn_qconv_prepared *prepare(const qcnn_qconv_params *p, qcnn_isa isa, qc
     if (mode != QCNN_LUT_INT8) isa = QCNN_ISA_GENERIC;
 
     qcnn_qconv_prepared *q = calloc(1, sizeof *q);
+    if (q) q->table_budget = QCNN_TABLE_BUDGET_DEFAULT;
     if (!q) goto oom;
     q->p = *p;
     q->fc = fc;
@@ -188,6 +189,42 @@ size_t qlut_work_bytes(const qcnn_qconv_prepared *q) {
     return ALIGN64((size_t)q->Ogp * 4);
 }
 
+/* Float tables are an intermediate: built, quantized to bytes, dropped. The driver keeps at most
+ * about q->table_budget bytes of them at once, so they stay in cache instead of streaming through
+ * memory (whole-image tables are MBs: AlexNet conv2 4.5 MB, SqueezeNet's last conv at 4/128 11 MB,
+ * and after another program ran, writing them costs a trip to DRAM per line).
+ *  - A pointwise layer (1x1, stride 1, no padding; not FC) reads exactly one input pixel per
+ *    output pixel, so its pixels need not share one int8 step: it runs in chunks of
+ *    qcnn_qconv_pointwise_chunk() pixels, each built, quantized and looked up with its own
+ *    (smaller or equal) step. At least CHUNK_MIN_PIXELS pixels, so the kernels' pixel blocking and
+ *    index streaming stay efficient.
+ *  - Other int8 layers whose tables exceed the budget are built twice, one input row at a time:
+ *    once for the step (the largest range; nothing is stored), once to quantize each row while it
+ *    is in cache. The same arithmetic as one pass, so the same bytes; it costs a second build. */
+#define CHUNK_MIN_PIXELS 16
+
+static size_t pixel_table_bytes(const qcnn_qconv_prepared *q) {
+    return (size_t)q->p.groups * q->M * q->Kp * sizeof(float);
+}
+
+int qcnn_qconv_pointwise_chunk(const qcnn_qconv_prepared *q) {
+    const qcnn_qconv_params *p = &q->p;
+    if (q->mode == QCNN_LUT_REF || q->fc || p->kh != 1 || p->kw != 1 || p->stride_h != 1 ||
+        p->stride_w != 1 || p->pad_top || p->pad_left || p->pad_bottom || p->pad_right)
+        return 0;
+    const size_t n = q->table_budget / pixel_table_bytes(q);
+    return n < CHUNK_MIN_PIXELS ? CHUNK_MIN_PIXELS : n > 65536 ? 65536 : (int)n;
+}
+
+/* 1: build the int8 tables of an h x w input in two passes, row by row (see above). */
+static int rowwise_tables(const qcnn_qconv_prepared *q, int h, int w) {
+    return q->mode == QCNN_LUT_INT8 && !q->fc && h > 1 &&
+           (size_t)h * w * pixel_table_bytes(q) > q->table_budget;
+}
+
+void qcnn_qconv_set_table_budget(qcnn_qconv_prepared *q, size_t bytes) { q->table_budget = bytes; }
+size_t qcnn_qconv_table_budget(const qcnn_qconv_prepared *q) { return q->table_budget; }
+
 /* Scratch layout of one run (each part 64-byte aligned). */
 typedef struct {
     size_t Lf, tmin, lq, tsum, off, work, total;
@@ -202,7 +239,8 @@ static scratch_layout layout(const qcnn_qconv_prepared *q, int h, int w) {
     size_t PH = (size_t)h + p->pad_top + p->pad_bottom, PW = (size_t)w + p->pad_left + p->pad_right;
     size_t tabs = (size_t)h * w * p->groups * q->M;
     size_t o = 0;
-    s.Lf = o;   o += ALIGN64(tabs * q->Kp * sizeof(float));
+    const size_t lf_tabs = rowwise_tables(q, h, w) ? (size_t)w * p->groups * q->M : tabs; /* one row */
+    s.Lf = o;   o += ALIGN64(lf_tabs * q->Kp * sizeof(float));
     s.tmin = o; o += ALIGN64(tabs * sizeof(float));
     if (q->mode == QCNN_LUT_INT8) {
         s.lq = o;   o += ALIGN64(PH * PW * p->groups * qlut_table_subspaces(q) * q->Kp);
@@ -214,24 +252,6 @@ static scratch_layout layout(const qcnn_qconv_prepared *q, int h, int w) {
     return s;
 }
 
-/* A pointwise layer (1x1, stride 1, no padding; not FC) reads exactly one input pixel per output
- * pixel, so its pixels need not share one int8 step: they are run in chunks whose tables are built,
- * quantized and looked up while they are still in cache, each chunk with its own (smaller or equal)
- * step. Whole-image float tables would be large: SqueezeNet's last conv at 4/128 needs 11 MB.
- * Chunks hold about CHUNK_TABLE_BYTES of float tables, and at least CHUNK_MIN_PIXELS pixels so
- * the kernels' pixel blocking and index streaming stay efficient. */
-#define CHUNK_TABLE_BYTES (256u << 10)
-#define CHUNK_MIN_PIXELS 16
-
-int qcnn_qconv_pointwise_chunk(const qcnn_qconv_prepared *q) {
-    const qcnn_qconv_params *p = &q->p;
-    if (q->mode == QCNN_LUT_REF || q->fc || p->kh != 1 || p->kw != 1 || p->stride_h != 1 ||
-        p->stride_w != 1 || p->pad_top || p->pad_left || p->pad_bottom || p->pad_right)
-        return 0;
-    const size_t pix_bytes = (size_t)p->groups * q->M * q->Kp * sizeof(float);
-    const size_t n = CHUNK_TABLE_BYTES / pix_bytes;
-    return n < CHUNK_MIN_PIXELS ? CHUNK_MIN_PIXELS : n > 65536 ? 65536 : (int)n;
-}
 
 size_t qcnn_qconv_scratch_bytes(const qcnn_qconv_prepared *q, int h, int w) {
     if (q->mode == QCNN_LUT_REF)
@@ -386,7 +406,16 @@ static float run_tables(const qcnn_qconv_prepared *q, const float *x, int h, int
         conv = qlut_conv_avx512;
     }
 #endif
-    float maxr = build(q, x, h, w, Lf, tmin);
+    const int rowwise = rowwise_tables(q, h, w);
+    const size_t row_tabs = (size_t)w * p->groups * q->M;
+    float maxr = 0.0f;
+    if (rowwise) /* pass 1: ranges and minima only; Lf holds one row and is overwritten */
+        for (int iy = 0; iy < h; iy++) {
+            const float r_row = build(q, x + (size_t)iy * w * p->cin, 1, w, Lf, tmin + iy * row_tabs);
+            maxr = r_row > maxr ? r_row : maxr;
+        }
+    else
+        maxr = build(q, x, h, w, Lf, tmin);
     if (q->mode == QCNN_LUT_FLOAT) {
         conv_float_generic(q, Lf, h, w, r.oh, r.ow, y, (float *)r.work);
         return 0.0f;
@@ -417,8 +446,12 @@ static float run_tables(const qcnn_qconv_prepared *q, const float *x, int h, int
         memset(row, 0, (size_t)p->pad_left * pix_bytes);
         memset(row + (size_t)(p->pad_left + w) * pix_bytes, 0, (size_t)p->pad_right * pix_bytes);
         size_t t0 = (size_t)iy * w * G * M;
-        quant(q, Lf + t0 * q->Kp, tmin + t0, (size_t)w * G * M, inv,
-              row + (size_t)p->pad_left * pix_bytes);
+        const float *Lrow = Lf + t0 * q->Kp;
+        if (rowwise) { /* pass 2: the same row again, quantized while in cache */
+            build(q, x + (size_t)iy * w * p->cin, 1, w, Lf, tmin + t0);
+            Lrow = Lf;
+        }
+        quant(q, Lrow, tmin + t0, (size_t)w * G * M, inv, row + (size_t)p->pad_left * pix_bytes);
         /* tsum = 0 + tmin[m=0] + tmin[1] + ... per (pixel, group); four sums at a time so their
          * adds overlap instead of waiting on each other (add latency). */
         memset(trow, 0, (size_t)r.PW * G * sizeof(float));
