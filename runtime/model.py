@@ -176,6 +176,8 @@ class Model:
                 d.update(quantized=False)
                 if isinstance(step.kernel, _core.DenseConvKernel):
                     d.update(precision=step.kernel.precision)
+                    if step.kernel.precision == "int8":  # amx, avx512vnni, avx2 or generic
+                        d.update(int8_kernel=step.kernel.int8_isa)
             out.append(d)
         return out
 

@@ -36,6 +36,7 @@ cdef extern from "ops.h" nogil:
         int nseg, seglen, nquad
         const signed char *wq
         const short *wq16
+        const signed char *wq_amx
         const float *wscale
         const int *wsum
     size_t qcnn_iconv_init(qcnn_iconv_params *p, const qcnn_dconv_params *geom)
@@ -45,6 +46,8 @@ cdef extern from "ops.h" nogil:
     void qcnn_iconv_widen(const qcnn_iconv_params *p, short *wq16)
     int qcnn_iconv_fast_available()
     int qcnn_iconv_avx2_available()
+    int qcnn_iconv_amx_available()
+    size_t qcnn_iconv_pack_amx(const qcnn_iconv_params *p, signed char *wq_amx)
     size_t qcnn_iconv_scratch_bytes(const qcnn_iconv_params *p, int h, int w)
     int qcnn_iconv_run(const qcnn_iconv_params *p, int fast, const float *x, int h, int w,
                        float *y, int ystride, void *scratch)
@@ -181,6 +184,11 @@ def int8_conv_fast_available():
     return bool(qcnn_iconv_fast_available())
 
 
+def int8_conv_amx_available():
+    """True if this CPU (and OS) runs the int8 dense conv's AMX kernel and QCNN_AMX is not 0."""
+    return bool(qcnn_iconv_amx_available())
+
+
 cdef class DenseConvKernel:
     """Dense ONNX Conv (dilation 1) over one NHWC image, weights packed once at construction.
 
@@ -189,20 +197,21 @@ cdef class DenseConvKernel:
     (top, left, bottom, right) too. isa: "auto" | "generic" | "avx2" | "avx512" | "ref".
 
     precision "int8": uint8 input (per image) x int8 weights (per channel), summed exactly in
-    int32 (ops.h, qcnn_iconv_params) — with the VNNI kernel when the CPU has it and isa is
-    avx512, the AVX2 kernel when isa is avx2 (or avx512 without VNNI), else portable C; all
-    three compute the same integers (int8_isa tells which ran). An image holding
-    NaN or infinity runs in fp32 instead. "fp32" (default): float arithmetic.
+    int32 (ops.h, qcnn_iconv_params) — with the AMX tile kernel when isa is avx512, amx is True
+    and the CPU has AMX, else the VNNI kernel when the CPU has it and isa is avx512, the AVX2
+    kernel when isa is avx2 (or avx512 without VNNI), else portable C; all of them compute the
+    same integers (int8_isa tells which ran). An image holding NaN or infinity runs in fp32
+    instead. "fp32" (default): float arithmetic.
     """
     cdef qcnn_dconv_params p
     cdef qcnn_iconv_params ip
     cdef int isa_code
     cdef bint int8_fast
-    cdef readonly object weight, packed, bias, wq, wq16, wscale, wsum
+    cdef readonly object weight, packed, bias, wq, wq16, wq_amx, wscale, wsum
     cdef readonly str isa, precision
 
     def __init__(self, weight, bias=None, strides=(1, 1), pads=(0, 0, 0, 0), int groups=1,
-                 bint relu=False, isa="auto", precision="fp32"):
+                 bint relu=False, isa="auto", precision="fp32", bint amx=True):
         if precision not in ("fp32", "int8"):
             raise ValueError(f"precision must be 'fp32' or 'int8', got {precision!r}")
         w = _ops_check(_ops_np.ascontiguousarray(weight, dtype=_ops_np.float32), "weight", 4)
@@ -240,8 +249,8 @@ cdef class DenseConvKernel:
         qcnn_dconv_pack(&self.p, self.p.weight, _ops_ptr(self.packed))
         self.p.packed = _ops_ptr(self.packed)
         self.precision = precision
-        self.wq = self.wq16 = self.wscale = self.wsum = None
-        cdef signed char[::1] wq_v
+        self.wq = self.wq16 = self.wq_amx = self.wscale = self.wsum = None
+        cdef signed char[::1] wq_v, wq_amx_v
         cdef short[::1] wq16_v
         cdef int[::1] wsum_v
         if precision == "int8":
@@ -258,6 +267,11 @@ cdef class DenseConvKernel:
             self.ip.wscale = _ops_ptr(self.wscale)
             self.ip.wsum = &wsum_v[0]
             self.int8_fast = self.isa_code == 2 and qcnn_iconv_fast_available()
+            if self.int8_fast and amx and qcnn_iconv_amx_available():
+                self.wq_amx = _ops_np.empty(qcnn_iconv_pack_amx(&self.ip, NULL), dtype=_ops_np.int8)
+                wq_amx_v = self.wq_amx
+                qcnn_iconv_pack_amx(&self.ip, &wq_amx_v[0])
+                self.ip.wq_amx = &wq_amx_v[0]
             if not self.int8_fast and self.isa_code >= 1 and qcnn_iconv_avx2_available():
                 # the AVX2 kernel multiplies 16-bit copies of the weights (vpmaddwd)
                 self.wq16 = _ops_np.empty(self.wq.shape[0], dtype=_ops_np.int16)
@@ -268,11 +282,13 @@ cdef class DenseConvKernel:
 
     @property
     def int8_isa(self):
-        """Which int8 kernel runs: 'avx512vnni', 'avx2', 'generic', or None for precision fp32."""
+        """Which int8 kernel runs: 'amx', 'avx512vnni', 'avx2', 'generic', or None for precision fp32."""
         if self.precision != "int8":
             return None
         if not self.int8_fast:
             return "generic"
+        if self.wq_amx is not None:
+            return "amx"
         return "avx2" if self.wq16 is not None else "avx512vnni"
 
     @property

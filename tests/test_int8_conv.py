@@ -11,14 +11,17 @@ import pytest
 from qcnn.runtime import _core
 
 FAST = _core.int8_conv_fast_available()
+AMX = _core.int8_conv_amx_available()
 HAVE = _core.isa_available()
-# DenseConvKernel isa names -> the int8 kernel each one runs here
-INT8_KERNEL = {"generic": "generic"}
+# variant -> (DenseConvKernel keyword arguments, the int8 kernel they run here)
+VARIANTS = {"generic": (dict(isa="generic"), "generic")}
 if "avx2" in HAVE:
-    INT8_KERNEL["avx2"] = "avx2"
+    VARIANTS["avx2"] = (dict(isa="avx2"), "avx2")
 if "avx512vbmi" in HAVE:
-    INT8_KERNEL["avx512"] = "avx512vnni" if FAST else "avx2"
-ISAS = list(INT8_KERNEL)
+    VARIANTS["avx512"] = (dict(isa="avx512", amx=False), "avx512vnni" if FAST else "avx2")
+    if AMX:
+        VARIANTS["amx"] = (dict(isa="avx512"), "amx")
+ISAS = list(VARIANTS)
 SIMD = [i for i in ISAS if i != "generic"]
 
 
@@ -82,7 +85,7 @@ def test_int8_conv_is_its_numpy_statement(isa):
     rng = np.random.default_rng(7)
     for _ in range(40):
         x, weight, bias, args = random_case(rng)
-        kern = _core.DenseConvKernel(weight, bias, isa=isa, precision="int8", **args)
+        kern = _core.DenseConvKernel(weight, bias, precision="int8", **VARIANTS[isa][0], **args)
         np.testing.assert_array_equal(run(kern, x), int8_conv_numpy(x, weight, bias, **args), err_msg=str(args))
 
 
@@ -93,13 +96,19 @@ def test_simd_kernel_equals_portable_kernel_on_alexnet_conv1_and_wide_layers(isa
     cases = [((227, 227, 3), (96, 3, 11, 11), dict(strides=(4, 4))),  # AlexNet conv1
              ((13, 15, 256), (136, 256, 3, 3), dict(pads=(1, 1, 1, 1), relu=True)),  # > L2 budget, partial block
              ((9, 21, 64), (50, 32, 1, 1), dict(groups=2)),
-             ((6, 37, 5), (17, 5, 3, 7), dict(strides=(2, 3), pads=(0, 2, 1, 0)))]
+             ((6, 37, 5), (17, 5, 3, 7), dict(strides=(2, 3), pads=(0, 2, 1, 0))),
+             # AMX: rows not a multiple of 32 pixels, segments not a multiple of 64 bytes, odd
+             # channel blocks, groups whose channels end inside a 64-byte chunk, stride 2
+             ((14, 14, 512), (72, 512, 3, 3), dict(pads=(1, 1, 1, 1))),
+             ((27, 27, 96), (256, 48, 5, 5), dict(groups=2, pads=(2, 2, 2, 2), relu=True)),
+             ((13, 13, 512), (1000, 512, 1, 1), dict()),
+             ((5, 71, 64), (40, 64, 3, 3), dict(strides=(1, 2), pads=(1, 0, 1, 2)))]
     for xs, ws, args in cases:
         x = rng.standard_normal(xs).astype(np.float32)
         weight, bias = rng.standard_normal(ws).astype(np.float32), rng.standard_normal(ws[0]).astype(np.float32)
-        fast = _core.DenseConvKernel(weight, bias, isa=isa, precision="int8", **args)
+        fast = _core.DenseConvKernel(weight, bias, precision="int8", **VARIANTS[isa][0], **args)
         slow = _core.DenseConvKernel(weight, bias, isa="generic", precision="int8", **args)
-        assert (fast.int8_isa, slow.int8_isa) == (INT8_KERNEL[isa], "generic")
+        assert (fast.int8_isa, slow.int8_isa) == (VARIANTS[isa][1], "generic")
         np.testing.assert_array_equal(run(fast, x), run(slow, x))
 
 
@@ -109,7 +118,7 @@ def test_int8_conv_error_against_fp32_is_small(isa):
     for _ in range(20):
         x, weight, bias, args = random_case(rng)
         ref = _core.DenseConvKernel(weight, bias, isa="ref", **args)
-        got = run(_core.DenseConvKernel(weight, bias, isa=isa, precision="int8", **args), x)
+        got = run(_core.DenseConvKernel(weight, bias, precision="int8", **VARIANTS[isa][0], **args), x)
         want = run(ref, x)
         # two roundings of half a step each: well under 2% of the output's scale
         assert np.linalg.norm(got - want) <= 0.02 * np.linalg.norm(want) + 1e-6, args
@@ -121,7 +130,7 @@ def test_int8_conv_non_finite_input_runs_in_fp32(isa):
     x = np.ones((5, 5, 2), np.float32)
     x[0, 0, 0] = np.nan
     x[4, 4, 1] = np.inf
-    got = run(_core.DenseConvKernel(weight, bias, isa=isa, precision="int8"), x)
+    got = run(_core.DenseConvKernel(weight, bias, precision="int8", **VARIANTS[isa][0]), x)
     want = run(_core.DenseConvKernel(weight, bias, isa="ref"), x)
     np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
     np.testing.assert_array_equal(got, want)
@@ -134,7 +143,7 @@ def test_int8_conv_constant_input_and_zero_channel(isa):
     bias = np.arange(5, dtype=np.float32)
     for value in (0.0, 2.5, -1.0):
         x = np.full((6, 7, 3), value, np.float32)
-        got = run(_core.DenseConvKernel(weight, bias, pads=(1, 1, 1, 1), isa=isa, precision="int8"), x)
+        got = run(_core.DenseConvKernel(weight, bias, pads=(1, 1, 1, 1), precision="int8", **VARIANTS[isa][0]), x)
         want = run(_core.DenseConvKernel(weight, bias, pads=(1, 1, 1, 1), isa="ref"), x)
         assert (got[..., 2] == 2.0).all()
         np.testing.assert_allclose(got, want, rtol=0.02, atol=0.02 * max(1.0, abs(value)) * 3)
@@ -145,8 +154,8 @@ def test_int8_conv_into_channel_slice(isa):
     rng = np.random.default_rng(5)
     x = rng.standard_normal((9, 11, 24)).astype(np.float32)
     wa, wb = rng.standard_normal((20, 24, 1, 1)).astype(np.float32), rng.standard_normal((36, 24, 3, 3)).astype(np.float32)
-    ka = _core.DenseConvKernel(wa, None, isa=isa, precision="int8", relu=True)
-    kb = _core.DenseConvKernel(wb, None, pads=(1, 1, 1, 1), isa=isa, precision="int8", relu=True)
+    ka = _core.DenseConvKernel(wa, None, precision="int8", **VARIANTS[isa][0], relu=True)
+    kb = _core.DenseConvKernel(wb, None, pads=(1, 1, 1, 1), precision="int8", **VARIANTS[isa][0], relu=True)
     scratch = np.empty(max(ka.scratch_nbytes(9, 11), kb.scratch_nbytes(9, 11)), np.uint8)
     out = np.full((9, 11, 60), np.nan, np.float32)
     ka.run(x, out, scratch, out_channel_offset=0)

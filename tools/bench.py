@@ -285,6 +285,7 @@ def bench_model(name: str, path: Optional[str], args, out_dir: Path, log) -> dic
     log(f"{name}: timing {args.runs} runs per engine, round-robin")
     model = Model(qpath, lut=args.lut, isa=args.isa, dense=args.dense)
     res["qcnn_dense_precision"] = model.dense  # what its dense convs ran in (int8, fp32, or int8+fp32 when chosen per layer)
+    res["qcnn_int8_kernels"] = sorted({d["int8_kernel"] for d in model.layers if "int8_kernel" in d})
     try:
         runners = {
             "onnx_fp32": common.ort_runner(common.ort_session(str(src), threads=args.threads)),
@@ -334,6 +335,11 @@ def _precision_text(dense: str) -> str:
     return "int8 or fp32, chosen per layer" if "+" in dense else dense
 
 
+def _kernels_text(report: dict) -> str:
+    kernels = sorted({k for m in report["models"] for k in m.get("qcnn_int8_kernels", [])})
+    return f" (int8 kernel: {', '.join(kernels)})" if kernels else ""
+
+
 def format_markdown(report: dict) -> str:
     hb = common.human_bytes
     s = report["settings"]
@@ -343,7 +349,8 @@ def format_markdown(report: dict) -> str:
            f"{'error-corrected (EC)' if s['ec'] else 'k-means'} product quantization, conv C's/K {s['conv']}, "
            f"fc {s['fc']}, last fc {s['last_fc']}"
            f"{', plan ' + s['plan'] if s.get('plan') else ''}. Convs kept dense ran in "
-           f"{', '.join(sorted({_precision_text(m.get('qcnn_dense_precision', 'fp32')) for m in report['models'] if 'error' not in m})) or 'fp32'}.", ""]
+           f"{', '.join(sorted({_precision_text(m.get('qcnn_dense_precision', 'fp32')) for m in report['models'] if 'error' not in m})) or 'fp32'}"
+           f"{_kernels_text(report)}.", ""]
     rows = []
     for m in report["models"]:
         if "error" in m:

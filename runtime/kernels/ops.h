@@ -80,6 +80,7 @@ typedef struct {
     int nseg, seglen, nquad;
     const int8_t *wq;     /* packed int8 weights (qcnn_iconv_pack) */
     const int16_t *wq16;  /* the same values widened to int16 for the AVX2 kernel, or NULL */
+    const int8_t *wq_amx; /* the same values in the AMX kernel's layout (qcnn_iconv_pack_amx), or NULL */
     const float *wscale;  /* [groups][ceil(cout_g/16)*16]: sw per channel, 0 past cout_g */
     const int32_t *wsum;  /* same layout: sum of the channel's int8 weights */
 } qcnn_iconv_params;
@@ -96,9 +97,15 @@ void qcnn_iconv_widen(const qcnn_iconv_params *p, int16_t *wq16);
 int qcnn_iconv_fast_available(void);
 /* 1 if it can run the AVX2 kernel (AVX2, OS-enabled). */
 int qcnn_iconv_avx2_available(void);
+/* 1 if it can run the AMX kernel (AMX-TILE/INT8, OS-enabled and granted to this process, plus
+ * the VNNI kernel's AVX-512 for the quantize pass), unless the environment says QCNN_AMX=0. */
+int qcnn_iconv_amx_available(void);
+/* Repack p->wq for the AMX kernel into wq_amx (NULL: only count); returns its size in bytes. */
+size_t qcnn_iconv_pack_amx(const qcnn_iconv_params *p, int8_t *wq_amx);
 size_t qcnn_iconv_scratch_bytes(const qcnn_iconv_params *p, int h, int w);
 /* y as for qcnn_dconv_run. fast: 1 = a SIMD kernel: AVX2 when p->wq16 is set (and the CPU
- * has it), else VNNI if available; 0 = portable C. All three compute the same integers.
+ * has it), else AMX when p->wq_amx is set (and the CPU has it), else VNNI if available;
+ * 0 = portable C. All of them compute the same integers.
  * Returns 0 (and writes nothing) if x holds a NaN or infinity: the caller then runs the fp32
  * kernel, whose result is defined for them. */
 int qcnn_iconv_run(const qcnn_iconv_params *p, int fast, const float *x, int h, int w, float *y,
@@ -185,7 +192,9 @@ typedef struct {
     const uint16_t *x16; /* the same values as 16-bit words (AVX2 kernel only; same offsets) */
     size_t xpix, xrow, xseg; /* bytes between output pixels' windows / input rows / segments */
     int kh, nseg, nquad;
-    const int8_t *w;   /* packed weights of the group: blocks of kh*nseg*nquad*64 bytes */
+    int nchunk;        /* AMX kernel: 64-byte chunks per segment (its weights' layout) */
+    const int8_t *w;   /* packed weights of the group: blocks of kh*nseg*nquad*64 bytes (AMX:
+                        * kh*nseg*nchunk*1024) */
     const int16_t *w16; /* the same widened (AVX2 kernel only) */
     int b0, b1, cout_g, ow;
     float *y;          /* output at (oy, 0), channel g*cout_g */
@@ -195,6 +204,9 @@ typedef struct {
 } qcnn_iconv_row;
 
 void qcnn_iconv_row_generic(const qcnn_iconv_row *r);
+void qcnn_iconv_row_amx(const qcnn_iconv_row *r);
+void qcnn_iconv_amx_begin(void); /* load the tile configuration (this thread) */
+void qcnn_iconv_amx_end(void);   /* release the tiles */
 #if defined(__x86_64__)
 void qcnn_iconv_row_vnni(const qcnn_iconv_row *r);
 int qcnn_iconv_range_avx512(const float *x, size_t n, float *lo, float *hi);

@@ -35,6 +35,7 @@ size_t qcnn_iconv_init(qcnn_iconv_params *p, const qcnn_dconv_params *geom)
     p->nquad = (p->seglen + 3) / 4;
     p->wq = NULL;
     p->wq16 = NULL;
+    p->wq_amx = NULL;
     p->wscale = NULL;
     p->wsum = NULL;
     return (size_t)geom->groups * nblocks(p) * geom->kh * p->nseg * p->nquad * NB * 4;
@@ -128,7 +129,10 @@ static iconv_layout layout(const qcnn_iconv_params *p, int h, int w)
     const size_t ph = (size_t)h + g->pad_top + g->pad_bottom, pw = (size_t)w + g->pad_left + g->pad_right;
     iconv_layout l;
     size_t o = 0;
-    l.xq = o;  o += ALIGN64(ph * pw * g->cin + 64);
+    /* AMX reads whole 64-byte chunks for 32 pixels at a time: the last tile of the last row
+     * reads up to 31 windows and one chunk past the image (its results are dropped). */
+    const size_t amx_slack = p->wq_amx ? 32 * (size_t)g->stride_w * g->cin + 128 : 0;
+    l.xq = o;  o += ALIGN64(ph * pw * g->cin + 64 + amx_slack);
     l.mul = o; o += ALIGN64(qcnn_iconv_channels(p) * sizeof(float));
     l.add = o; o += ALIGN64(qcnn_iconv_channels(p) * sizeof(float));
     l.xq16 = o; o += p->wq16 ? ALIGN64(ph * pw * g->cin + 64) * 2 : 0;
@@ -214,12 +218,18 @@ int qcnn_iconv_run(const qcnn_iconv_params *p, int fast, const float *x, int h, 
     void (*quantize_fn)(const float *, size_t, float, float, uint8_t *) = quantize_row;
     void (*row_fn)(const qcnn_iconv_row *) = qcnn_iconv_row_generic;
     int widen = 0; /* the AVX2 kernel reads a 16-bit copy of the quantized input */
+    int amx = 0;
 #if defined(__x86_64__)
     if (fast && p->wq16 && qcnn_iconv_avx2_available()) { /* wq16: the caller asked for AVX2 */
         range_fn = qcnn_iconv_range_avx2;
         quantize_fn = qcnn_iconv_quantize_avx2;
         row_fn = qcnn_iconv_row_avx2;
         widen = 1;
+    } else if (fast && p->wq_amx && qcnn_iconv_amx_available()) {
+        range_fn = qcnn_iconv_range_avx512;
+        quantize_fn = qcnn_iconv_quantize_avx512;
+        row_fn = qcnn_iconv_row_amx;
+        amx = 1;
     } else if (fast && qcnn_iconv_fast_available()) {
         range_fn = qcnn_iconv_range_avx512;
         quantize_fn = qcnn_iconv_quantize_avx512;
@@ -252,6 +262,9 @@ int qcnn_iconv_run(const qcnn_iconv_params *p, int fast, const float *x, int h, 
         memset(row + (size_t)(g_->pad_left + w) * C, zp, (size_t)g_->pad_right * C);
     }
     memset(xq + (size_t)(g_->pad_top + h) * prow, zp, (size_t)g_->pad_bottom * prow + 64);
+    if (amx) /* the slack AMX reads (finite bytes; their sums are dropped) */
+        memset(xq + (size_t)(g_->pad_top + h + g_->pad_bottom) * prow + 64, zp,
+               32 * (size_t)g_->stride_w * C + 128);
     const size_t nxq = (size_t)(g_->pad_top + h + g_->pad_bottom) * prow + 64;
     uint16_t *xq16 = (uint16_t *)(base + l.xq16);
     if (widen)
@@ -274,20 +287,26 @@ int qcnn_iconv_run(const qcnn_iconv_params *p, int fast, const float *x, int h, 
     r.kh = g_->kh;
     r.nseg = p->nseg;
     r.nquad = p->nquad;
+    r.nchunk = (p->nquad + 15) / 16;
     r.cout_g = cout_g;
     r.ow = OW;
     r.ypix = (size_t)ystride;
     r.relu = g_->relu;
+    if (amx)
+        qcnn_iconv_amx_begin();
     const size_t wgroup = (size_t)nb * g_->kh * p->nseg * p->nquad * NB * 4;
+    const size_t wgroup_amx = (size_t)(nb + 1) / 2 * 2 * g_->kh * p->nseg * r.nchunk * 16 * NB * 4;
     for (int g = 0; g < G; g++) {
-        r.w = p->wq + g * wgroup;
+        r.w = amx ? p->wq_amx + g * wgroup_amx : p->wq + g * wgroup;
         r.w16 = widen ? p->wq16 + g * wgroup : NULL;
         r.mul = mul + (size_t)g * nb * NB;
         r.add = add + (size_t)g * nb * NB;
         /* As in the fp32 driver: blocks in chunks whose weights stay in L2 while all rows go by. */
         const size_t budget = 512 * 1024, wbytes = wgroup * (widen ? 2 : 1);
         const int nchunks = (int)((wbytes + budget - 1) / budget);
-        const int per = (nb + nchunks - 1) / nchunks;
+        int per = (nb + nchunks - 1) / nchunks;
+        if (amx) /* whole pairs of blocks (the AMX tiles' 32 channels) */
+            per = (per + 1) / 2 * 2;
         for (int b0 = 0; b0 < nb; b0 += per) {
             r.b0 = b0;
             r.b1 = b0 + per < nb ? b0 + per : nb;
@@ -300,5 +319,7 @@ int qcnn_iconv_run(const qcnn_iconv_params *p, int fast, const float *x, int h, 
             }
         }
     }
+    if (amx)
+        qcnn_iconv_amx_end();
     return 1;
 }
