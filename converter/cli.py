@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "overrides --conv/--fc/--layer")
     g.add_argument("--plan-lut", choices=["int8", "float"], default="int8",
                    help="runtime table type the --plan timings are measured with (default int8)")
+    g.add_argument("--plan-error", choices=["output", "response"], default="output",
+                   help="what --plan scores a candidate by: the network output's error with that layer alone "
+                        "quantized (default), or the layer's own response error (cheaper)")
     g.add_argument("--skip", action="append", default=[], metavar="NAME", help="keep this layer dense; repeatable")
     g.add_argument("--pad-subspaces", action="store_true",
                    help="zero-pad the last subspace when C's does not divide the channels (default: keep dense)")
@@ -159,7 +162,8 @@ def run(argv=None) -> int:
         ec_ridge_few=args.ec_ridge_few, ec_tol=args.ec_tol,
         multilayer=not args.no_multilayer, kmeans_iters=args.kmeans_iters, labels=args.labels,
         report_plain=args.report_plain, input_shape=shape, progress=verbose and sys.stderr.isatty(), log=log,
-        threads=args.threads if args.threads > 0 else None, plan=args.plan, plan_lut=args.plan_lut)
+        threads=args.threads if args.threads > 0 else None, plan=args.plan, plan_lut=args.plan_lut,
+        plan_error=args.plan_error)
     from .convert import write
 
     nbytes = write(result.model, args.output)

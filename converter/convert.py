@@ -330,7 +330,8 @@ def convert(model_path, output: Optional[str] = None, *, calib=None, calib_count
             ec_ridge_few: float = 0.3, ec_tol: float = 1e-3,
             multilayer: bool = True, kmeans_iters: int = 30, labels=None, report_plain: bool = False,
             input_shape=None, progress: bool = False, log: Optional[Callable[[str], None]] = None,
-            threads: Optional[int] = 1, plan=None, plan_lut: str = "int8") -> ConversionResult:
+            threads: Optional[int] = 1, plan=None, plan_lut: str = "int8",
+            plan_error: str = "output") -> ConversionResult:
     """Convert an ONNX model (path or ModelProto) to a quantized ir.Model; write it if `output` is given.
 
     `calib` is a path (image folder, .npy, .npz) or an array (N, *input_shape) already preprocessed.
@@ -342,13 +343,13 @@ def convert(model_path, output: Optional[str] = None, *, calib=None, calib_count
         return _convert(model_path, output, calib, calib_count, seed, preprocess, mean, std, scale, size, crop,
                         bgr, conv, fc, last_fc, layers, skip, pad_subspaces, ec, ec_iters, ec_ridge, multilayer,
                         kmeans_iters, labels, report_plain, input_shape, progress, log, ec_ridge_few, ec_tol,
-                        plan, plan_lut)
+                        plan, plan_lut, plan_error)
 
 
 def _convert(model_path, output, calib, calib_count, seed, preprocess, mean, std, scale, size, crop, bgr, conv,
              fc, last_fc, layers, skip, pad_subspaces, ec, ec_iters, ec_ridge, multilayer, kmeans_iters, labels,
              report_plain, input_shape, progress, log, ec_ridge_few, ec_tol, plan=None,
-             plan_lut="int8") -> ConversionResult:
+             plan_lut="int8", plan_error="output") -> ConversionResult:
     log = log or (lambda msg: None)
     for what, (c, k) in (("--conv", conv), ("--fc", fc), ("--last-fc", last_fc)):
         check_ck(c, k, what)
@@ -389,7 +390,7 @@ def _convert(model_path, output, calib, calib_count, seed, preprocess, mean, std
     if plan is not None:  # --plan speed=S / size=X: per-layer C's/K or dense, see plan.py
         from .plan import make_plan
 
-        auto_plan = make_plan(model, x, plan, lut=plan_lut, seed=seed, log=log)
+        auto_plan = make_plan(model, x, plan, lut=plan_lut, seed=seed, error=plan_error, log=log)
         layers, skip = auto_plan.overrides()
         plans = plan_layers(model, conv, fc, last_fc, layers, skip, pad_subspaces)
         log(auto_plan.format())

@@ -62,6 +62,38 @@ def test_candidates_cover_dense_and_several_settings(scored):
     assert c3["4/128"] <= c3["4/16"] + 1e-9
 
 
+def test_output_probe_recomputes_only_downstream_and_matches_a_full_run():
+    import copy
+
+    from qcnn.converter.forward import run_model
+
+    model = import_onnx(small_onnx())
+    x = np.random.default_rng(4).standard_normal((5, 8, 16, 16)).astype(np.float32)
+    probe = qplan.OutputProbe(model, x)
+    y = run_model(model, x)[probe.target].astype(np.float64)
+    for op in [o for o in model.operators if hasattr(o, "weights") and o.weights is not None]:
+        assert probe.error(op, op.weights) == 0.0
+        w = op.weights + np.float32(0.05) * np.random.default_rng(1).standard_normal(op.weights.shape).astype(np.float32)
+        changed = copy.deepcopy(model)
+        next(o for o in changed.operators if o.name == op.name).weights = w
+        want = float(((run_model(changed, x)[probe.target] - y) ** 2).sum() / (y ** 2).sum())
+        assert probe.error(op, w) == pytest.approx(want, rel=1e-6) and want > 0
+
+
+def test_output_error_scoring():
+    model = import_onnx(small_onnx())
+    x = np.random.default_rng(1).standard_normal((8, 8, 16, 16)).astype(np.float32)
+    layers = qplan.score(model, x, time_kernels=False, kmeans_iters=8, error="output")
+    for lo in layers:
+        quant = [c for c in lo.candidates if not c.dense]
+        assert all(np.isfinite(c.error) and c.error >= 0 for c in quant)  # 0: K >= the sub-vectors
+    by_name = {lo.name: {c.label: c.error for c in lo.candidates} for lo in layers}
+    assert by_name["c1"]["4/16"] > by_name["c1"]["4/128"] > 0 and by_name["c3"]["4/16"] > by_name["c3"]["4/128"] > 0
+    assert max(by_name["fc"].values()) == 0  # 10 output columns: K >= 16 codewords reproduce them
+    with pytest.raises(ConversionError, match="output or response"):
+        qplan.score(model, x, time_kernels=False, error="logits")
+
+
 @pytest.mark.parametrize("cost", ["flops", "time"])
 def test_plan_meets_target_on_its_cost_model(scored, cost):
     model, x, layers = scored
@@ -127,6 +159,7 @@ def test_out_of_reach_and_bad_targets(scored):
     assert qplan.parse_target("speed=2,cost=flops") == qplan.Target("speed", 2.0, "flops")
     assert qplan.parse_target("speed=1,size=1.5") == qplan.Target("speed", 1.0, "time", 1.5)
     assert qplan.parse_target("size=2,ms=0.5") == qplan.Target("ms", 0.5, "time", 2.0)
+    assert qplan.parse_target("speed=0.8,size=2") == qplan.Target("speed", 0.8, "time", 2.0)  # slower, smaller
     assert str(qplan.parse_target("size=2,speed=1.25")) == "speed=1.25,size=2"
 
 
