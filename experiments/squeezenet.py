@@ -32,10 +32,13 @@ from qcnn.schema import ir  # noqa: E402
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--targets", default="1.1,1.2,size=1.5,size=2,size=3",
-                    help="plans: measured conv speed-ups over the dense runtime kernels, or size=X compression targets")
+    ap.add_argument("--targets", default="1.1;1.2;size=1.5;size=2;size=3;speed=1,size=1.3;speed=1,size=1.5",
+                    help="';'-separated plans: measured conv speed-ups over the dense runtime kernels (a bare "
+                         "number), or any qcnn-convert --plan target (size=X, speed=S,size=X, ...)")
     ap.add_argument("--main", default="size=1.5", help="the plan whose per-layer times and EC/plain errors are reported")
     ap.add_argument("--calib-count", type=int, default=100, help="calibration images for EC (of the 250)")
+    ap.add_argument("--error", default="output", choices=["output", "response"],
+                    help="what the plans score candidates by (qcnn-convert --plan-error)")
     ap.add_argument("--error-images", type=int, default=48, help="held-out images for response errors")
     ap.add_argument("--runs", type=int, default=40)
     ap.add_argument("--keep", help="write the .qcnn files here (for squeezenet_time.py --keep)")
@@ -58,7 +61,7 @@ def main(argv=None):
 
     model = import_onnx(str(onnx_path))
     t0 = time.time()
-    scored = qplan.score(model, xc, lut="int8", seed=0)
+    scored = qplan.score(model, xc, lut="int8", seed=0, error=args.error)
     print(f"scored {len(scored)} layers x candidates in {time.time() - t0:.0f} s", flush=True)
     dense_ms = sum(lo.candidates[0].ms for lo in scored)
     fastest = sum(min(c.ms for c in lo.candidates) for lo in scored)
@@ -83,20 +86,24 @@ def main(argv=None):
               flush=True)
 
     rows = []
-    targets = [t.strip() for t in args.targets.split(",")]
+    targets = [t.strip() for t in args.targets.split(";") if t.strip()]
     models = {}
     for t in targets:
-        if t.startswith("size="):  # a compression target (bytes); the rest are speed targets
-            target = qplan.Target("size", float(t[5:]), "bytes")
-        else:
+        if "=" in t:  # a --plan target
+            target = qplan.parse_target(t)
+        else:  # a bare number: measured conv speed-up over the dense kernels
             speed = max_speed * 0.995 if t == "max" else float(t)
             if speed > max_speed:
                 print(f"skip speed={speed}: above the reachable {max_speed:.2f}x")
                 continue
             target = qplan.Target("speed", speed, "time")
-        p = qplan.make_plan(model, None, target, scored=scored)
+        try:
+            p = qplan.make_plan(model, None, target, scored=scored)
+        except qplan.ConversionError as e:
+            print(f"skip {t}: {e}")
+            continue
         layers, skip = p.overrides()
-        path = tmp / f"plan-{t}.qcnn"
+        path = tmp / f"plan-{t.replace(',', '+')}.qcnn"
         t0 = time.time()
         res = convert(str(onnx_path), str(path), calib=xc[:args.calib_count], layers=layers, skip=skip, ec=True,
                       seed=0, preprocess="imagenet")
@@ -132,9 +139,10 @@ def main(argv=None):
     main_t = args.main if args.main in [r["target"] for r in rows] else rows[-1]["target"]
     lt_main = common.qcnn_step_ms(models[(main_t, "int8")], xe[0], 30)
     lt_dense = common.qcnn_step_ms(dense_model, xe[0], 30)
-    per_layer = [{"name": a["name"], "op": a["op"], "dense_ms": b["ms"], "plan_ms": a["ms"],
-                  "choice": next((r["plan"].get(a["name"]) for r in rows if r["target"] == main_t), None)}
-                 for a, b in zip(lt_main, lt_dense)]
+    dense_by_name = {b["name"]: b for b in lt_dense}  # by name: the two models' step lists may differ
+    per_layer = [{"name": a["name"], "op": a["op"], "dense_ms": dense_by_name.get(a["name"], {}).get("ms", float("nan")),
+                  "plan_ms": a["ms"], "choice": next((r["plan"].get(a["name"]) for r in rows if r["target"] == main_t), None)}
+                 for a in lt_main]
 
     # EC vs plain on held-out photos, main plan
     main_row = next(r for r in rows if r["target"] == main_t)
@@ -151,7 +159,7 @@ def main(argv=None):
     result = {"date": common.stamp(), "machine": common.machine(), "ort": {**ref_acc, "all500": all_acc, "ms": ms["ort"]},
               "qcnn_dense_ms": ms["qcnn-dense"], "dense": dense_rows, "dense_precision": dense_precision(), "conv_dense_ms": dense_ms, "conv_fastest_ms": fastest,
               "max_conv_speedup": max_speed, "plans": rows, "main": main_t, "per_layer": per_layer,
-              "errors": {"ec": err_ec, "plain": err_plain}, "calib_count": args.calib_count,
+              "errors": {"ec": err_ec, "plain": err_plain}, "calib_count": args.calib_count, "plan_error": args.error,
               "error_images": len(xh), "scored": [{"name": lo.name, "candidates": {c.label: {"ms": c.ms, "error": c.error}
                                                                                      for c in lo.candidates}} for lo in scored],
               "seconds": round(time.time() - t_start)}
@@ -163,7 +171,7 @@ def main(argv=None):
 
 
 def asdict_target(t) -> dict:
-    return {"what": t.what, "value": t.value, "cost": t.cost}
+    return {"what": t.what, "value": t.value, "cost": t.cost, **({"size": t.size} if t.size is not None else {})}
 
 
 def _label(target: str) -> str:
@@ -174,6 +182,7 @@ def markdown(r) -> str:
     o = r["ort"]
     L = [f"### SqueezeNet 1.1 on real photos ({r['date']}; {r['machine']})", "",
          f"Held-out: 250 odd-position photos (sorted by name); calibration: {r['calib_count']} of the 250 even-position ones. "
+         f"Plans score candidates by {r.get('plan_error', 'response')} error (qcnn-convert --plan-error). "
          f"onnxruntime fp32 {o['ms']:.2f} ms, top-1 {o['top1']:.1f}%, top-5 {o['top5']:.1f}% "
          f"(all 500: {o['all500']['top1']:.1f}% / {o['all500']['top5']:.1f}%). qcnn with every layer dense: {r['qcnn_dense_ms']:.2f} ms. "
          f"Conv layers alone (kernel timings): dense {r['conv_dense_ms']:.2f} ms, fastest candidate everywhere "

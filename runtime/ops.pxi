@@ -48,6 +48,7 @@ cdef extern from "ops.h" nogil:
     int qcnn_iconv_avx2_available()
     int qcnn_iconv_amx_available()
     size_t qcnn_iconv_pack_amx(const qcnn_iconv_params *p, signed char *wq_amx)
+    int qcnn_iconv_amx_pays(const qcnn_iconv_params *p)
     size_t qcnn_iconv_scratch_bytes(const qcnn_iconv_params *p, int h, int w)
     int qcnn_iconv_run(const qcnn_iconv_params *p, int fast, const float *x, int h, int w,
                        float *y, int ystride, void *scratch)
@@ -197,8 +198,9 @@ cdef class DenseConvKernel:
     (top, left, bottom, right) too. isa: "auto" | "generic" | "avx2" | "avx512" | "ref".
 
     precision "int8": uint8 input (per image) x int8 weights (per channel), summed exactly in
-    int32 (ops.h, qcnn_iconv_params) — with the AMX tile kernel when isa is avx512, amx is True
-    and the CPU has AMX, else the VNNI kernel when the CPU has it and isa is avx512, the AVX2
+    int32 (ops.h, qcnn_iconv_params) — with the AMX tile kernel when isa is avx512, the CPU has
+    AMX and amx is None (the default: where it beats VNNI) or True (always), else the VNNI kernel
+    when the CPU has it and isa is avx512, the AVX2
     kernel when isa is avx2 (or avx512 without VNNI), else portable C; all of them compute the
     same integers (int8_isa tells which ran). An image holding NaN or infinity runs in fp32
     instead. "fp32" (default): float arithmetic.
@@ -211,7 +213,7 @@ cdef class DenseConvKernel:
     cdef readonly str isa, precision
 
     def __init__(self, weight, bias=None, strides=(1, 1), pads=(0, 0, 0, 0), int groups=1,
-                 bint relu=False, isa="auto", precision="fp32", bint amx=True):
+                 bint relu=False, isa="auto", precision="fp32", amx=None):
         if precision not in ("fp32", "int8"):
             raise ValueError(f"precision must be 'fp32' or 'int8', got {precision!r}")
         w = _ops_check(_ops_np.ascontiguousarray(weight, dtype=_ops_np.float32), "weight", 4)
@@ -267,7 +269,8 @@ cdef class DenseConvKernel:
             self.ip.wscale = _ops_ptr(self.wscale)
             self.ip.wsum = &wsum_v[0]
             self.int8_fast = self.isa_code == 2 and qcnn_iconv_fast_available()
-            if self.int8_fast and amx and qcnn_iconv_amx_available():
+            if (self.int8_fast and amx is not False and qcnn_iconv_amx_available()
+                    and (amx is True or qcnn_iconv_amx_pays(&self.ip))):
                 self.wq_amx = _ops_np.empty(qcnn_iconv_pack_amx(&self.ip, NULL), dtype=_ops_np.int8)
                 wq_amx_v = self.wq_amx
                 qcnn_iconv_pack_amx(&self.ip, &wq_amx_v[0])

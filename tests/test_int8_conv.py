@@ -20,7 +20,7 @@ if "avx2" in HAVE:
 if "avx512vbmi" in HAVE:
     VARIANTS["avx512"] = (dict(isa="avx512", amx=False), "avx512vnni" if FAST else "avx2")
     if AMX:
-        VARIANTS["amx"] = (dict(isa="avx512"), "amx")
+        VARIANTS["amx"] = (dict(isa="avx512", amx=True), "amx")
 ISAS = list(VARIANTS)
 SIMD = [i for i in ISAS if i != "generic"]
 
@@ -110,6 +110,15 @@ def test_simd_kernel_equals_portable_kernel_on_alexnet_conv1_and_wide_layers(isa
         slow = _core.DenseConvKernel(weight, bias, isa="generic", precision="int8", **args)
         assert (fast.int8_isa, slow.int8_isa) == (VARIANTS[isa][1], "generic")
         np.testing.assert_array_equal(run(fast, x), run(slow, x))
+
+
+@pytest.mark.skipif(not AMX, reason="no AMX here")
+def test_amx_is_used_by_default_only_where_it_pays():
+    rng = np.random.default_rng(0)
+    for shape, kernel in (((64, 3, 3, 3), "avx512vnni"),  # 9 bytes per kernel row of a 64-byte chunk
+                          ((64, 64, 3, 3), "amx")):
+        kern = _core.DenseConvKernel(rng.standard_normal(shape).astype(np.float32), isa="avx512", precision="int8")
+        assert kern.int8_isa == kernel
 
 
 @pytest.mark.parametrize("isa", ISAS)

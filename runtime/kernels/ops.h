@@ -100,6 +100,8 @@ int qcnn_iconv_avx2_available(void);
 /* 1 if it can run the AMX kernel (AMX-TILE/INT8, OS-enabled and granted to this process, plus
  * the VNNI kernel's AVX-512 for the quantize pass), unless the environment says QCNN_AMX=0. */
 int qcnn_iconv_amx_available(void);
+/* 1 if the AMX kernel is expected to beat VNNI on this layer (see ops_iconv_amx.c). */
+int qcnn_iconv_amx_pays(const qcnn_iconv_params *p);
 /* Repack p->wq for the AMX kernel into wq_amx (NULL: only count); returns its size in bytes. */
 size_t qcnn_iconv_pack_amx(const qcnn_iconv_params *p, int8_t *wq_amx);
 size_t qcnn_iconv_scratch_bytes(const qcnn_iconv_params *p, int h, int w);

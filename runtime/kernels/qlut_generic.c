@@ -62,8 +62,8 @@ static qcnn_qconv_prepared *prepare(const qcnn_qconv_params *p, qcnn_isa isa, qc
     if (mode != QCNN_LUT_INT8) isa = QCNN_ISA_GENERIC;
 
     qcnn_qconv_prepared *q = calloc(1, sizeof *q);
-    if (q) q->table_budget = QCNN_TABLE_BUDGET_DEFAULT;
     if (!q) goto oom;
+    q->table_budget = QCNN_TABLE_BUDGET_DEFAULT;
     q->p = *p;
     q->fc = fc;
     q->mode = mode;
@@ -252,7 +252,6 @@ static scratch_layout layout(const qcnn_qconv_prepared *q, int h, int w) {
     return s;
 }
 
-
 size_t qcnn_qconv_scratch_bytes(const qcnn_qconv_prepared *q, int h, int w) {
     if (q->mode == QCNN_LUT_REF)
         return (q->fc ? qcnn_qfc_ref_scratch_floats(&(qcnn_qfc_params){.nsub = q->M, .ncode = q->K})
@@ -421,7 +420,8 @@ static float run_tables(const qcnn_qconv_prepared *q, const float *x, int h, int
         return 0.0f;
     }
 
-    /* One step for the whole image so byte sums over pixels and subspaces stay exact integers.
+    /* One step for the whole image (or pointwise chunk) so byte sums over pixels and subspaces
+     * stay exact integers.
      * Constant tables (range 0) quantize to 0 whatever the step. */
     float step = maxr > 1e-30f ? maxr / 255.0f : 1.0f;
     r.step = step;
