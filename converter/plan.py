@@ -47,6 +47,10 @@ DEFAULT_CANDIDATES = ((4, 16), (8, 16), (4, 32), (8, 32), (16, 32), (4, 64), (8,
                       (4, 128), (8, 128), (16, 128))
 PLAN_CALIB = 32  # calibration samples used to score candidates (EC later uses all of them)
 OUTPUT_CALIB = 16  # of those, the images the output error is measured on
+# Planning fits each candidate's k-means on at most this many sub-vectors per codeword (all are
+# then assigned): an estimate is enough to rank candidates, and AlexNet's fc6 (4096 sub-vectors in
+# each of 2304 subspaces, 11 candidates) took over 10 minutes with all of them.
+PLAN_FIT_PER_CODE = 16
 
 
 @dataclass
@@ -278,7 +282,8 @@ def plain_errors(op, S: np.ndarray, settings: Sequence[Tuple[int, int]], seed: i
         if stats is None:  # C's divides the channels: D and the row order are the same for every C's
             stats = collect_stats(op, geom, Wb, S, S)
             TT = max(sum(s.TT for s in stats), 1e-300)
-        cb, A = quantize.kmeans_layer(Wb, geom, np.random.default_rng([seed, i]), iters=kmeans_iters)
+        cb, A = quantize.kmeans_layer(Wb, geom, np.random.default_rng([seed, i]), iters=kmeans_iters,
+                                          fit_points=PLAN_FIT_PER_CODE * k)
         W = quantize.reconstruct_blocks(cb, A, geom)
         out[(c, k)] = sum(s.error(W[g]) for g, s in enumerate(stats)) / TT
         if weights_out is not None:
@@ -379,7 +384,8 @@ def _weight_errors(op, settings, seed, kmeans_iters):
     for i, (c, k) in enumerate(settings):
         geom = quantize.geometry(op, c, k)
         Wb = quantize.weight_blocks(op.weights, geom)
-        cb, A = quantize.kmeans_layer(Wb, geom, np.random.default_rng([seed, i]), iters=kmeans_iters)
+        cb, A = quantize.kmeans_layer(Wb, geom, np.random.default_rng([seed, i]), iters=kmeans_iters,
+                                          fit_points=PLAN_FIT_PER_CODE * k)
         W = quantize.reconstruct_blocks(cb, A, geom)
         out[(c, k)] = float(((W - Wb) ** 2).sum() / max((Wb ** 2).sum(), 1e-300))
     return out

@@ -189,12 +189,18 @@ def _labels(X32: np.ndarray, C: np.ndarray) -> np.ndarray:
 
 
 def kmeans_batch(X: np.ndarray, K: int, rng: np.random.Generator, iters: int = 30,
-                 tol: float = 1e-3) -> Tuple[np.ndarray, np.ndarray]:
+                 tol: float = 1e-3, fit_points: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
     """Lloyd's k-means on S independent problems X (S, N, d). Returns centres (S, K, d), labels (S, N).
 
     Stops after `iters` iterations or when at most a fraction `tol` of the labels changed.
+    fit_points: fit the centres on this many randomly chosen points per problem (the same subset for
+    all), then label all N (a cheap estimate for planning; None: all points).
     """
     S, N, d = X.shape
+    if fit_points is not None and N > max(fit_points, K):
+        sub = np.sort(rng.choice(N, size=max(fit_points, K), replace=False))
+        C, _ = kmeans_batch(X[:, sub], K, rng, iters, tol)
+        return C, _labels(X.astype(np.float32), C)
     X32 = X.astype(np.float32)
     C = _kmeanspp(X, K, rng)
     lab = _labels(X32, C)
@@ -223,10 +229,11 @@ def kmeans_batch(X: np.ndarray, K: int, rng: np.random.Generator, iters: int = 3
 
 
 def kmeans_layer(Wb: np.ndarray, geom: LayerGeom, rng: np.random.Generator, iters: int = 30,
-                 chunk_elems: int = 1 << 21) -> Tuple[np.ndarray, np.ndarray]:
+                 chunk_elems: int = 1 << 21, fit_points: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
     """Plain Q-CNN: k-means per (group, subspace) over all kernel positions and output channels.
 
     Wb (G, D, Cout/G) -> codebooks (G, M, K, C's) float64, assignments (G, P, M, Cout/G) int64.
+    fit_points: see kmeans_batch.
     """
     G, P, M, C, cg, K = geom.groups, geom.P, geom.nsub, geom.subvec, geom.cout_g, geom.ncode
     # (G, P, M, C, cg) -> problems (G*M) of N = P*cg vectors of length C
@@ -235,7 +242,7 @@ def kmeans_layer(Wb: np.ndarray, geom: LayerGeom, rng: np.random.Generator, iter
     labs = np.empty((G * M, P * cg), dtype=np.int64)
     step = max(1, chunk_elems // max(1, P * cg * K))
     for s0 in range(0, G * M, step):
-        cbs[s0:s0 + step], labs[s0:s0 + step] = kmeans_batch(X[s0:s0 + step], K, rng, iters)
+        cbs[s0:s0 + step], labs[s0:s0 + step] = kmeans_batch(X[s0:s0 + step], K, rng, iters, fit_points=fit_points)
     codebooks = cbs.reshape(G, M, K, C)
     assign = labs.reshape(G, M, P, cg).transpose(0, 2, 1, 3)
     return codebooks, np.ascontiguousarray(assign)

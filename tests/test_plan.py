@@ -227,3 +227,20 @@ def test_convert_stores_plan_and_cli_prints_it(tmp_path, capsys):
     assert plan["totals"]["speedup_flops"] >= 1.2 and plan["totals"]["compression"] >= 1.5
     assert cli_main([str(src), "-o", str(tmp_path / "x.qcnn"), "--calib", str(calib), "--plan", "speed=banana"]) == 2
     assert "--plan" in capsys.readouterr().err
+
+
+def test_planning_kmeans_fits_a_subset_and_labels_every_point():
+    from qcnn.converter import quantize
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((3, 3000, 4))
+    full_c, full_l = quantize.kmeans_batch(X, 16, np.random.default_rng(1), iters=15)
+    sub_c, sub_l = quantize.kmeans_batch(X, 16, np.random.default_rng(1), iters=15, fit_points=16 * 16)
+    assert sub_l.shape == (3, 3000)
+    d = ((X[:, :, None, :] - sub_c[:, None, :, :]) ** 2).sum(-1)
+    np.testing.assert_array_equal(sub_l, d.argmin(-1))  # every point labelled with its nearest centre
+
+    def err(c, lab):
+        return float(((X - np.take_along_axis(c, lab[..., None], axis=1)) ** 2).sum())
+
+    assert err(full_c, full_l) <= err(sub_c, sub_l) < 1.15 * err(full_c, full_l)
