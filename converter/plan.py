@@ -51,6 +51,15 @@ OUTPUT_CALIB = 16  # of those, the images the output error is measured on
 # then assigned): an estimate is enough to rank candidates, and AlexNet's fc6 (4096 sub-vectors in
 # each of 2304 subspaces, 11 candidates) took over 10 minutes with all of them.
 PLAN_FIT_PER_CODE = 16
+PLAN_KMEANS_WORK = 2e9  # ... and runs at most this many (subspace x point x codeword) distance terms
+
+
+def _plan_kmeans(Wb, geom, rng, kmeans_iters):
+    """k-means for scoring a candidate: a subset fit, fewer iterations on huge layers (at least 3)."""
+    fit = min(geom.P * geom.cout_g, PLAN_FIT_PER_CODE * geom.ncode)
+    per_iter = geom.groups * geom.nsub * fit * geom.ncode
+    iters = max(3, min(kmeans_iters, int(PLAN_KMEANS_WORK // max(per_iter, 1))))
+    return quantize.kmeans_layer(Wb, geom, rng, iters=iters, fit_points=PLAN_FIT_PER_CODE * geom.ncode)
 
 
 @dataclass
@@ -282,8 +291,7 @@ def plain_errors(op, S: np.ndarray, settings: Sequence[Tuple[int, int]], seed: i
         if stats is None:  # C's divides the channels: D and the row order are the same for every C's
             stats = collect_stats(op, geom, Wb, S, S)
             TT = max(sum(s.TT for s in stats), 1e-300)
-        cb, A = quantize.kmeans_layer(Wb, geom, np.random.default_rng([seed, i]), iters=kmeans_iters,
-                                          fit_points=PLAN_FIT_PER_CODE * k)
+        cb, A = _plan_kmeans(Wb, geom, np.random.default_rng([seed, i]), kmeans_iters)
         W = quantize.reconstruct_blocks(cb, A, geom)
         out[(c, k)] = sum(s.error(W[g]) for g, s in enumerate(stats)) / TT
         if weights_out is not None:
@@ -384,8 +392,7 @@ def _weight_errors(op, settings, seed, kmeans_iters):
     for i, (c, k) in enumerate(settings):
         geom = quantize.geometry(op, c, k)
         Wb = quantize.weight_blocks(op.weights, geom)
-        cb, A = quantize.kmeans_layer(Wb, geom, np.random.default_rng([seed, i]), iters=kmeans_iters,
-                                          fit_points=PLAN_FIT_PER_CODE * k)
+        cb, A = _plan_kmeans(Wb, geom, np.random.default_rng([seed, i]), kmeans_iters)
         W = quantize.reconstruct_blocks(cb, A, geom)
         out[(c, k)] = float(((W - Wb) ** 2).sum() / max((Wb ** 2).sum(), 1e-300))
     return out
