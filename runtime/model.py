@@ -41,7 +41,7 @@ class _Step:
     """One operator bound to its kernel: reads buffers `inputs`, writes buffer `output`."""
 
     __slots__ = ("op", "kind", "kernel", "in_shapes", "out_shape", "inputs", "output", "scratch_nbytes",
-                 "concat_into", "fused")
+                 "concat_into", "pool_into", "fused")
 
     def __init__(self, op, kind, kernel, in_shapes, out_shape):
         self.op, self.kind, self.kernel = op, kind, kernel
@@ -50,7 +50,12 @@ class _Step:
         self.output = -1
         self.scratch_nbytes = 0
         self.concat_into = None  # (concat step, channel offset): this conv writes into the concat's output
-        self.fused = False  # a Concat whose inputs were written in place by their producers
+        self.pool_into = None  # the MaxPool step this conv runs fused with (it writes the pool's output)
+        self.fused = False  # a Concat whose inputs were written in place by their producers, or a
+        # MaxPool run by the conv before it
+
+
+_DENSE_CONV = (_core.DenseConvKernel, _core.ConvMaxPoolKernel)
 
 
 def _hwc(shape):
@@ -130,7 +135,7 @@ class Model:
     def dense(self) -> str:
         """What the convs kept dense run in: "int8", "fp32", or "int8+fp32" when the choice
         differs per layer (dense="auto" on AVX2; `layers` gives each conv's precision)."""
-        used = sorted({st.kernel.precision for st in self._steps if isinstance(st.kernel, _core.DenseConvKernel)},
+        used = sorted({st.kernel.precision for st in self._steps if isinstance(st.kernel, _DENSE_CONV)},
                       reverse=True)
         return "+".join(used) if used else dense_precision(self.lut, self.isa, self._dense_setting)
 
@@ -174,10 +179,14 @@ class Model:
                 d.update(quantized=True, subvec=w.subvec, nsub=w.nsub, ncode=w.ncode, index_bits=w.index_bits)
             elif w is not None:
                 d.update(quantized=False)
-                if isinstance(step.kernel, _core.DenseConvKernel):
+                if isinstance(step.kernel, _DENSE_CONV):
                     d.update(precision=step.kernel.precision)
                     if step.kernel.precision == "int8":  # amx, avx512vnni, avx2 or generic
                         d.update(int8_kernel=step.kernel.int8_isa)
+            if step.pool_into is not None:
+                d.update(fused_with=step.pool_into.op.name)
+            elif step.kind == "MaxPool" and step.fused:
+                d.update(fused_into=next(st.op.name for st in self._steps if st.pool_into is step))
             out.append(d)
         return out
 
@@ -191,7 +200,28 @@ class Model:
             known[op.outputs[0]] = out_shape
             steps.append(_Step(op, type(op).__name__, self._kernel(op, isa), in_shapes, out_shape))
         self._fuse_concats(model, steps)
+        self._fuse_pools(model, steps)
         return steps
+
+    @staticmethod
+    def _fuse_pools(model: ir.Model, steps: List[_Step]):
+        """Run an int8 dense conv and the MaxPool that alone reads its output as one step
+        (ConvMaxPoolKernel): its rows are pooled while in cache instead of the whole output being
+        written and read back (SqueezeNet's conv0, VGG's block ends)."""
+        readers: Dict[str, List[_Step]] = {}
+        for st in steps:
+            for name in st.op.inputs:
+                readers.setdefault(name, []).append(st)
+        for st in steps:
+            out = st.op.outputs[0]
+            pool = readers.get(out, [None])[0]
+            if (isinstance(st.kernel, _core.DenseConvKernel) and st.kernel.precision == "int8"
+                    and st.concat_into is None and out not in model.outputs and len(readers.get(out, [])) == 1
+                    and pool.kind == "MaxPool" and pool.op.inputs == [out]):
+                st.kernel = _core.ConvMaxPoolKernel(st.kernel, pool.op.kernel, pool.op.strides, pool.op.pads,
+                                                    bool(pool.op.ceil_mode))
+                st.pool_into = pool
+                pool.fused = True
 
     @staticmethod
     def _fuse_concats(model: ir.Model, steps: List[_Step]):
@@ -272,9 +302,14 @@ class Model:
             return len(sizes) - 1
 
         for i, step in enumerate(self._steps):
+            if step.fused and step.kind == "MaxPool":
+                continue  # its output was written by the conv before it (no buffer, no step)
             step.inputs = [slot_of[n] for n in step.op.inputs]
             out_name = step.op.outputs[0]
             size, end = int(np.prod(step.out_shape)), last_use.get(out_name, i)
+            if step.pool_into is not None:  # writes the pooled output: the pool's tensor, sized as it
+                out_name = step.pool_into.op.outputs[0]
+                size, end = int(np.prod(step.pool_into.out_shape)), last_use.get(out_name, i)
             target = step.concat_into[0].op.outputs[0] if step.concat_into else (out_name if step.fused else None)
             if target is not None:
                 # A fused concat's output slot is taken when its first input is written.
@@ -327,9 +362,11 @@ class Model:
 
             steps = []
             for st in self._steps:
+                if st.fused:
+                    continue  # a Concat or MaxPool whose output its producers wrote
                 flat = st.kind == "Gemm"
                 ins = [view(s, shp, flat) for s, shp in zip(st.inputs, st.in_shapes)]
-                out = view(st.output, st.out_shape, flat)
+                out = view(st.output, st.pool_into.out_shape if st.pool_into else st.out_shape, flat)
                 if st.kind == "Flatten" and len(st.in_shapes[0]) == 3:
                     out = out.reshape(st.in_shapes[0])  # written in (C, H, W) order
                 elif st.kind == "GlobalAveragePool":
@@ -338,8 +375,6 @@ class Model:
                 if st.concat_into is not None:  # write the whole concat buffer at a channel offset
                     concat, offset = st.concat_into
                     out = view(st.output, concat.out_shape)
-                if st.fused:
-                    continue  # its inputs already sit in its output
                 steps.append((st, ins, out, offset))
             ws = self._local.ws = {
                 "input": view(0, self._ir.input_shape),
@@ -385,7 +420,8 @@ class Model:
 
     def profile(self, x: np.ndarray, runs: int = 20) -> List[dict]:
         """Time every operator on the first image of `x`: [{name, op, ms}] in plan order, ms being the
-        median over `runs` runs after one warm-up (a Concat fused into its convs shows 0)."""
+        median over `runs` runs after one warm-up (a Concat fused into its convs, or a MaxPool into the
+        conv before it, shows 0)."""
         x = self._check_input(x)
         ws = self._buffers()
         times = {id(step): [] for step, _, _, _ in ws["steps"]}

@@ -14,6 +14,11 @@ import numpy as _ops_np
 cdef extern from "ops.h" nogil:
     int qcnn_ops_resolve_isa(int requested)
 
+    ctypedef struct qcnn_pool_params:
+        int kh, kw, stride_h, stride_w
+        int pad_top, pad_left, pad_bottom, pad_right
+        int count_include_pad
+
     ctypedef struct qcnn_dconv_params:
         int cin, cout, groups
         int kh, kw, stride_h, stride_w
@@ -52,6 +57,10 @@ cdef extern from "ops.h" nogil:
     size_t qcnn_iconv_scratch_bytes(const qcnn_iconv_params *p, int h, int w)
     int qcnn_iconv_run(const qcnn_iconv_params *p, int fast, const float *x, int h, int w,
                        float *y, int ystride, void *scratch)
+    size_t qcnn_iconv_pool_scratch_bytes(const qcnn_iconv_params *p, const qcnn_pool_params *pool,
+                                         int h, int w)
+    int qcnn_iconv_run_maxpool(const qcnn_iconv_params *p, int fast, const float *x, int h, int w,
+                               const qcnn_pool_params *pool, float *y, int poh, int pow_, void *scratch)
 
     ctypedef struct qcnn_dfc_params:
         int in_ "in"
@@ -72,10 +81,6 @@ cdef extern from "ops.h" nogil:
     void qcnn_lrn(const float *x, float *y, size_t npix, int c, int size, float alpha,
                   float beta, float bias, int isa)
 
-    ctypedef struct qcnn_pool_params:
-        int kh, kw, stride_h, stride_w
-        int pad_top, pad_left, pad_bottom, pad_right
-        int count_include_pad
     int qcnn_pool_out_size(int in_, int k, int stride, int pad_begin, int pad_end, int ceil_mode)
     void qcnn_maxpool_ref(const qcnn_pool_params *p, const float *x, int h, int w, int c,
                           float *y, int oh, int ow)
@@ -363,6 +368,110 @@ cdef class DenseConvKernel:
                     done = qcnn_iconv_run(&self.ip, fast, xp, ih, iw, yp, ystride, sp)
                 if not done:
                     qcnn_dconv_run(&self.p, code, xp, ih, iw, yp, ystride, sp)
+        return y_hwc
+
+
+cdef class ConvMaxPoolKernel:
+    """A dense conv (DenseConvKernel, its ReLU included) and the MaxPool that reads its output,
+    run as one step: with int8 precision the conv rows are pooled a band at a time while still in
+    cache (qcnn_iconv_run_maxpool), so the conv's full output is never written; otherwise (fp32,
+    the reference, or an image holding NaN or infinity) the conv runs whole into the scratch and
+    is pooled from there. Either way the values are those of conv.run then maxpool.
+
+    kernel (kh, kw), strides (sh, sw), pads (t, l, b, r) and ceil_mode as the ONNX MaxPool."""
+    cdef readonly DenseConvKernel conv
+    cdef qcnn_pool_params pool
+    cdef readonly bint ceil_mode
+
+    def __init__(self, DenseConvKernel conv, kernel, strides, pads=(0, 0, 0, 0), bint ceil_mode=False):
+        kh, kw = (int(v) for v in kernel)
+        sh, sw = (int(v) for v in strides)
+        pt, pl, pb, pr = (int(v) for v in pads)
+        if kh < 1 or kw < 1 or sh < 1 or sw < 1 or min(pt, pl, pb, pr) < 0:
+            raise ValueError(f"pooling: expected kernel/strides >= 1 and pads >= 0, got "
+                             f"kernel ({kh}, {kw}) strides ({sh}, {sw}) pads ({pt}, {pl}, {pb}, {pr})")
+        self.conv = conv
+        self.pool.kh, self.pool.kw, self.pool.stride_h, self.pool.stride_w = kh, kw, sh, sw
+        self.pool.pad_top, self.pool.pad_left, self.pool.pad_bottom, self.pool.pad_right = pt, pl, pb, pr
+        self.pool.count_include_pad = 0
+        self.ceil_mode = ceil_mode
+
+    @property
+    def precision(self):
+        return self.conv.precision
+
+    @property
+    def int8_isa(self):
+        return self.conv.int8_isa
+
+    def conv_shape(self, int h, int w):
+        return self.conv.out_shape(h, w)
+
+    def out_shape(self, int h, int w):
+        """(poh, pow, cout) for an h x w input; ValueError if the conv or the pooling does not fit."""
+        oh, ow, c = self.conv.out_shape(h, w)
+        cdef qcnn_pool_params *q = &self.pool
+        poh = qcnn_pool_out_size(oh, q.kh, q.stride_h, q.pad_top, q.pad_bottom, self.ceil_mode)
+        pw = qcnn_pool_out_size(ow, q.kw, q.stride_w, q.pad_left, q.pad_right, self.ceil_mode)
+        if poh < 1 or pw < 1:
+            raise ValueError(f"pooling {q.kh}x{q.kw} does not fit the conv's {oh}x{ow} output")
+        return (poh, pw, c)
+
+    def scratch_nbytes(self, int h, int w):
+        """The conv's scratch, then room for its whole output (the unfused path)."""
+        oh, ow, c = self.conv.out_shape(h, w)
+        need = int(self.conv.scratch_nbytes(h, w))
+        need = (need + 63) // 64 * 64 + 4 * oh * ow * c + 64
+        if self.conv.precision == "int8" and self.conv.isa_code != -2:
+            need = max(need, int(qcnn_iconv_pool_scratch_bytes(&self.conv.ip, &self.pool, h, w)))
+        return need
+
+    def run(self, x_hwc, y_hwc, scratch=None):
+        """y_hwc[:] = maxpool(conv(x_hwc)). scratch: writable, >= scratch_nbytes(h, w) bytes."""
+        x = _ops_check(x_hwc, "x", 3)
+        y = _ops_check(y_hwc, "y", 3, True)
+        h, w, c = x.shape
+        if c != self.conv.p.cin:
+            raise ValueError(f"x: expected {self.conv.p.cin} channels, got shape {x.shape}")
+        want = self.out_shape(h, w)
+        if tuple(y.shape) != want:
+            raise ValueError(f"y: expected shape {want}, got {tuple(y.shape)}")
+        if _ops_overlap(x, y):
+            raise ValueError("y: expected a buffer distinct from x, got an overlapping one")
+        cdef size_t need = self.scratch_nbytes(h, w)
+        if scratch is None:
+            raise ValueError(f"scratch: expected a buffer of >= {need} bytes, got None")
+        cdef unsigned char[::1] s = memoryview(scratch).cast("B")
+        if <size_t>s.shape[0] < need:
+            raise ValueError(f"scratch: expected >= {need} bytes, got {s.shape[0]}")
+        if (_ops_ranges_overlap(<size_t>&s[0], need, <size_t>_ops_ptr(x), x.nbytes) or
+                _ops_ranges_overlap(<size_t>&s[0], need, <size_t>_ops_ptr(y), y.nbytes)):
+            raise ValueError("scratch: expected a buffer separate from x and y, got an overlapping one")
+        cdef const float *xp = _ops_ptr(x)
+        cdef float *yp = _ops_ptr(y)
+        cdef int ih = h, iw = w, poh = want[0], pw = want[1], cout = want[2], done = 0
+        cdef int fast = self.conv.int8_fast
+        if self.conv.precision == "int8" and self.conv.isa_code != -2:
+            with nogil:
+                done = qcnn_iconv_run_maxpool(&self.conv.ip, fast, xp, ih, iw, &self.pool, yp, poh, pw, &s[0])
+            if done:
+                return y_hwc
+        # unfused: the conv's output in the scratch, behind the conv's own scratch
+        oh, ow, _ = self.conv.out_shape(h, w)
+        cdef size_t off = (<size_t>self.conv.scratch_nbytes(h, w) + 63) // 64 * 64
+        cdef size_t base = <size_t>&s[0]
+        cdef size_t aligned = (base + off + 63) // 64 * 64
+        tmp = _ops_np.frombuffer(scratch, dtype=_ops_np.float32, count=oh * ow * cout,
+                                 offset=aligned - base).reshape(oh, ow, cout)
+        self.conv.run(x, tmp, scratch[:off] if off else None)
+        cdef int ioh = oh, iow = ow
+        cdef float *tp = <float *>aligned
+        cdef int code = self.conv.isa_code
+        with nogil:
+            if code == -2:
+                qcnn_maxpool_ref(&self.pool, tp, ioh, iow, cout, yp, poh, pw)
+            else:
+                qcnn_maxpool(&self.pool, tp, ioh, iow, cout, yp, poh, pw, code)
         return y_hwc
 
 

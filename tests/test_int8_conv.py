@@ -121,6 +121,71 @@ def test_amx_is_used_by_default_only_where_it_pays():
         assert kern.int8_isa == kernel
 
 
+def conv_then_maxpool(conv, x, kernel, strides, pads, ceil_mode):
+    t = run(conv, x)
+    pool = _core.ConvMaxPoolKernel(conv, kernel, strides, pads, ceil_mode)
+    y = np.full(pool.out_shape(*x.shape[:2]), np.nan, np.float32)
+    return _core.maxpool(t, y, *kernel, *strides, *pads)
+
+
+@pytest.mark.parametrize("isa", ISAS + ["fp32"])
+def test_conv_maxpool_fused_equals_conv_then_maxpool(isa):
+    """ConvMaxPoolKernel: the same floats as the two steps, with bands of conv rows smaller than
+    the image (large outputs), ceil mode, pooling padding, pooling stride above its window, and
+    a NaN image (the int8 kernel then falls back to fp32, unfused)."""
+    rng = np.random.default_rng(13)
+    kw = dict(precision="fp32") if isa == "fp32" else dict(precision="int8", **VARIANTS[isa][0])
+    big = [((111, 97, 3), (64, 3, 3, 3), dict(strides=(2, 2), relu=True), (3, 3), (2, 2), (0, 0, 0, 0), False),
+           ((60, 70, 16), (130, 16, 3, 3), dict(pads=(1, 1, 1, 1)), (2, 2), (2, 2), (0, 0, 0, 0), True),
+           ((45, 40, 8), (64, 8, 3, 3), dict(pads=(1, 1, 1, 1), relu=True), (3, 3), (3, 3), (1, 1, 1, 1), True),
+           ((90, 50, 4), (128, 4, 1, 1), dict(), (2, 3), (3, 2), (1, 0, 1, 0), False)]
+    for case in range(40 + len(big)):
+        if case < len(big):
+            xs, ws, args, kernel, strides, pads, ceil = big[case]
+            x = rng.standard_normal(xs).astype(np.float32)
+            weight, bias = rng.standard_normal(ws).astype(np.float32), rng.standard_normal(ws[0]).astype(np.float32)
+            args = dict(args)
+        else:
+            x, weight, bias, args = random_case(rng)
+            args["groups"] = 1
+            weight = rng.standard_normal((weight.shape[0], x.shape[2]) + weight.shape[2:]).astype(np.float32)
+            k = int(rng.integers(1, 4))
+            kernel, strides = (k, int(rng.integers(1, 4))), (int(rng.integers(1, 4)), int(rng.integers(1, 4)))
+            pads = tuple(int(v) for v in rng.integers(0, 2, 4)) if k > 1 and kernel[1] > 1 else (0, 0, 0, 0)
+            ceil = bool(rng.random() < 0.5)
+            if case % 10 == 0:
+                x[0, 0, 0] = np.nan
+        conv = _core.DenseConvKernel(weight, bias, **kw, **args)
+        fused = _core.ConvMaxPoolKernel(conv, kernel, strides, pads, ceil)
+        h, w = x.shape[:2]
+        try:
+            shape = fused.out_shape(h, w)
+        except ValueError:
+            continue  # the pooling window does not fit the conv's output
+        y = np.full(shape, np.nan, np.float32)
+        fused.run(x, y, np.empty(fused.scratch_nbytes(h, w), np.uint8))
+        np.testing.assert_array_equal(y, conv_then_maxpool(conv, x, kernel, strides, pads, ceil),
+                                      err_msg=str((case, x.shape, weight.shape, args, kernel, strides, pads, ceil)))
+
+
+def test_conv_maxpool_validation():
+    conv = _core.DenseConvKernel(np.ones((4, 2, 3, 3), np.float32), precision="int8")
+    with pytest.raises(ValueError, match="pooling"):
+        _core.ConvMaxPoolKernel(conv, (0, 2), (2, 2))
+    fused = _core.ConvMaxPoolKernel(conv, (2, 2), (2, 2))
+    assert fused.out_shape(9, 9) == (3, 3, 4) and fused.precision == "int8"
+    x = np.ones((9, 9, 2), np.float32)
+    scratch = np.empty(fused.scratch_nbytes(9, 9), np.uint8)
+    with pytest.raises(ValueError, match="y: expected shape"):
+        fused.run(x, np.empty((7, 7, 4), np.float32), scratch)
+    with pytest.raises(ValueError, match="channels"):
+        fused.run(np.ones((9, 9, 3), np.float32), np.empty((3, 3, 4), np.float32), scratch)
+    with pytest.raises(ValueError, match="scratch"):
+        fused.run(x, np.empty((3, 3, 4), np.float32), scratch[:10])
+    with pytest.raises(ValueError, match="does not fit"):
+        _core.ConvMaxPoolKernel(conv, (5, 5), (1, 1)).out_shape(5, 5)
+
+
 @pytest.mark.parametrize("isa", ISAS)
 def test_int8_conv_error_against_fp32_is_small(isa):
     rng = np.random.default_rng(11)

@@ -126,6 +126,20 @@ def test_dense_conv_precision_choice(fire_qcnn):
     assert 0 < _rel_l2(got, ref) <= 0.03
 
 
+def test_int8_conv_and_its_maxpool_run_fused_with_unchanged_values(fire_qcnn, monkeypatch):
+    x = np.random.default_rng(5).standard_normal((2, 3, 17, 15)).astype(np.float32)
+    fused = Model(fire_qcnn, dense="int8")
+    layers = {d["name"]: d for d in fused.layers}
+    assert layers["conv1"]["fused_with"] == "pool1" and layers["pool1"]["fused_into"] == "conv1"
+    assert [p["ms"] for p in fused.profile(x[:1], runs=2) if p["name"] == "pool1"] == [0.0]
+    monkeypatch.setattr(Model, "_fuse_pools", staticmethod(lambda model, steps: None))
+    unfused = Model(fire_qcnn, dense="int8")
+    assert "fused_with" not in unfused.layers[0]
+    np.testing.assert_array_equal(fused.run(x), unfused.run(x))
+    monkeypatch.undo()
+    assert "fused_with" not in Model(fire_qcnn, dense="fp32").layers[0]  # fp32 convs: nothing to gain
+
+
 @pytest.mark.parametrize("isa", _core.isa_available())
 def test_every_isa_agrees(isa, fire_qcnn):
     x = np.random.default_rng(3).standard_normal((2, 3, 17, 15)).astype(np.float32)

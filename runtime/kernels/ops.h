@@ -113,6 +113,7 @@ size_t qcnn_iconv_scratch_bytes(const qcnn_iconv_params *p, int h, int w);
 int qcnn_iconv_run(const qcnn_iconv_params *p, int fast, const float *x, int h, int w, float *y,
                    int ystride, void *scratch);
 
+
 /* ------------------------------------------------------------------ dense fully connected */
 /* y[o] = bias[o] + sum_i W[o][i] x[i]  (ONNX Gemm with transB=1), W float32 [out][in]. */
 typedef struct {
@@ -168,6 +169,14 @@ void qcnn_avgpool(const qcnn_pool_params *p, const float *x, int h, int w, int c
                   int ow);
 /* [h][w][c] -> [c] mean over all pixels. */
 void qcnn_global_avgpool(const float *x, int h, int w, int c, float *y);
+
+/* The conv (its ReLU included) followed by a max pooling of its output, fused: conv rows are
+ * computed a band at a time into the scratch and pooled while still in cache, so the full conv
+ * output is never written. y: [poh][pow][cout], poh/pow as for qcnn_maxpool (qcnn_pool_out_size
+ * on the conv's output). Same values as qcnn_iconv_run then qcnn_maxpool; same return values. */
+size_t qcnn_iconv_pool_scratch_bytes(const qcnn_iconv_params *p, const qcnn_pool_params *pool, int h, int w);
+int qcnn_iconv_run_maxpool(const qcnn_iconv_params *p, int fast, const float *x, int h, int w,
+                           const qcnn_pool_params *pool, float *y, int poh, int pow_, void *scratch);
 
 /* ------------------------------------------------------------------ internal (ops_conv*.c) */
 /* One output row of one group of a dense conv, as handed to the per-ISA row kernels. The input

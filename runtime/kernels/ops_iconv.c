@@ -205,35 +205,53 @@ void qcnn_iconv_row_generic(const qcnn_iconv_row *r)
 }
 
 /* ---------------------------------------------------------------- driver */
-int qcnn_iconv_run(const qcnn_iconv_params *p, int fast, const float *x, int h, int w, float *y,
-                   int ystride, void *scratch)
+/* What iconv_prepare() leaves for iconv_rows(): the row kernel, its arguments and where the
+ * quantized input and per-channel factors sit in the scratch. */
+typedef struct {
+    void (*row_fn)(const qcnn_iconv_row *);
+    qcnn_iconv_row r; /* the fields shared by every row */
+    int widen, amx, pool_isa;
+    const uint8_t *xq;
+    const uint16_t *xq16;
+    float *mul, *add;
+    int OH, OW;
+    size_t prow;
+} iconv_ctx;
+
+/* Chooses the kernel, quantizes x into the scratch and fills the per-channel factors. Returns 0
+ * if x holds a NaN or infinity (nothing is written to y then). */
+static int iconv_prepare(const qcnn_iconv_params *p, int fast, const float *x, int h, int w, void *scratch,
+                         iconv_ctx *c)
 {
     const qcnn_dconv_params *g_ = &p->geom;
-    int OH, OW;
-    if (!qcnn_dconv_out_size(g_, h, w, &OH, &OW))
-        return 1;
-    const int C = g_->cin, G = g_->groups, cin_g = C / G, cout_g = g_->cout / G, nb = nblocks(p);
+    if (!qcnn_dconv_out_size(g_, h, w, &c->OH, &c->OW))
+        return 0;
+    const int C = g_->cin, G = g_->groups, cout_g = g_->cout / G, nb = nblocks(p);
     const size_t n = (size_t)h * w * C;
     int (*range_fn)(const float *, size_t, float *, float *) = input_range;
     void (*quantize_fn)(const float *, size_t, float, float, uint8_t *) = quantize_row;
-    void (*row_fn)(const qcnn_iconv_row *) = qcnn_iconv_row_generic;
-    int widen = 0; /* the AVX2 kernel reads a 16-bit copy of the quantized input */
-    int amx = 0;
+    c->row_fn = qcnn_iconv_row_generic;
+    c->widen = 0; /* the AVX2 kernel reads a 16-bit copy of the quantized input */
+    c->amx = 0;
+    c->pool_isa = 0; /* qcnn_maxpool's isa code for a fused pooling: the same family */
 #if defined(__x86_64__)
     if (fast && p->wq16 && qcnn_iconv_avx2_available()) { /* wq16: the caller asked for AVX2 */
         range_fn = qcnn_iconv_range_avx2;
         quantize_fn = qcnn_iconv_quantize_avx2;
-        row_fn = qcnn_iconv_row_avx2;
-        widen = 1;
+        c->row_fn = qcnn_iconv_row_avx2;
+        c->widen = 1;
+        c->pool_isa = 1;
     } else if (fast && p->wq_amx && qcnn_iconv_amx_available()) {
         range_fn = qcnn_iconv_range_avx512;
         quantize_fn = qcnn_iconv_quantize_avx512;
-        row_fn = qcnn_iconv_row_amx;
-        amx = 1;
+        c->row_fn = qcnn_iconv_row_amx;
+        c->amx = 1;
+        c->pool_isa = 2;
     } else if (fast && qcnn_iconv_fast_available()) {
         range_fn = qcnn_iconv_range_avx512;
         quantize_fn = qcnn_iconv_quantize_avx512;
-        row_fn = qcnn_iconv_row_vnni;
+        c->row_fn = qcnn_iconv_row_vnni;
+        c->pool_isa = 2;
     }
 #else
     (void)fast;
@@ -262,64 +280,156 @@ int qcnn_iconv_run(const qcnn_iconv_params *p, int fast, const float *x, int h, 
         memset(row + (size_t)(g_->pad_left + w) * C, zp, (size_t)g_->pad_right * C);
     }
     memset(xq + (size_t)(g_->pad_top + h) * prow, zp, (size_t)g_->pad_bottom * prow + 64);
-    if (amx) /* the slack AMX reads (finite bytes; their sums are dropped) */
+    if (c->amx) /* the slack AMX reads (finite bytes; their sums are dropped) */
         memset(xq + (size_t)(g_->pad_top + h + g_->pad_bottom) * prow + 64, zp,
                32 * (size_t)g_->stride_w * C + 128);
     const size_t nxq = (size_t)(g_->pad_top + h + g_->pad_bottom) * prow + 64;
     uint16_t *xq16 = (uint16_t *)(base + l.xq16);
-    if (widen)
+    if (c->widen)
         for (size_t i = 0; i < nxq; i++) /* vectorised by the compiler; ~1% of the conv */
             xq16[i] = xq[i];
 
     /* y = sx*sw*(acc - zp*wsum) + bias = acc*mul + add */
     for (int g = 0; g < G; g++)
-        for (int c = 0; c < nb * NB; c++) {
-            const size_t ch = (size_t)g * nb * NB + c;
+        for (int ch_ = 0; ch_ < nb * NB; ch_++) {
+            const size_t ch = (size_t)g * nb * NB + ch_;
             mul[ch] = sx * p->wscale[ch];
-            const float b = (g_->bias && c < cout_g) ? g_->bias[g * cout_g + c] : 0.0f;
+            const float b = (g_->bias && ch_ < cout_g) ? g_->bias[g * cout_g + ch_] : 0.0f;
             add[ch] = b - (float)zp * (float)p->wsum[ch] * mul[ch];
         }
 
-    qcnn_iconv_row r;
-    r.xpix = (size_t)g_->stride_w * C;
-    r.xrow = prow;
-    r.xseg = p->nseg == 1 ? 0 : (size_t)C;
-    r.kh = g_->kh;
-    r.nseg = p->nseg;
-    r.nquad = p->nquad;
-    r.nchunk = (p->nquad + 15) / 16;
-    r.cout_g = cout_g;
-    r.ow = OW;
+    qcnn_iconv_row *r = &c->r;
+    r->xpix = (size_t)g_->stride_w * C;
+    r->xrow = prow;
+    r->xseg = p->nseg == 1 ? 0 : (size_t)C;
+    r->kh = g_->kh;
+    r->nseg = p->nseg;
+    r->nquad = p->nquad;
+    r->nchunk = (p->nquad + 15) / 16;
+    r->cout_g = cout_g;
+    r->ow = c->OW;
+    r->relu = g_->relu;
+    c->xq = xq;
+    c->xq16 = c->widen ? xq16 : NULL;
+    c->mul = mul;
+    c->add = add;
+    c->prow = prow;
+    return 1;
+}
+
+/* Output rows [r0, r1) into y, row r at y + (r - r0)*OW*ystride (between iconv_prepare and, on
+ * AMX, qcnn_iconv_amx_begin/end). */
+static void iconv_rows(const qcnn_iconv_params *p, iconv_ctx *c, int r0, int r1, float *y, int ystride)
+{
+    const qcnn_dconv_params *g_ = &p->geom;
+    const int G = g_->groups, cin_g = g_->cin / G, cout_g = g_->cout / G, nb = nblocks(p);
+    qcnn_iconv_row r = c->r;
     r.ypix = (size_t)ystride;
-    r.relu = g_->relu;
-    if (amx)
-        qcnn_iconv_amx_begin();
     const size_t wgroup = (size_t)nb * g_->kh * p->nseg * p->nquad * NB * 4;
     const size_t wgroup_amx = (size_t)(nb + 1) / 2 * 2 * g_->kh * p->nseg * r.nchunk * 16 * NB * 4;
     for (int g = 0; g < G; g++) {
-        r.w = amx ? p->wq_amx + g * wgroup_amx : p->wq + g * wgroup;
-        r.w16 = widen ? p->wq16 + g * wgroup : NULL;
-        r.mul = mul + (size_t)g * nb * NB;
-        r.add = add + (size_t)g * nb * NB;
+        r.w = c->amx ? p->wq_amx + g * wgroup_amx : p->wq + g * wgroup;
+        r.w16 = c->widen ? p->wq16 + g * wgroup : NULL;
+        r.mul = c->mul + (size_t)g * nb * NB;
+        r.add = c->add + (size_t)g * nb * NB;
         /* As in the fp32 driver: blocks in chunks whose weights stay in L2 while all rows go by. */
-        const size_t budget = 512 * 1024, wbytes = wgroup * (widen ? 2 : 1);
+        const size_t budget = 512 * 1024, wbytes = wgroup * (c->widen ? 2 : 1);
         const int nchunks = (int)((wbytes + budget - 1) / budget);
         int per = (nb + nchunks - 1) / nchunks;
-        if (amx) /* whole pairs of blocks (the AMX tiles' 32 channels) */
+        if (c->amx) /* whole pairs of blocks (the AMX tiles' 32 channels) */
             per = (per + 1) / 2 * 2;
         for (int b0 = 0; b0 < nb; b0 += per) {
             r.b0 = b0;
             r.b1 = b0 + per < nb ? b0 + per : nb;
-            for (int oy = 0; oy < OH; oy++) {
-                const size_t xo = (size_t)oy * g_->stride_h * prow + (size_t)g * cin_g;
-                r.x = xq + xo;
-                r.x16 = widen ? xq16 + xo : NULL;
-                r.y = y + (size_t)oy * OW * ystride + (size_t)g * cout_g;
-                row_fn(&r);
+            for (int oy = r0; oy < r1; oy++) {
+                const size_t xo = (size_t)oy * g_->stride_h * c->prow + (size_t)g * cin_g;
+                r.x = c->xq + xo;
+                r.x16 = c->widen ? c->xq16 + xo : NULL;
+                r.y = y + (size_t)(oy - r0) * c->OW * ystride + (size_t)g * cout_g;
+                c->row_fn(&r);
             }
         }
     }
-    if (amx)
+}
+
+int qcnn_iconv_run(const qcnn_iconv_params *p, int fast, const float *x, int h, int w, float *y,
+                   int ystride, void *scratch)
+{
+    int OH, OW;
+    if (!qcnn_dconv_out_size(&p->geom, h, w, &OH, &OW))
+        return 1;
+    iconv_ctx c;
+    if (!iconv_prepare(p, fast, x, h, w, scratch, &c))
+        return 0;
+    if (c.amx)
+        qcnn_iconv_amx_begin();
+    iconv_rows(p, &c, 0, c.OH, y, ystride);
+    if (c.amx)
+        qcnn_iconv_amx_end();
+    return 1;
+}
+
+/* ---------------------------------------------------------------- conv + max pooling */
+/* Conv output rows held at once by the pooled driver: about 256 KB, so they are pooled while
+ * still in L2 (an unfused conv writes its whole output, which the pooling then reads back:
+ * SqueezeNet's conv0 writes 3.2 MB), plus room for the rows two pooling windows share. */
+static int band_rows(const qcnn_iconv_params *p, const qcnn_pool_params *pool, int OW)
+{
+    const size_t row_bytes = (size_t)OW * p->geom.cout * sizeof(float);
+    int rows = (int)(256 * 1024 / (row_bytes ? row_bytes : 1));
+    rows = rows < 1 ? 1 : rows;
+    return rows + pool->kh;
+}
+
+size_t qcnn_iconv_pool_scratch_bytes(const qcnn_iconv_params *p, const qcnn_pool_params *pool, int h, int w)
+{
+    int OH, OW;
+    if (!qcnn_dconv_out_size(&p->geom, h, w, &OH, &OW))
+        return qcnn_iconv_scratch_bytes(p, h, w);
+    const size_t band = (size_t)band_rows(p, pool, OW) * OW * p->geom.cout * sizeof(float);
+    return ALIGN64(qcnn_iconv_scratch_bytes(p, h, w)) + band + 64;
+}
+
+int qcnn_iconv_run_maxpool(const qcnn_iconv_params *p, int fast, const float *x, int h, int w,
+                           const qcnn_pool_params *pool, float *y, int poh, int pow_, void *scratch)
+{
+    int OH, OW;
+    if (!qcnn_dconv_out_size(&p->geom, h, w, &OH, &OW))
+        return 1;
+    iconv_ctx c;
+    if (!iconv_prepare(p, fast, x, h, w, scratch, &c))
+        return 0;
+    const int C = p->geom.cout, cap = band_rows(p, pool, OW);
+    const size_t rowf = (size_t)OW * C;
+    float *band = (float *)(((uintptr_t)scratch + ALIGN64(qcnn_iconv_scratch_bytes(p, h, w)) + 63) & ~(uintptr_t)63);
+    if (c.amx)
+        qcnn_iconv_amx_begin();
+    int lo = 0, hi = 0; /* the band holds conv rows [lo, hi) */
+    for (int py = 0; py < poh; py++) {
+        /* pooling window rows [s, e), clipped to the conv output */
+        const int s = py * pool->stride_h - pool->pad_top, e = s + pool->kh;
+        const int ec = e > OH ? OH : e, sc = s < 0 ? 0 : s > ec ? ec : s;
+        if (sc >= hi) { /* nothing kept is needed (stride > window: skip the rows between) */
+            lo = hi = sc;
+        }
+        if (ec > hi) {
+            if (ec > lo + cap) { /* full: keep the rows this window shares with the last one */
+                memmove(band, band + (size_t)(sc - lo) * rowf, (size_t)(hi - sc) * rowf * sizeof(float));
+                lo = sc;
+            }
+            const int end = lo + cap < OH ? lo + cap : OH;
+            iconv_rows(p, &c, hi, end, band + (size_t)(hi - lo) * rowf, C);
+            hi = end;
+        }
+        /* one output row: the window's rows start at the band's row sc; the vertical padding
+         * (rows above the conv output) is only counted, never read */
+        qcnn_pool_params row = *pool;
+        row.pad_top = sc - s;
+        row.pad_bottom = pool->kh;
+        qcnn_maxpool(&row, band + (size_t)(sc - lo) * rowf, ec - sc, OW, C, y + (size_t)py * pow_ * C, 1, pow_,
+                     c.pool_isa);
+    }
+    if (c.amx)
         qcnn_iconv_amx_end();
     return 1;
 }
