@@ -42,10 +42,11 @@ def machine() -> str:
         pass
     try:  # the CPU name alone ("AMD EPYC") does not say which kernels ran
         from qcnn.runtime import _core
-        isa = _core.isa_available()[-1]
+        best, used = _core.isa_available()[-1], _core.isa_selected()
+        isa = best if used == best else f"{used} (QCNN_ISA; the CPU has {best})"
     except ImportError:
         isa = "unknown ISA"
-    return (f"{model}, best ISA {isa}, {os.cpu_count()} cores (shared with other jobs), "
+    return (f"{model}, ISA {isa}, {os.cpu_count()} cores (shared with other jobs), "
             f"taskset {sorted(os.sched_getaffinity(0))}")
 
 
