@@ -218,14 +218,15 @@ typedef struct {
     size_t prow;
 } iconv_ctx;
 
-/* Chooses the kernel, quantizes x into the scratch and fills the per-channel factors. Returns 0
- * if x holds a NaN or infinity (nothing is written to y then). */
+/* Chooses the kernel, quantizes x into the scratch and fills the per-channel factors. Returns 1
+ * when ready, 0 if x holds a NaN or infinity (the caller falls back to fp32), -1 if the kernel
+ * does not fit the input (nothing to compute). */
 static int iconv_prepare(const qcnn_iconv_params *p, int fast, const float *x, int h, int w, void *scratch,
                          iconv_ctx *c)
 {
     const qcnn_dconv_params *g_ = &p->geom;
     if (!qcnn_dconv_out_size(g_, h, w, &c->OH, &c->OW))
-        return 0;
+        return -1;
     const int C = g_->cin, G = g_->groups, cout_g = g_->cout / G, nb = nblocks(p);
     const size_t n = (size_t)h * w * C;
     int (*range_fn)(const float *, size_t, float *, float *) = input_range;
@@ -355,12 +356,10 @@ static void iconv_rows(const qcnn_iconv_params *p, iconv_ctx *c, int r0, int r1,
 int qcnn_iconv_run(const qcnn_iconv_params *p, int fast, const float *x, int h, int w, float *y,
                    int ystride, void *scratch)
 {
-    int OH, OW;
-    if (!qcnn_dconv_out_size(&p->geom, h, w, &OH, &OW))
-        return 1;
     iconv_ctx c;
-    if (!iconv_prepare(p, fast, x, h, w, scratch, &c))
-        return 0;
+    const int ready = iconv_prepare(p, fast, x, h, w, scratch, &c);
+    if (ready <= 0)
+        return ready < 0; /* 1: nothing to compute; 0: non-finite input */
     if (c.amx)
         qcnn_iconv_amx_begin();
     iconv_rows(p, &c, 0, c.OH, y, ystride);
@@ -393,13 +392,11 @@ size_t qcnn_iconv_pool_scratch_bytes(const qcnn_iconv_params *p, const qcnn_pool
 int qcnn_iconv_run_maxpool(const qcnn_iconv_params *p, int fast, const float *x, int h, int w,
                            const qcnn_pool_params *pool, float *y, int poh, int pow_, void *scratch)
 {
-    int OH, OW;
-    if (!qcnn_dconv_out_size(&p->geom, h, w, &OH, &OW))
-        return 1;
     iconv_ctx c;
-    if (!iconv_prepare(p, fast, x, h, w, scratch, &c))
-        return 0;
-    const int C = p->geom.cout, cap = band_rows(p, pool, OW);
+    const int ready = iconv_prepare(p, fast, x, h, w, scratch, &c);
+    if (ready <= 0)
+        return ready < 0; /* 1: nothing to compute; 0: non-finite input */
+    const int OH = c.OH, OW = c.OW, C = p->geom.cout, cap = band_rows(p, pool, OW);
     const size_t rowf = (size_t)OW * C;
     float *band = (float *)(((uintptr_t)scratch + ALIGN64(qcnn_iconv_scratch_bytes(p, h, w)) + 63) & ~(uintptr_t)63);
     if (c.amx)
