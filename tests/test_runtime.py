@@ -280,3 +280,16 @@ def test_dense_expands_write_into_the_concat(tmp_path):
     assert [st.op.name for st in m._steps if st.fused] == ["concat"]
     x = rng.standard_normal((3, 3, 17, 15)).astype(np.float32)
     assert _rel_l2(m.run(x), _oracle(path, x)) <= 1e-5
+
+
+def test_table_budget_reaches_the_lut_convs_and_keeps_the_values(fire_qcnn):
+    """Model(table_budget=...) sets every LUT conv's budget; over it, int8 tables are built twice row
+    by row (same bytes), so the output is unchanged (no conv here has more pixels than a chunk)."""
+    x = np.random.default_rng(4).standard_normal((1, 3, 17, 15)).astype(np.float32)
+    small = Model(fire_qcnn, table_budget=64)
+    budgets = [st.kernel.table_budget for st in small._steps if isinstance(st.kernel, _core.QConvKernel)]
+    assert budgets and all(b == 64 for b in budgets)
+    np.testing.assert_array_equal(small.run(x), Model(fire_qcnn).run(x))
+    for bad in (0, -5, 1.5, True, "1MB"):
+        with pytest.raises(ValueError, match="table_budget"):
+            Model(fire_qcnn, table_budget=bad)
