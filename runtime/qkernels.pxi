@@ -55,6 +55,9 @@ cdef extern from "qcnn_kernels.h" nogil:
     int _qk_pointwise_chunk "qcnn_qconv_pointwise_chunk"(const _qk_prepared *q)
     void _qk_set_table_budget "qcnn_qconv_set_table_budget"(_qk_prepared *q, size_t nbytes)
     size_t _qk_table_budget "qcnn_qconv_table_budget"(const _qk_prepared *q)
+    void _qk_set_one_pass_limit "qcnn_qconv_set_one_pass_limit"(_qk_prepared *q, size_t nbytes)
+    size_t _qk_one_pass_limit "qcnn_qconv_one_pass_limit"(const _qk_prepared *q)
+    size_t _qk_default_one_pass_limit "qcnn_default_one_pass_limit"()
     void _qk_conv_run "qcnn_qconv_run"(const _qk_prepared *q, const float *x, int h, int w,
                                        float *y, void *scratch, float *lut_step)
     void _qk_conv_free "qcnn_qconv_free"(_qk_prepared *q)
@@ -72,6 +75,11 @@ def isa_available():
 def isa_selected():
     """The ISA 'auto' resolves to: the best available, lowered by env QCNN_ISA if set."""
     return _QK_ISA_NAMES[<int>_qk_isa_select()]
+
+
+def default_one_pass_limit():
+    """QConvKernel.one_pass_limit's default on this CPU (bytes): 8 MB on AMD, 256 KB elsewhere."""
+    return _qk_default_one_pass_limit()
 
 
 cdef _qk_isa _qk_parse_isa(str isa) except *:
@@ -141,14 +149,26 @@ cdef class _QkBase:
 
     @property
     def table_budget(self):
-        """Bytes of float tables a run holds at once: int8 layers with larger tables build them
-        twice, row by row (same results); pointwise layers run in chunks of about this size.
-        Set it before sharing the kernel between threads; scratch_nbytes() depends on it."""
+        """Bytes of float tables per chunk of a pointwise layer (each chunk has its own int8 step,
+        so results depend on it). Set it before sharing the kernel between threads;
+        scratch_nbytes() depends on it."""
         return _qk_table_budget(self._q)
 
     @table_budget.setter
     def table_budget(self, size_t nbytes):
         _qk_set_table_budget(self._q, nbytes)
+
+    @property
+    def one_pass_limit(self):
+        """Int8 layers (not pointwise) whose whole-image float tables exceed this many bytes build
+        them twice, row by row, instead of once (the same results; a speed choice, defaulting per
+        CPU: default_one_pass_limit()). Set it before sharing the kernel between threads;
+        scratch_nbytes() depends on it."""
+        return _qk_one_pass_limit(self._q)
+
+    @one_pass_limit.setter
+    def one_pass_limit(self, size_t nbytes):
+        _qk_set_one_pass_limit(self._q, nbytes)
 
     @property
     def pointwise_chunk(self):

@@ -182,7 +182,7 @@ def test_pointwise_conv_runs_in_chunks_with_their_own_step(isa, lut):
 
 @pytest.mark.parametrize("isa", _core.isa_available())
 def test_tables_over_the_budget_are_built_row_by_row_with_the_same_result(isa):
-    """Int8 tables larger than table_budget are built twice, one row at a time (once for the step,
+    """Int8 tables larger than one_pass_limit are built twice, one row at a time (once for the step,
     once to quantize): the same arithmetic as one pass over the image, so the same bytes."""
     cin, cout, G, kh, Cs, K, H, W = 96, 64, 2, 5, 8, 128, 11, 13
     rng = np.random.default_rng(3)
@@ -193,8 +193,9 @@ def test_tables_over_the_budget_are_built_row_by_row_with_the_same_result(isa):
     for budget in (1 << 40, 1 << 10):  # one pass (everything fits), two passes row by row
         k = _core.QConvKernel(cin, cout, G, kh, kh, (1, 1), (2, 2, 2, 2), Cs, M, K, cb, idx, bias, True,
                               isa=isa, lut="int8")
-        assert k.table_budget == 256 << 10  # the default
-        k.table_budget = budget
+        assert k.table_budget == 256 << 10  # the pointwise chunk budget: the same on every CPU
+        assert k.one_pass_limit == _core.default_one_pass_limit() in (256 << 10, 8 << 20)
+        k.one_pass_limit = budget
         y = np.full(k.out_shape(H, W), np.nan, np.float32)
         scratch = np.empty(k.scratch_nbytes(H, W), np.uint8)
         outs[budget] = (y, k.run(x, y, scratch), len(scratch))

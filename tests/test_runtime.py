@@ -282,14 +282,18 @@ def test_dense_expands_write_into_the_concat(tmp_path):
     assert _rel_l2(m.run(x), _oracle(path, x)) <= 1e-5
 
 
-def test_table_budget_reaches_the_lut_convs_and_keeps_the_values(fire_qcnn):
-    """Model(table_budget=...) sets every LUT conv's budget; over it, int8 tables are built twice row
-    by row (same bytes), so the output is unchanged (no conv here has more pixels than a chunk)."""
+def test_one_pass_limit_reaches_the_lut_convs_and_keeps_the_values(fire_qcnn):
+    """Model(one_pass_limit=...) sets every LUT conv's limit; over it, int8 tables are built twice
+    row by row instead of once, with the same bytes, so the output is identical."""
     x = np.random.default_rng(4).standard_normal((1, 3, 17, 15)).astype(np.float32)
-    small = Model(fire_qcnn, table_budget=64)
-    budgets = [st.kernel.table_budget for st in small._steps if isinstance(st.kernel, _core.QConvKernel)]
-    assert budgets and all(b == 64 for b in budgets)
-    np.testing.assert_array_equal(small.run(x), Model(fire_qcnn).run(x))
-    for bad in (0, -5, 1.5, True, "1MB"):
-        with pytest.raises(ValueError, match="table_budget"):
-            Model(fire_qcnn, table_budget=bad)
+    outs = []
+    for limit in (0, 1 << 40):
+        m = Model(fire_qcnn, one_pass_limit=limit)
+        limits = [st.kernel.one_pass_limit for st in m._steps if isinstance(st.kernel, _core.QConvKernel)]
+        assert limits and all(v == limit for v in limits)
+        outs.append(m.run(x))
+    np.testing.assert_array_equal(outs[0], outs[1])
+    np.testing.assert_array_equal(outs[0], Model(fire_qcnn).run(x))
+    for bad in (-5, 1.5, True, "1MB"):
+        with pytest.raises(ValueError, match="one_pass_limit"):
+            Model(fire_qcnn, one_pass_limit=bad)

@@ -283,7 +283,7 @@ def bench_model(name: str, path: Optional[str], args, out_dir: Path, log) -> dic
     res["weights_compression"] = info["totals"]["compression"]
 
     log(f"{name}: timing {args.runs} runs per engine, round-robin")
-    model = Model(qpath, lut=args.lut, isa=args.isa, dense=args.dense, table_budget=args.table_budget)
+    model = Model(qpath, lut=args.lut, isa=args.isa, dense=args.dense, one_pass_limit=args.one_pass_limit)
     res["qcnn_dense_precision"] = model.dense  # what its dense convs ran in (int8, fp32, or int8+fp32 when chosen per layer)
     res["qcnn_int8_kernels"] = sorted({d["int8_kernel"] for d in model.layers if "int8_kernel" in d})
     try:
@@ -343,7 +343,7 @@ def _kernels_text(report: dict) -> str:
 def format_markdown(report: dict) -> str:
     hb = common.human_bytes
     s = report["settings"]
-    budget = "" if s.get("table_budget") is None else f" (table budget {s['table_budget']} bytes)"
+    budget = "" if s.get("one_pass_limit") is None else f" (one-pass table limit {s['one_pass_limit']} bytes)"
     out = ["# qcnn benchmark", "", common.machine_line(report["machine"]), "",
            f"Batch 1; onnxruntime with {s['threads']} intra-op thread(s), qcnn on 1 thread; {s['runs']} runs per "
            f"engine, round-robin after warm-up; qcnn LUT {s['lut']}"
@@ -459,9 +459,9 @@ def main(argv=None) -> int:
     p.add_argument("--isa", default="auto")
     p.add_argument("--dense", choices=["auto", "int8", "fp32"], default="auto",
                    help="precision of the convs the file keeps dense (auto: int8 with int8 tables where it is faster: every conv on AVX-512 VNNI, convs with many MACs per input on AVX2)")
-    p.add_argument("--table-budget", type=int, metavar="BYTES",
-                   help="Model(table_budget=...): bytes of float tables a LUT conv keeps at once (default 256 KB; "
-                        "larger: one build pass streaming the tables through the caches)")
+    p.add_argument("--one-pass-limit", type=int, metavar="BYTES",
+                   help="Model(one_pass_limit=...): LUT convs with more float-table bytes than this build them "
+                        "twice, row by row, instead of once (same values; default per CPU: 8 MB on AMD, 256 KB else)")
     p.add_argument("--no-rss", action="store_true", help="skip peak-memory subprocesses")
     p.add_argument("--no-profile", action="store_true", help="skip per-layer profiles")
     args = p.parse_args(argv)
@@ -486,7 +486,7 @@ def main(argv=None) -> int:
     log(common.machine_line(machine))
     report = {"machine": machine, "settings": {**conversion_settings(args), "threads": args.threads,
                                                "runs": args.runs, "lut": args.lut, "isa": args.isa,
-                                               "dense": args.dense, "table_budget": args.table_budget},
+                                               "dense": args.dense, "one_pass_limit": args.one_pass_limit},
               "models": []}
     status = 0
     t0, c0 = time.perf_counter(), time.process_time()

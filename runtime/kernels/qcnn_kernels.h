@@ -116,12 +116,19 @@ void qcnn_qconv_run(const qcnn_qconv_prepared *q, const float *x, int h, int w, 
 void qcnn_qconv_free(qcnn_qconv_prepared *q);
 /* Pixels per chunk of a pointwise layer (see qcnn_qconv_run); 0 if the layer is not pointwise. */
 int qcnn_qconv_pointwise_chunk(const qcnn_qconv_prepared *q);
-/* Bytes of float tables a run holds at once (a tuning knob; results do not depend on it except
- * through the pointwise chunk size). Int8 layers whose tables exceed it are built in two passes,
- * row by row. Set it before sharing the prepared layer between threads. */
+/* Bytes of float tables a pointwise layer's chunk holds (results depend on it through the chunk
+ * size, so the default is the same on every CPU). Set it before sharing the prepared layer
+ * between threads. */
 #define QCNN_TABLE_BUDGET_DEFAULT ((size_t)256 << 10)
 void qcnn_qconv_set_table_budget(qcnn_qconv_prepared *q, size_t bytes);
 size_t qcnn_qconv_table_budget(const qcnn_qconv_prepared *q);
+/* Other int8 conv layers whose float tables for the whole image exceed this many bytes are built
+ * twice, row by row, instead of in one pass streaming them through the caches: the same bytes
+ * either way, so a pure speed choice, made per CPU by qcnn_default_one_pass_limit(). */
+void qcnn_qconv_set_one_pass_limit(qcnn_qconv_prepared *q, size_t bytes);
+size_t qcnn_qconv_one_pass_limit(const qcnn_qconv_prepared *q);
+size_t qcnn_default_one_pass_limit(void);
+int qcnn_cpu_is_amd(void);
 
 qcnn_qfc_prepared *qcnn_qfc_prepare(const qcnn_qfc_params *p, qcnn_isa isa, qcnn_lut_mode mode,
                                     const char **err);

@@ -64,6 +64,7 @@ static qcnn_qconv_prepared *prepare(const qcnn_qconv_params *p, qcnn_isa isa, qc
     qcnn_qconv_prepared *q = calloc(1, sizeof *q);
     if (!q) goto oom;
     q->table_budget = QCNN_TABLE_BUDGET_DEFAULT;
+    q->one_pass_limit = qcnn_default_one_pass_limit();
     q->p = *p;
     q->fc = fc;
     q->mode = mode;
@@ -189,18 +190,18 @@ size_t qlut_work_bytes(const qcnn_qconv_prepared *q) {
     return ALIGN64((size_t)q->Ogp * 4);
 }
 
-/* Float tables are an intermediate: built, quantized to bytes, dropped. The driver keeps at most
- * about q->table_budget bytes of them at once, so they stay in cache instead of streaming through
- * memory (whole-image tables are MBs: AlexNet conv2 4.5 MB, SqueezeNet's last conv at 4/128 11 MB,
- * and after another program ran, writing them costs a trip to DRAM per line).
+/* Float tables are an intermediate: built, quantized to bytes, dropped. Whole-image tables are
+ * MBs (AlexNet conv2 4.5 MB, conv3..5 2.8-4.2 MB, SqueezeNet's last conv at 4/128 11 MB); after
+ * another program ran, writing them can cost a trip to DRAM per line.
  *  - A pointwise layer (1x1, stride 1, no padding; not FC) reads exactly one input pixel per
  *    output pixel, so its pixels need not share one int8 step: it runs in chunks of
  *    qcnn_qconv_pointwise_chunk() pixels, each built, quantized and looked up with its own
  *    (smaller or equal) step. At least CHUNK_MIN_PIXELS pixels, so the kernels' pixel blocking and
  *    index streaming stay efficient.
- *  - Other int8 layers whose tables exceed the budget are built twice, one input row at a time:
- *    once for the step (the largest range; nothing is stored), once to quantize each row while it
- *    is in cache. The same arithmetic as one pass, so the same bytes; it costs a second build. */
+ *  - Other int8 layers whose tables exceed q->one_pass_limit are built twice, one input row at a
+ *    time: once for the step (the largest range; nothing is stored), once to quantize each row
+ *    while it is in cache. The same arithmetic as one pass, so the same bytes; it costs a second
+ *    build. Which is faster depends on the CPU's caches (qcnn_default_one_pass_limit). */
 #define CHUNK_MIN_PIXELS 16
 
 static size_t pixel_table_bytes(const qcnn_qconv_prepared *q) {
@@ -219,11 +220,21 @@ int qcnn_qconv_pointwise_chunk(const qcnn_qconv_prepared *q) {
 /* 1: build the int8 tables of an h x w input in two passes, row by row (see above). */
 static int rowwise_tables(const qcnn_qconv_prepared *q, int h, int w) {
     return q->mode == QCNN_LUT_INT8 && !q->fc && h > 1 &&
-           (size_t)h * w * pixel_table_bytes(q) > q->table_budget;
+           (size_t)h * w * pixel_table_bytes(q) > q->one_pass_limit;
 }
 
 void qcnn_qconv_set_table_budget(qcnn_qconv_prepared *q, size_t bytes) { q->table_budget = bytes; }
 size_t qcnn_qconv_table_budget(const qcnn_qconv_prepared *q) { return q->table_budget; }
+void qcnn_qconv_set_one_pass_limit(qcnn_qconv_prepared *q, size_t bytes) { q->one_pass_limit = bytes; }
+size_t qcnn_qconv_one_pass_limit(const qcnn_qconv_prepared *q) { return q->one_pass_limit; }
+
+/* Measured with AlexNet's conv2..5 (2.8-4.5 MB of tables) run right after onnxruntime, which
+ * evicts the caches: on AMD Zen 4/5 (1 MB L2, 32 MB L3 per 8 cores) one pass is faster (whole
+ * model 4.35 -> 3.91 ms, paired runs); on an Intel Sapphire Rapids VM (2 MB L2) two passes were
+ * (conv2 1.66 -> 1.11 ms). Unknown CPUs get the Intel choice. */
+size_t qcnn_default_one_pass_limit(void) {
+    return qcnn_cpu_is_amd() ? (size_t)8 << 20 : QCNN_TABLE_BUDGET_DEFAULT;
+}
 
 /* Scratch layout of one run (each part 64-byte aligned). */
 typedef struct {

@@ -23,7 +23,8 @@ struct qcnn_qconv_prepared {
                        * bits, per chunk of FCQ_NB 64-channel blocks [M/4][blocks][4][16 ch x 4
                        * subspaces]; see qlut_avx512.c fcq_chunk. 0: the fcnb layout. */
     void *mem;        /* owned allocation behind cbt (and idx when it is a copy) */
-    size_t table_budget; /* bytes of float tables the driver holds at once (see qlut_generic.c) */
+    size_t table_budget; /* bytes of float tables of a pointwise chunk (see qlut_generic.c) */
+    size_t one_pass_limit; /* larger whole-image tables are built row by row (qlut_generic.c) */
 };
 
 /* Everything an ISA's accumulate kernel needs for one image. */
