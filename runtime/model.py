@@ -41,7 +41,7 @@ class _Step:
     """One operator bound to its kernel: reads buffers `inputs`, writes buffer `output`."""
 
     __slots__ = ("op", "kind", "kernel", "in_shapes", "out_shape", "inputs", "output", "scratch_nbytes",
-                 "concat_into", "pool_into", "fused")
+                 "concat_into", "pool_into", "lrn_into", "fused")
 
     def __init__(self, op, kind, kernel, in_shapes, out_shape):
         self.op, self.kind, self.kernel = op, kind, kernel
@@ -51,8 +51,9 @@ class _Step:
         self.scratch_nbytes = 0
         self.concat_into = None  # (concat step, channel offset): this conv writes into the concat's output
         self.pool_into = None  # the MaxPool step this conv runs fused with (it writes the pool's output)
+        self.lrn_into = None  # the LRN step between this conv and that MaxPool, run fused too
         self.fused = False  # a Concat whose inputs were written in place by their producers, or a
-        # MaxPool run by the conv before it
+        # MaxPool (or LRN) run by the conv before it
 
 
 _DENSE_CONV = (_core.DenseConvKernel, _core.ConvMaxPoolKernel)
@@ -194,8 +195,10 @@ class Model:
                         d.update(int8_kernel=step.kernel.int8_isa)
             if step.pool_into is not None:
                 d.update(fused_with=step.pool_into.op.name)
-            elif step.kind == "MaxPool" and step.fused:
-                d.update(fused_into=next(st.op.name for st in self._steps if st.pool_into is step))
+                if step.lrn_into is not None:
+                    d.update(fused_with=f"{step.lrn_into.op.name}, {step.pool_into.op.name}")
+            elif step.kind in ("MaxPool", "LRN") and step.fused:
+                d.update(fused_into=next(st.op.name for st in self._steps if step in (st.pool_into, st.lrn_into)))
             out.append(d)
         return out
 
@@ -214,23 +217,36 @@ class Model:
 
     @staticmethod
     def _fuse_pools(model: ir.Model, steps: List[_Step]):
-        """Run an int8 dense conv and the MaxPool that alone reads its output as one step
-        (ConvMaxPoolKernel): its rows are pooled while in cache instead of the whole output being
-        written and read back (SqueezeNet's conv0, VGG's block ends)."""
+        """Run an int8 dense conv and the MaxPool that alone reads its output (or an LRN between
+        them, as AlexNet's conv1 -> LRN -> pool) as one step (ConvMaxPoolKernel): its rows are
+        normalised and pooled while in cache instead of whole outputs being written and read back
+        (SqueezeNet's conv0, VGG's block ends, AlexNet's conv1)."""
         readers: Dict[str, List[_Step]] = {}
         for st in steps:
             for name in st.op.inputs:
                 readers.setdefault(name, []).append(st)
+
+        def only_reader(step):  # the one step reading step's output, if it is an internal tensor
+            out = step.op.outputs[0]
+            r = readers.get(out, [])
+            return r[0] if len(r) == 1 and out not in model.outputs and r[0].op.inputs == [out] else None
+
         for st in steps:
-            out = st.op.outputs[0]
-            pool = readers.get(out, [None])[0]
-            if (isinstance(st.kernel, _core.DenseConvKernel) and st.kernel.precision == "int8"
-                    and st.concat_into is None and out not in model.outputs and len(readers.get(out, [])) == 1
-                    and pool.kind == "MaxPool" and pool.op.inputs == [out]):
-                st.kernel = _core.ConvMaxPoolKernel(st.kernel, pool.op.kernel, pool.op.strides, pool.op.pads,
-                                                    bool(pool.op.ceil_mode))
-                st.pool_into = pool
-                pool.fused = True
+            if not (isinstance(st.kernel, _core.DenseConvKernel) and st.kernel.precision == "int8"
+                    and st.concat_into is None):
+                continue
+            nxt = only_reader(st)
+            lrn = nxt if nxt is not None and nxt.kind == "LRN" else None
+            pool = only_reader(lrn) if lrn is not None else nxt
+            if pool is None or pool.kind != "MaxPool":
+                continue
+            st.kernel = _core.ConvMaxPoolKernel(
+                st.kernel, pool.op.kernel, pool.op.strides, pool.op.pads, bool(pool.op.ceil_mode),
+                lrn=(lrn.op.size, lrn.op.alpha, lrn.op.beta, lrn.op.bias) if lrn is not None else None)
+            st.pool_into, st.lrn_into = pool, lrn
+            pool.fused = True
+            if lrn is not None:
+                lrn.fused = True
 
     @staticmethod
     def _fuse_concats(model: ir.Model, steps: List[_Step]):
@@ -311,8 +327,8 @@ class Model:
             return len(sizes) - 1
 
         for i, step in enumerate(self._steps):
-            if step.fused and step.kind == "MaxPool":
-                continue  # its output was written by the conv before it (no buffer, no step)
+            if step.fused and step.kind in ("MaxPool", "LRN"):
+                continue  # run by the conv before it, which writes the pool's output (no buffer, no step)
             step.inputs = [slot_of[n] for n in step.op.inputs]
             out_name = step.op.outputs[0]
             size, end = int(np.prod(step.out_shape)), last_use.get(out_name, i)
@@ -429,8 +445,8 @@ class Model:
 
     def profile(self, x: np.ndarray, runs: int = 20) -> List[dict]:
         """Time every operator on the first image of `x`: [{name, op, ms}] in plan order, ms being the
-        median over `runs` runs after one warm-up (a Concat fused into its convs, or a MaxPool into the
-        conv before it, shows 0)."""
+        median over `runs` runs after one warm-up (a Concat fused into its convs, or a MaxPool or LRN
+        into the conv before it, shows 0)."""
         x = self._check_input(x)
         ws = self._buffers()
         times = {id(step): [] for step, _, _, _ in ws["steps"]}

@@ -18,6 +18,9 @@ cdef extern from "ops.h" nogil:
         int kh, kw, stride_h, stride_w
         int pad_top, pad_left, pad_bottom, pad_right
         int count_include_pad
+    ctypedef struct qcnn_lrn_params:
+        int size
+        float alpha, beta, bias
 
     ctypedef struct qcnn_dconv_params:
         int cin, cout, groups
@@ -60,7 +63,8 @@ cdef extern from "ops.h" nogil:
     size_t qcnn_iconv_pool_scratch_bytes(const qcnn_iconv_params *p, const qcnn_pool_params *pool,
                                          int h, int w)
     int qcnn_iconv_run_maxpool(const qcnn_iconv_params *p, int fast, const float *x, int h, int w,
-                               const qcnn_pool_params *pool, float *y, int poh, int pow_, void *scratch)
+                               const qcnn_lrn_params *lrn, const qcnn_pool_params *pool, float *y, int poh,
+                               int pow_, void *scratch)
 
     ctypedef struct qcnn_dfc_params:
         int in_ "in"
@@ -372,18 +376,22 @@ cdef class DenseConvKernel:
 
 
 cdef class ConvMaxPoolKernel:
-    """A dense conv (DenseConvKernel, its ReLU included) and the MaxPool that reads its output,
-    run as one step: with int8 precision the conv rows are pooled a band at a time while still in
-    cache (qcnn_iconv_run_maxpool), so the conv's full output is never written; otherwise (fp32,
-    the reference, or an image holding NaN or infinity) the conv runs whole into the scratch and
-    is pooled from there. Either way the values are those of conv.run then maxpool.
+    """A dense conv (DenseConvKernel, its ReLU included), optionally an LRN, and the MaxPool that
+    reads the result, run as one step: with int8 precision the conv rows are normalised and pooled
+    a band at a time while still in cache (qcnn_iconv_run_maxpool), so no full intermediate is
+    written; otherwise (fp32, the reference, or an image holding NaN or infinity) the conv runs
+    whole into the scratch, then the LRN, and is pooled from there. Either way the values are
+    those of conv.run, lrn, then maxpool.
 
-    kernel (kh, kw), strides (sh, sw), pads (t, l, b, r) and ceil_mode as the ONNX MaxPool."""
+    kernel (kh, kw), strides (sh, sw), pads (t, l, b, r) and ceil_mode as the ONNX MaxPool;
+    lrn: None or (size, alpha, beta, bias) as the ONNX LRN."""
     cdef readonly DenseConvKernel conv
     cdef qcnn_pool_params pool
-    cdef readonly bint ceil_mode
+    cdef qcnn_lrn_params lrnp
+    cdef readonly bint ceil_mode, has_lrn
 
-    def __init__(self, DenseConvKernel conv, kernel, strides, pads=(0, 0, 0, 0), bint ceil_mode=False):
+    def __init__(self, DenseConvKernel conv, kernel, strides, pads=(0, 0, 0, 0), bint ceil_mode=False,
+                 lrn=None):
         kh, kw = (int(v) for v in kernel)
         sh, sw = (int(v) for v in strides)
         pt, pl, pb, pr = (int(v) for v in pads)
@@ -395,6 +403,12 @@ cdef class ConvMaxPoolKernel:
         self.pool.pad_top, self.pool.pad_left, self.pool.pad_bottom, self.pool.pad_right = pt, pl, pb, pr
         self.pool.count_include_pad = 0
         self.ceil_mode = ceil_mode
+        self.has_lrn = lrn is not None
+        if self.has_lrn:
+            size, alpha, beta, bias = lrn
+            if int(size) < 1:
+                raise ValueError(f"lrn: expected size >= 1, got {size}")
+            self.lrnp.size, self.lrnp.alpha, self.lrnp.beta, self.lrnp.bias = int(size), alpha, beta, bias
 
     @property
     def precision(self):
@@ -422,6 +436,8 @@ cdef class ConvMaxPoolKernel:
         oh, ow, c = self.conv.out_shape(h, w)
         need = int(self.conv.scratch_nbytes(h, w))
         need = (need + 63) // 64 * 64 + 4 * oh * ow * c + 64
+        if self.has_lrn:  # the unfused path's LRN output
+            need += 4 * oh * ow * c + 64
         if self.conv.precision == "int8" and self.conv.isa_code != -2:
             need = max(need, int(qcnn_iconv_pool_scratch_bytes(&self.conv.ip, &self.pool, h, w)))
         return need
@@ -453,7 +469,9 @@ cdef class ConvMaxPoolKernel:
         cdef int fast = self.conv.int8_fast
         if self.conv.precision == "int8" and self.conv.isa_code != -2:
             with nogil:
-                done = qcnn_iconv_run_maxpool(&self.conv.ip, fast, xp, ih, iw, &self.pool, yp, poh, pw, &s[0])
+                done = qcnn_iconv_run_maxpool(&self.conv.ip, fast, xp, ih, iw,
+                                              &self.lrnp if self.has_lrn else NULL, &self.pool, yp, poh, pw,
+                                              &s[0])
             if done:
                 return y_hwc
         # unfused: the conv's output in the scratch, behind the conv's own scratch
@@ -466,7 +484,19 @@ cdef class ConvMaxPoolKernel:
         self.conv.run(x, tmp, scratch[:off] if off else None)
         cdef int ioh = oh, iow = ow
         cdef float *tp = <float *>aligned
+        cdef float *lp
         cdef int code = self.conv.isa_code
+        cdef size_t npix = <size_t>oh * ow
+        if self.has_lrn:  # LRN into the next region of the scratch, pooled from there
+            lp = <float *>((aligned + 4 * npix * cout + 63) // 64 * 64)
+            with nogil:
+                if code == -2:
+                    qcnn_lrn_ref(tp, lp, npix, cout, self.lrnp.size, self.lrnp.alpha, self.lrnp.beta,
+                                 self.lrnp.bias)
+                else:
+                    qcnn_lrn(tp, lp, npix, cout, self.lrnp.size, self.lrnp.alpha, self.lrnp.beta,
+                             self.lrnp.bias, code)
+            tp = lp
         with nogil:
             if code == -2:
                 qcnn_maxpool_ref(&self.pool, tp, ioh, iow, cout, yp, poh, pw)

@@ -121,8 +121,10 @@ def test_amx_is_used_by_default_only_where_it_pays():
         assert kern.int8_isa == kernel
 
 
-def conv_then_maxpool(conv, x, kernel, strides, pads, ceil_mode):
+def conv_then_maxpool(conv, x, kernel, strides, pads, ceil_mode, lrn=None):
     t = run(conv, x)
+    if lrn is not None:
+        t = _core.lrn(t, np.empty_like(t), *lrn)
     pool = _core.ConvMaxPoolKernel(conv, kernel, strides, pads, ceil_mode)
     y = np.full(pool.out_shape(*x.shape[:2]), np.nan, np.float32)
     return _core.maxpool(t, y, *kernel, *strides, *pads)
@@ -156,7 +158,11 @@ def test_conv_maxpool_fused_equals_conv_then_maxpool(isa):
             if case % 10 == 0:
                 x[0, 0, 0] = np.nan
         conv = _core.DenseConvKernel(weight, bias, **kw, **args)
-        fused = _core.ConvMaxPoolKernel(conv, kernel, strides, pads, ceil)
+        # every third case with an LRN between conv and pool (AlexNet's conv1 -> LRN -> pool)
+        lrn = (int(rng.integers(1, 8)), float(rng.uniform(1e-4, 1e-2)), [0.75, 0.5][case % 2],
+               float(rng.uniform(0.5, 2))) if case % 3 == 1 else None
+        fused = _core.ConvMaxPoolKernel(conv, kernel, strides, pads, ceil, lrn=lrn)
+        assert fused.has_lrn == (lrn is not None)
         h, w = x.shape[:2]
         try:
             shape = fused.out_shape(h, w)
@@ -164,8 +170,12 @@ def test_conv_maxpool_fused_equals_conv_then_maxpool(isa):
             continue  # the pooling window does not fit the conv's output
         y = np.full(shape, np.nan, np.float32)
         fused.run(x, y, np.empty(fused.scratch_nbytes(h, w), np.uint8))
-        np.testing.assert_array_equal(y, conv_then_maxpool(conv, x, kernel, strides, pads, ceil),
-                                      err_msg=str((case, x.shape, weight.shape, args, kernel, strides, pads, ceil)))
+        want = conv_then_maxpool(conv, x, kernel, strides, pads, ceil, lrn)
+        msg = str((case, x.shape, weight.shape, args, kernel, strides, pads, ceil, lrn))
+        if lrn is None:
+            np.testing.assert_array_equal(y, want, err_msg=msg)
+        else:  # the LRN's vector kernels differ by a few ulp between ISA families (rsqrt vs sqrt)
+            np.testing.assert_allclose(y, want, rtol=2e-6, atol=1e-30, err_msg=msg)
 
 
 def test_conv_maxpool_validation():

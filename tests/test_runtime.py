@@ -297,3 +297,30 @@ def test_one_pass_limit_reaches_the_lut_convs_and_keeps_the_values(fire_qcnn):
     for bad in (-5, 1.5, True, "1MB"):
         with pytest.raises(ValueError, match="one_pass_limit"):
             Model(fire_qcnn, one_pass_limit=bad)
+
+
+def test_int8_conv_lrn_and_maxpool_run_fused(tmp_path, monkeypatch):
+    """AlexNet's conv1 -> LRN -> MaxPool runs as one step with the values of the three steps."""
+    rng = np.random.default_rng(8)
+    ops = [
+        ir.Conv("conv", ["x"], ["a"], cin=3, cout=20, kernel=(5, 5), strides=(2, 2), pads=(1, 1, 1, 1),
+                weights=(rng.standard_normal((20, 3, 5, 5)) * 0.3).astype(np.float32),
+                bias=rng.standard_normal(20).astype(np.float32), relu=True),
+        ir.LRN("norm", ["a"], ["n"], size=5, alpha=1e-2, beta=0.75, bias=1.0),
+        ir.MaxPool("pool", ["n"], ["p"], kernel=(3, 3), strides=(2, 2)),
+        ir.GlobalAveragePool("gap", ["p"], ["g"]),
+    ]
+    shapes = {"x": (3, 41, 37), "a": (20, 20, 18), "n": (20, 20, 18), "p": (20, 9, 8), "g": (20, 1, 1)}
+    model = ir.Model("x", shapes["x"], [ir.TensorInfo(n, s) for n, s in shapes.items()], ops, ["g", "p"])
+    path = tmp_path / "lrn.qcnn"
+    writer.write_model(model, path)
+    x = rng.standard_normal((2, 3, 41, 37)).astype(np.float32)
+    fused = Model(path, dense="int8")
+    layers = {d["name"]: d for d in fused.layers}
+    assert layers["conv"]["fused_with"] == "norm, pool"
+    assert layers["norm"]["fused_into"] == "conv" and layers["pool"]["fused_into"] == "conv"
+    monkeypatch.setattr(Model, "_fuse_pools", staticmethod(lambda model, steps: None))
+    unfused = Model(path, dense="int8")
+    assert "fused_with" not in unfused.layers[0]
+    for got, want in zip(fused.run(x), unfused.run(x)):
+        np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-30)

@@ -170,13 +170,21 @@ void qcnn_avgpool(const qcnn_pool_params *p, const float *x, int h, int w, int c
 /* [h][w][c] -> [c] mean over all pixels. */
 void qcnn_global_avgpool(const float *x, int h, int w, int c, float *y);
 
-/* The conv (its ReLU included) followed by a max pooling of its output, fused: conv rows are
- * computed a band at a time into the scratch and pooled while still in cache, so the full conv
- * output is never written. y: [poh][pow][cout], poh/pow as for qcnn_maxpool (qcnn_pool_out_size
- * on the conv's output). Same values as qcnn_iconv_run then qcnn_maxpool; same return values. */
+/* ONNX LRN's attributes, for an LRN fused between a conv and its max pooling. */
+typedef struct {
+    int size;
+    float alpha, beta, bias;
+} qcnn_lrn_params;
+
+/* The conv (its ReLU included), optionally an LRN (lrn != NULL; AlexNet's conv1 -> LRN -> pool),
+ * then a max pooling of the result, fused: conv rows are computed a band at a time into the
+ * scratch, normalised and pooled while still in cache, so neither the conv's nor the LRN's full
+ * output is written. y: [poh][pow][cout], poh/pow as for qcnn_maxpool (qcnn_pool_out_size on the
+ * conv's output). Same values as qcnn_iconv_run, qcnn_lrn, qcnn_maxpool; same return values. */
 size_t qcnn_iconv_pool_scratch_bytes(const qcnn_iconv_params *p, const qcnn_pool_params *pool, int h, int w);
 int qcnn_iconv_run_maxpool(const qcnn_iconv_params *p, int fast, const float *x, int h, int w,
-                           const qcnn_pool_params *pool, float *y, int poh, int pow_, void *scratch);
+                           const qcnn_lrn_params *lrn, const qcnn_pool_params *pool, float *y, int poh,
+                           int pow_, void *scratch);
 
 /* ------------------------------------------------------------------ internal (ops_conv*.c) */
 /* One output row of one group of a dense conv, as handed to the per-ISA row kernels. The input

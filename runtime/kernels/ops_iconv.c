@@ -385,12 +385,14 @@ size_t qcnn_iconv_pool_scratch_bytes(const qcnn_iconv_params *p, const qcnn_pool
     int OH, OW;
     if (!qcnn_dconv_out_size(&p->geom, h, w, &OH, &OW))
         return qcnn_iconv_scratch_bytes(p, h, w);
-    const size_t band = (size_t)band_rows(p, pool, OW) * OW * p->geom.cout * sizeof(float);
+    /* the band, then one row for a fused LRN's output (it does not work in place) */
+    const size_t band = (size_t)(band_rows(p, pool, OW) + 1) * OW * p->geom.cout * sizeof(float);
     return ALIGN64(qcnn_iconv_scratch_bytes(p, h, w)) + band + 64;
 }
 
 int qcnn_iconv_run_maxpool(const qcnn_iconv_params *p, int fast, const float *x, int h, int w,
-                           const qcnn_pool_params *pool, float *y, int poh, int pow_, void *scratch)
+                           const qcnn_lrn_params *lrn, const qcnn_pool_params *pool, float *y, int poh,
+                           int pow_, void *scratch)
 {
     iconv_ctx c;
     const int ready = iconv_prepare(p, fast, x, h, w, scratch, &c);
@@ -399,6 +401,7 @@ int qcnn_iconv_run_maxpool(const qcnn_iconv_params *p, int fast, const float *x,
     const int OH = c.OH, OW = c.OW, C = p->geom.cout, cap = band_rows(p, pool, OW);
     const size_t rowf = (size_t)OW * C;
     float *band = (float *)(((uintptr_t)scratch + ALIGN64(qcnn_iconv_scratch_bytes(p, h, w)) + 63) & ~(uintptr_t)63);
+    float *lrn_row = band + (size_t)cap * rowf;
     if (c.amx)
         qcnn_iconv_amx_begin();
     int lo = 0, hi = 0; /* the band holds conv rows [lo, hi) */
@@ -416,6 +419,11 @@ int qcnn_iconv_run_maxpool(const qcnn_iconv_params *p, int fast, const float *x,
             }
             const int end = lo + cap < OH ? lo + cap : OH;
             iconv_rows(p, &c, hi, end, band + (size_t)(hi - lo) * rowf, C);
+            for (int r = hi; lrn && r < end; r++) { /* normalise each new row while in cache */
+                float *row = band + (size_t)(r - lo) * rowf;
+                qcnn_lrn(row, lrn_row, (size_t)OW, C, lrn->size, lrn->alpha, lrn->beta, lrn->bias, c.pool_isa);
+                memcpy(row, lrn_row, rowf * sizeof(float));
+            }
             hi = end;
         }
         /* one output row: the window's rows start at the band's row sc; the vertical padding
