@@ -194,9 +194,7 @@ class Model:
                     if step.kernel.precision == "int8":  # amx, avx512vnni, avx2 or generic
                         d.update(int8_kernel=step.kernel.int8_isa)
             if step.pool_into is not None:
-                d.update(fused_with=step.pool_into.op.name)
-                if step.lrn_into is not None:
-                    d.update(fused_with=f"{step.lrn_into.op.name}, {step.pool_into.op.name}")
+                d.update(fused_with=", ".join(st.op.name for st in (step.lrn_into, step.pool_into) if st is not None))
             elif step.kind in ("MaxPool", "LRN") and step.fused:
                 d.update(fused_into=next(st.op.name for st in self._steps if step in (st.pool_into, st.lrn_into)))
             out.append(d)
