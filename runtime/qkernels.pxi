@@ -58,6 +58,8 @@ cdef extern from "qcnn_kernels.h" nogil:
     void _qk_set_one_pass_limit "qcnn_qconv_set_one_pass_limit"(_qk_prepared *q, size_t nbytes)
     size_t _qk_one_pass_limit "qcnn_qconv_one_pass_limit"(const _qk_prepared *q)
     size_t _qk_default_one_pass_limit "qcnn_default_one_pass_limit"()
+    void _qk_set_row_step_limit "qcnn_qconv_set_row_step_limit"(_qk_prepared *q, size_t nbytes)
+    size_t _qk_row_step_limit "qcnn_qconv_row_step_limit"(const _qk_prepared *q)
     void _qk_conv_run "qcnn_qconv_run"(const _qk_prepared *q, const float *x, int h, int w,
                                        float *y, void *scratch, float *lut_step)
     void _qk_conv_free "qcnn_qconv_free"(_qk_prepared *q)
@@ -169,6 +171,19 @@ cdef class _QkBase:
     @one_pass_limit.setter
     def one_pass_limit(self, size_t nbytes):
         _qk_set_one_pass_limit(self._q, nbytes)
+
+    @property
+    def row_step_limit(self):
+        """Int8 layers with kernel height > 1 whose whole-image float tables exceed this many bytes
+        quantize each input row with its own step (finer than one per image) and stream the rows
+        through a ring of kernel-height rows: one build and tables that stay in cache. Results
+        depend on it, so the default (8 MB) is the same on every CPU. Set it before sharing the
+        kernel between threads; scratch_nbytes() depends on it."""
+        return _qk_row_step_limit(self._q)
+
+    @row_step_limit.setter
+    def row_step_limit(self, size_t nbytes):
+        _qk_set_row_step_limit(self._q, nbytes)
 
     @property
     def pointwise_chunk(self):

@@ -207,6 +207,62 @@ def test_tables_over_the_budget_are_built_row_by_row_with_the_same_result(isa):
     check_close(y2, step2, "int8", y64, absterms, nlook)
 
 
+def np_row_steps(x, cb, G):
+    """Per input row: the largest table range in the row / 255 (the row-step mode's steps)."""
+    H, W, cin = x.shape
+    _, M, K, Cs = cb.shape
+    Cg = cin // G
+    xg = np.zeros((H, W, G, M * Cs), np.float32)
+    xg[..., :Cg] = x.reshape(H, W, G, Cg)
+    L = np.einsum("hwgmc,gmkc->hwgmk", xg.reshape(H, W, G, M, Cs), cb)
+    return (L.max(-1) - L.min(-1)).reshape(H, -1).max(1) / 255.0
+
+
+@pytest.mark.parametrize("case", [c for c in CONV_CASES if c[3] > 1],
+                         ids=[f"conv{i}" for i, c in enumerate(CONV_CASES) if c[3] > 1])
+@pytest.mark.parametrize("isa", _core.isa_available())
+def test_row_steps_quantize_each_input_row_with_its_own_step(case, isa):
+    """Over row_step_limit, each input row's tables get their own step and every output is within
+    the bound of the steps of the rows it reads (not just the image's largest step)."""
+    cin, cout, G, kh, kw, strides, pads, Cs, K, H, W, relu, has_bias = case
+    rng = np.random.default_rng(hash(case) % 2**32)
+    cb, idx, M = make_conv(rng, cin, cout, G, kh, kw, Cs, K)
+    bias = rng.standard_normal(cout).astype(np.float32) if has_bias else None
+    # rows of very different scale, so one step per image would be far coarser for most rows
+    x = (rng.standard_normal((H, W, cin)) * np.geomspace(0.01, 10, H)[:, None, None]).astype(np.float32)
+    k = _core.QConvKernel(cin, cout, G, kh, kw, strides, pads, Cs, M, K, cb, idx, bias, relu, isa=isa, lut="int8")
+    assert k.row_step_limit == 8 << 20  # the same on every CPU: it changes the values
+    whole = k.scratch_nbytes(H, W)
+    k.row_step_limit = 0
+    if H > 1:
+        assert k.scratch_nbytes(H, W) < whole  # a ring of kh rows of tables, one row of floats
+    y = np.full(k.out_shape(H, W), np.nan, np.float32)
+    step = k.run(x, y, np.empty(k.scratch_nbytes(H, W), np.uint8))
+    steps = np_row_steps(x, cb, G)
+    assert step == pytest.approx(steps.max(), rel=1e-4)  # the largest row step is reported
+    y64, absterms, _ = np_qconv(x, cb, idx, bias, G, strides, pads, relu)
+    # bound: M look-ups per (kernel tap on an image row), each off by at most half its row's step
+    sh = strides[0]
+    OH, OW = y64.shape[:2]
+    pt, pl, pb, pr = pads
+    bound = np.zeros((OH, OW, 1))
+    for oy in range(OH):
+        for ky in range(kh):
+            iy = oy * sh + ky - pt
+            if 0 <= iy < H:
+                ix = np.arange(OW)[:, None] * strides[1] + np.arange(kw)[None, :] - pl
+                taps = ((ix >= 0) & (ix < W)).sum(1)
+                bound[oy, :, 0] += taps * M * steps[iy] / 2
+    bound = bound * (1 + 1e-3) + 1e-5 * absterms + 1e-6
+    err = np.abs(y.astype(np.float64) - y64)
+    assert np.all(err <= bound), f"error {err.max()} over the row steps' bound"
+    if H >= 4:  # rows 1000x apart in scale: far more accurate than one step for the image
+        k.row_step_limit = 8 << 20
+        y1 = np.full(k.out_shape(H, W), np.nan, np.float32)
+        k.run(x, y1, np.empty(k.scratch_nbytes(H, W), np.uint8))
+        assert err.mean() < 0.5 * np.abs(y1.astype(np.float64) - y64).mean()
+
+
 def test_only_pointwise_layers_are_chunked():
     rng = np.random.default_rng(0)
     cb, idx, M = make_conv(rng, 16, 8, 1, 1, 1, 4, 16)

@@ -128,6 +128,12 @@ size_t qcnn_qconv_table_budget(const qcnn_qconv_prepared *q);
 void qcnn_qconv_set_one_pass_limit(qcnn_qconv_prepared *q, size_t bytes);
 size_t qcnn_qconv_one_pass_limit(const qcnn_qconv_prepared *q);
 size_t qcnn_default_one_pass_limit(void);
+/* Int8 convs (kh > 1) whose whole-image float tables exceed this many bytes quantize each input
+ * row with its own step and stream the rows (qlut_generic.c). It changes the values (finer
+ * steps), so the default is the same on every CPU. */
+#define QCNN_ROW_STEP_LIMIT_DEFAULT ((size_t)8 << 20)
+void qcnn_qconv_set_row_step_limit(qcnn_qconv_prepared *q, size_t bytes);
+size_t qcnn_qconv_row_step_limit(const qcnn_qconv_prepared *q);
 int qcnn_cpu_is_amd(void);
 
 qcnn_qfc_prepared *qcnn_qfc_prepare(const qcnn_qfc_params *p, qcnn_isa isa, qcnn_lut_mode mode,

@@ -164,6 +164,7 @@ INLINE T2 void flush(__m256i *a, __m256i *b, __m256i c[4]) {
     *b = _mm256_setzero_si256();
 }
 
+/* The QLUT_EPI_* formulas (qlut_internal.h) for channels ob.. of one output pixel (masked tail). */
 INLINE T2 void epilogue(const qlut_run *r, const __m256i c[4], int oy, int ox, int g, int ob) {
     const qcnn_qconv_prepared *q = r->q;
     const int Og = q->Og;
@@ -171,14 +172,22 @@ INLINE T2 void epilogue(const qlut_run *r, const __m256i c[4], int oy, int ox, i
     const __m256 off = _mm256_set1_ps(r->off[pix * q->p.groups + g]), s = _mm256_set1_ps(r->step);
     float *yp = r->y + pix * q->p.cout + (size_t)g * Og;
     const float *bias = q->p.bias ? q->p.bias + (size_t)g * Og : NULL;
+    const int add = r->epi == QLUT_EPI_ADD || r->epi == QLUT_EPI_LAST;
+    const int relu = q->p.relu && (r->epi == QLUT_EPI_FULL || r->epi == QLUT_EPI_LAST);
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     for (int j = 0; j < 4; j++) {
         const int ch = ob + 8 * j;
         if (ch >= Og) break;
         const __m256i mk = _mm256_cmpgt_epi32(_mm256_set1_epi32(Og - ch), lane);
-        __m256 ob_ = bias ? _mm256_add_ps(off, _mm256_maskload_ps(bias + ch, mk)) : off;
-        __m256 v = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(c[j]), s), ob_);
-        if (q->p.relu) v = _mm256_max_ps(v, _mm256_setzero_ps());
+        const __m256 t = _mm256_mul_ps(_mm256_cvtepi32_ps(c[j]), s);
+        __m256 v;
+        if (add) {
+            v = _mm256_add_ps(_mm256_maskload_ps(yp + ch, mk), t);
+        } else {
+            const __m256 ob_ = bias ? _mm256_add_ps(off, _mm256_maskload_ps(bias + ch, mk)) : off;
+            v = _mm256_add_ps(t, ob_);
+        }
+        if (relu) v = _mm256_max_ps(v, _mm256_setzero_ps());
         _mm256_maskstore_ps(yp + ch, mk, v);
     }
 }
@@ -191,8 +200,7 @@ INLINE T2 void conv_block(const qlut_run *r, int oy, int ox0, int g, int ob, con
     const int M = q->M, Kp = q->Kp, KW = p->kw, Ogp = q->Ogp;
     const size_t pixb = (size_t)p->groups * M * Kp;
     const size_t pstep = (size_t)p->stride_w * pixb;
-    const uint8_t *base = r->lq + ((size_t)oy * p->stride_h * r->PW + (size_t)ox0 * p->stride_w) * pixb +
-                          (size_t)g * M * Kp;
+    const size_t col = (size_t)ox0 * p->stride_w * pixb + (size_t)g * M * Kp;
     const uint8_t *ib = q->idx + (size_t)g * p->kh * KW * M * Ogp + ob;
     __m256i a[4], b[4], c[4][4];
     for (int i = 0; i < P; i++) {
@@ -200,9 +208,9 @@ INLINE T2 void conv_block(const qlut_run *r, int oy, int ox0, int g, int ob, con
         for (int j = 0; j < 4; j++) c[i][j] = _mm256_setzero_si256();
     }
     int cnt = 0;
-    for (int ky = 0; ky < p->kh; ky++)
+    for (int ky = r->ky0; ky < r->ky1; ky++)
         for (int kx = 0; kx < KW; kx++) {
-            const uint8_t *tp = base + ((size_t)ky * r->PW + kx) * pixb;
+            const uint8_t *tp = qlut_row(r, oy * p->stride_h + ky) + col + (size_t)kx * pixb;
             const uint8_t *ip = ib + ((size_t)ky * KW + kx) * M * Ogp;
             for (int m = 0; m < M; m++) {
                 const __m256i idx = _mm256_loadu_si256((const __m256i *)(ip + (size_t)m * Ogp));
@@ -227,7 +235,7 @@ INLINE T2 void conv_block(const qlut_run *r, int oy, int ox0, int g, int ob, con
 
 INLINE T2 void conv_all(const qlut_run *r, const int NC, const int HALVES) {
     const qcnn_qconv_prepared *q = r->q;
-    for (int oy = 0; oy < r->oh; oy++)
+    for (int oy = r->oy0; oy < r->oy1; oy++)
         for (int g = 0; g < q->p.groups; g++)
             for (int ox = 0; ox < r->ow;) {
                 const int left = r->ow - ox;

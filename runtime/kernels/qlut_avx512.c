@@ -222,7 +222,7 @@ INLINE T512 void accumulate(__m512i *a, __m512i *b, __m512i v) {
     *b = _mm512_add_epi16(*b, _mm512_srli_epi16(v, 8));
 }
 
-/* y = acc*s + (offset + bias), ReLU; channels ch0.. of one output pixel (masked tail). */
+/* The QLUT_EPI_* formulas (qlut_internal.h) for channels ob.. of one output pixel (masked tail). */
 INLINE T512 void epilogue(const qlut_run *r, const __m512i c[4], int oy, int ox, int g, int ob) {
     const qcnn_qconv_prepared *q = r->q;
     const int Og = q->Og;
@@ -230,13 +230,21 @@ INLINE T512 void epilogue(const qlut_run *r, const __m512i c[4], int oy, int ox,
     const __m512 off = _mm512_set1_ps(r->off[pix * q->p.groups + g]), s = _mm512_set1_ps(r->step);
     float *yp = r->y + pix * q->p.cout + (size_t)g * Og;
     const float *bias = q->p.bias ? q->p.bias + (size_t)g * Og : NULL;
+    const int add = r->epi == QLUT_EPI_ADD || r->epi == QLUT_EPI_LAST;
+    const int relu = q->p.relu && (r->epi == QLUT_EPI_FULL || r->epi == QLUT_EPI_LAST);
     for (int j = 0; j < 4; j++) {
         const int ch = ob + 16 * j;
         if (ch >= Og) break;
         const __mmask16 mk = Og - ch >= 16 ? 0xFFFF : (__mmask16)((1u << (Og - ch)) - 1);
-        __m512 ob_ = bias ? _mm512_add_ps(off, _mm512_maskz_loadu_ps(mk, bias + ch)) : off;
-        __m512 v = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(c[j]), s), ob_);
-        if (q->p.relu) v = _mm512_max_ps(v, _mm512_setzero_ps());
+        const __m512 t = _mm512_mul_ps(_mm512_cvtepi32_ps(c[j]), s);
+        __m512 v;
+        if (add) {
+            v = _mm512_add_ps(_mm512_maskz_loadu_ps(mk, yp + ch), t);
+        } else {
+            const __m512 ob_ = bias ? _mm512_add_ps(off, _mm512_maskz_loadu_ps(mk, bias + ch)) : off;
+            v = _mm512_add_ps(t, ob_);
+        }
+        if (relu) v = _mm512_max_ps(v, _mm512_setzero_ps());
         _mm512_mask_storeu_ps(yp + ch, mk, v);
     }
 }
@@ -249,8 +257,7 @@ INLINE T512 void conv_block(const qlut_run *r, int oy, int ox0, int g, int ob, c
     const int M = q->M, Kp = q->Kp, KW = p->kw, Ogp = q->Ogp;
     const size_t pixb = (size_t)p->groups * M * Kp; /* bytes of tables per padded pixel */
     const size_t pstep = (size_t)p->stride_w * pixb; /* next output pixel's input pixel */
-    const uint8_t *base = r->lq + ((size_t)oy * p->stride_h * r->PW + (size_t)ox0 * p->stride_w) * pixb +
-                          (size_t)g * M * Kp;
+    const size_t col = (size_t)ox0 * p->stride_w * pixb + (size_t)g * M * Kp;
     const uint8_t *ib = q->idx + (size_t)g * p->kh * KW * M * Ogp + ob;
     __m512i a[8], b[8], c[8][4];
     for (int i = 0; i < P; i++) {
@@ -258,9 +265,9 @@ INLINE T512 void conv_block(const qlut_run *r, int oy, int ox0, int g, int ob, c
         for (int j = 0; j < 4; j++) c[i][j] = _mm512_setzero_si512();
     }
     int cnt = 0;
-    for (int ky = 0; ky < p->kh; ky++)
+    for (int ky = r->ky0; ky < r->ky1; ky++)
         for (int kx = 0; kx < KW; kx++) {
-            const uint8_t *tp = base + ((size_t)ky * r->PW + kx) * pixb;
+            const uint8_t *tp = qlut_row(r, oy * p->stride_h + ky) + col + (size_t)kx * pixb;
             const uint8_t *ip = ib + ((size_t)ky * KW + kx) * M * Ogp;
             for (int m = 0; m < M; m++) {
                 const __m512i idx = _mm512_loadu_si512(ip + (size_t)m * Ogp);
@@ -287,15 +294,14 @@ INLINE T512 void conv_block_s1(const qlut_run *r, int oy, int ox0, int g, int ob
     const qcnn_qconv_params *p = &q->p;
     const int M = q->M, Kp = q->Kp, Ogp = q->Ogp;
     const size_t pixb = (size_t)p->groups * M * Kp;
-    const uint8_t *base = r->lq + ((size_t)oy * p->stride_h * r->PW + (size_t)ox0) * pixb +
-                          (size_t)g * M * Kp;
+    const size_t col = (size_t)ox0 * pixb + (size_t)g * M * Kp;
     const uint8_t *ib = q->idx + (size_t)g * p->kh * KW * M * Ogp + ob;
     __m512i a[8], b[8], c[8 * 4];
     for (int i = 0; i < P; i++) a[i] = b[i] = _mm512_setzero_si512();
     for (int j = 0; j < 4 * P; j++) c[j] = _mm512_setzero_si512();
     int cnt = 0;
-    for (int ky = 0; ky < p->kh; ky++) {
-        const uint8_t *tp = base + (size_t)ky * r->PW * pixb;
+    for (int ky = r->ky0; ky < r->ky1; ky++) {
+        const uint8_t *tp = qlut_row(r, oy * p->stride_h + ky) + col;
         const uint8_t *ip = ib + (size_t)ky * KW * M * Ogp;
         for (int m = 0; m < M; m++) {
             if (cnt + KW > 256) {
@@ -343,7 +349,7 @@ INLINE T512 void conv_block_s1(const qlut_run *r, int oy, int ox0, int g, int ob
 
 INLINE T512 void conv_all_s1(const qlut_run *r, const int KW, const int KC) {
     const qcnn_qconv_prepared *q = r->q;
-    for (int oy = 0; oy < r->oh; oy++)
+    for (int oy = r->oy0; oy < r->oy1; oy++)
         for (int g = 0; g < q->p.groups; g++)
             for (int ox = 0; ox < r->ow;) {
                 /* Split the rest of the row evenly into blocks of <= PS1 pixels (13 -> 7 + 6). */
@@ -367,7 +373,7 @@ INLINE T512 void conv_all_s1(const qlut_run *r, const int KW, const int KC) {
 
 INLINE T512 void conv_all(const qlut_run *r, const int KC) {
     const qcnn_qconv_prepared *q = r->q;
-    for (int oy = 0; oy < r->oh; oy++)
+    for (int oy = r->oy0; oy < r->oy1; oy++)
         for (int g = 0; g < q->p.groups; g++)
             for (int ox = 0; ox < r->ow;) {
                 const int left = r->ow - ox;

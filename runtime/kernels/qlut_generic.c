@@ -65,6 +65,7 @@ static qcnn_qconv_prepared *prepare(const qcnn_qconv_params *p, qcnn_isa isa, qc
     if (!q) goto oom;
     q->table_budget = QCNN_TABLE_BUDGET_DEFAULT;
     q->one_pass_limit = qcnn_default_one_pass_limit();
+    q->row_step_limit = QCNN_ROW_STEP_LIMIT_DEFAULT;
     q->p = *p;
     q->fc = fc;
     q->mode = mode;
@@ -198,6 +199,11 @@ size_t qlut_work_bytes(const qcnn_qconv_prepared *q) {
  *    qcnn_qconv_pointwise_chunk() pixels, each built, quantized and looked up with its own
  *    (smaller or equal) step. At least CHUNK_MIN_PIXELS pixels, so the kernels' pixel blocking and
  *    index streaming stay efficient.
+ *  - Other int8 layers whose whole-image tables exceed q->row_step_limit (VGG's 56x56..224x224
+ *    layers: 25-205 MB) give each input row its own step: a row is built, quantized at once into a
+ *    ring of kh rows, and every output row is summed one kernel row at a time (integer sums of one
+ *    step each, combined in float: QLUT_EPI_*). One build, tables that stay in cache, and steps
+ *    no larger than one per image. The limit is the same on every CPU, so the values are too.
  *  - Other int8 layers whose tables exceed q->one_pass_limit are built twice, one input row at a
  *    time: once for the step (the largest range; nothing is stored), once to quantize each row
  *    while it is in cache. The same arithmetic as one pass, so the same bytes; it costs a second
@@ -217,15 +223,23 @@ int qcnn_qconv_pointwise_chunk(const qcnn_qconv_prepared *q) {
     return n < CHUNK_MIN_PIXELS ? CHUNK_MIN_PIXELS : n > 65536 ? 65536 : (int)n;
 }
 
+/* 1: one int8 step per input row, tables streamed through a ring of kh rows (see above). */
+static int row_step_tables(const qcnn_qconv_prepared *q, int h, int w) {
+    return q->mode == QCNN_LUT_INT8 && !q->fc && h > 1 && q->p.kh > 1 &&
+           (size_t)h * w * pixel_table_bytes(q) > q->row_step_limit;
+}
+
 /* 1: build the int8 tables of an h x w input in two passes, row by row (see above). */
 static int rowwise_tables(const qcnn_qconv_prepared *q, int h, int w) {
-    return q->mode == QCNN_LUT_INT8 && !q->fc && h > 1 &&
+    return q->mode == QCNN_LUT_INT8 && !q->fc && h > 1 && !row_step_tables(q, h, w) &&
            (size_t)h * w * pixel_table_bytes(q) > q->one_pass_limit;
 }
 
 void qcnn_qconv_set_table_budget(qcnn_qconv_prepared *q, size_t bytes) { q->table_budget = bytes; }
 size_t qcnn_qconv_table_budget(const qcnn_qconv_prepared *q) { return q->table_budget; }
 void qcnn_qconv_set_one_pass_limit(qcnn_qconv_prepared *q, size_t bytes) { q->one_pass_limit = bytes; }
+void qcnn_qconv_set_row_step_limit(qcnn_qconv_prepared *q, size_t bytes) { q->row_step_limit = bytes; }
+size_t qcnn_qconv_row_step_limit(const qcnn_qconv_prepared *q) { return q->row_step_limit; }
 size_t qcnn_qconv_one_pass_limit(const qcnn_qconv_prepared *q) { return q->one_pass_limit; }
 
 /* Measured with AlexNet's conv2..5 (2.8-4.5 MB of tables) run right after onnxruntime, which
@@ -238,7 +252,7 @@ size_t qcnn_default_one_pass_limit(void) {
 
 /* Scratch layout of one run (each part 64-byte aligned). */
 typedef struct {
-    size_t Lf, tmin, lq, tsum, off, work, total;
+    size_t Lf, tmin, lq, tsum, off, row_step, work, total;
 } scratch_layout;
 
 static scratch_layout layout(const qcnn_qconv_prepared *q, int h, int w) {
@@ -250,13 +264,17 @@ static scratch_layout layout(const qcnn_qconv_prepared *q, int h, int w) {
     size_t PH = (size_t)h + p->pad_top + p->pad_bottom, PW = (size_t)w + p->pad_left + p->pad_right;
     size_t tabs = (size_t)h * w * p->groups * q->M;
     size_t o = 0;
-    const size_t lf_tabs = rowwise_tables(q, h, w) ? (size_t)w * p->groups * q->M : tabs; /* one row */
+    const int row_steps = row_step_tables(q, h, w);
+    const size_t row_tabs = (size_t)w * p->groups * q->M;
+    const size_t lf_tabs = row_steps || rowwise_tables(q, h, w) ? row_tabs : tabs; /* one row */
+    const size_t lq_rows = row_steps ? (size_t)p->kh : PH; /* a ring of kh rows */
     s.Lf = o;   o += ALIGN64(lf_tabs * q->Kp * sizeof(float));
-    s.tmin = o; o += ALIGN64(tabs * sizeof(float));
+    s.tmin = o; o += ALIGN64((row_steps ? row_tabs : tabs) * sizeof(float));
     if (q->mode == QCNN_LUT_INT8) {
-        s.lq = o;   o += ALIGN64(PH * PW * p->groups * qlut_table_subspaces(q) * q->Kp);
+        s.lq = o;   o += ALIGN64(lq_rows * PW * p->groups * qlut_table_subspaces(q) * q->Kp);
         s.tsum = o; o += ALIGN64(PH * PW * p->groups * sizeof(float));
         s.off = o;  o += ALIGN64((size_t)oh * ow * p->groups * sizeof(float));
+        s.row_step = o; o += ALIGN64(PH * sizeof(float));
     }
     s.work = o; o += qlut_work_bytes(q);
     s.total = o + 64; /* slack to align the caller's pointer */
@@ -317,16 +335,19 @@ void qlut_quant_generic(const qcnn_qconv_prepared *q, const float *Lf, const flo
             lq[t * Kp + k] = quant1((Lf[t * Kp + k] - tmin[t]) * inv);
 }
 
-/* y = acc*s + (offset + bias), ReLU: the one epilogue formula every int8 kernel uses. */
+/* The epilogue formulas every int8 kernel uses (QLUT_EPI_*, qlut_internal.h). */
 static void epilogue_generic(const qlut_run *r, const uint32_t *acc, int oy, int ox, int g) {
     const qcnn_qconv_prepared *q = r->q;
     const int Og = q->Og;
     const float off = r->off[((size_t)oy * r->ow + ox) * q->p.groups + g];
     float *yp = r->y + ((size_t)oy * r->ow + ox) * q->p.cout + (size_t)g * Og;
     const float *b = q->p.bias ? q->p.bias + (size_t)g * Og : NULL;
+    const int add = r->epi == QLUT_EPI_ADD || r->epi == QLUT_EPI_LAST;
+    const int relu = q->p.relu && (r->epi == QLUT_EPI_FULL || r->epi == QLUT_EPI_LAST);
     for (int o = 0; o < Og; o++) {
-        float v = (float)acc[o] * r->step + (b ? off + b[o] : off);
-        yp[o] = q->p.relu && v < 0.0f ? 0.0f : v;
+        const float t = (float)acc[o] * r->step;
+        float v = add ? yp[o] + t : t + (b ? off + b[o] : off);
+        yp[o] = relu && v < 0.0f ? 0.0f : v;
     }
 }
 
@@ -335,15 +356,15 @@ void qlut_conv_generic(const qlut_run *r) {
     const qcnn_qconv_params *p = &q->p;
     const int G = p->groups, M = q->M, Kp = q->Kp, Og = q->Og, Ogp = q->Ogp;
     uint32_t *acc = r->work;
-    for (int oy = 0; oy < r->oh; oy++)
+    for (int oy = r->oy0; oy < r->oy1; oy++)
         for (int ox = 0; ox < r->ow; ox++)
             for (int g = 0; g < G; g++) {
                 memset(acc, 0, (size_t)Og * sizeof *acc);
-                for (int ky = 0; ky < p->kh; ky++)
+                for (int ky = r->ky0; ky < r->ky1; ky++)
                     for (int kx = 0; kx < p->kw; kx++) {
                         /* Padding pixels have all-zero tables: no bounds checks needed. */
-                        size_t pix = (size_t)(oy * p->stride_h + ky) * r->PW + ox * p->stride_w + kx;
-                        const uint8_t *tabs = r->lq + (pix * G + g) * M * Kp;
+                        const uint8_t *tabs = qlut_row(r, oy * p->stride_h + ky) +
+                                              ((size_t)(ox * p->stride_w + kx) * G + g) * M * Kp;
                         const uint8_t *ip = q->idx + (((size_t)g * p->kh + ky) * p->kw + kx) * M * Ogp;
                         for (int m = 0; m < M; m++) {
                             const uint8_t *t = tabs + (size_t)m * Kp, *ii = ip + (size_t)m * Ogp;
@@ -386,64 +407,193 @@ static void conv_float_generic(const qcnn_qconv_prepared *q, const float *Lf, in
 
 /* ------------------------------------------------------------------ per-image driver */
 
-/* Build the tables of an h x w input, quantize them (int8 mode) with one step and look them up
- * into y. s: 64-byte aligned scratch laid out by layout(q, h, w). Returns the step (0: float). */
+/* tsum = 0 + tmin[m=0] + tmin[1] + ... per (pixel, group) of one input row, written at the
+ * row's padded position; four sums at a time so their adds overlap instead of waiting on each
+ * other (add latency). */
+static void row_minima_sums(const qcnn_qconv_prepared *q, int w, int PW, const float *tm, float *trow) {
+    const int G = q->p.groups, M = q->M;
+    memset(trow, 0, (size_t)PW * G * sizeof(float));
+    float *tr = trow + (size_t)q->p.pad_left * G;
+    const size_t n = (size_t)w * G;
+    size_t j = 0;
+    for (; j + 4 <= n; j += 4) {
+        float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
+        for (int m = 0; m < M; m++) {
+            a0 += tm[j * M + m];
+            a1 += tm[(j + 1) * M + m];
+            a2 += tm[(j + 2) * M + m];
+            a3 += tm[(j + 3) * M + m];
+        }
+        tr[j] = a0;
+        tr[j + 1] = a1;
+        tr[j + 2] = a2;
+        tr[j + 3] = a3;
+    }
+    for (; j < n; j++) {
+        float a = 0.0f;
+        for (int m = 0; m < M; m++) a += tm[j * M + m];
+        tr[j] = a;
+    }
+}
+
+/* off = 0 + tsum[ky=0][kx=0] + tsum[0][1] + ... per (pixel, group) of output row oy, in that
+ * order; kernel taps outermost for the same reason (a 5x5 kernel is a chain of 25 adds). */
+static void output_row_offsets(const qcnn_qconv_prepared *q, const float *tsum, int PW, int ow, int oy,
+                               float *orow) {
+    const qcnn_qconv_params *p = &q->p;
+    const int G = p->groups;
+    memset(orow, 0, (size_t)ow * G * sizeof(float));
+    for (int ky = 0; ky < p->kh; ky++)
+        for (int kx = 0; kx < p->kw; kx++) {
+            const float *trow = tsum + ((size_t)(oy * p->stride_h + ky) * PW + kx) * G;
+            if (p->stride_w == 1)
+                for (size_t j = 0; j < (size_t)ow * G; j++) orow[j] += trow[j];
+            else
+                for (int ox = 0; ox < ow; ox++)
+                    for (int g = 0; g < G; g++)
+                        orow[(size_t)ox * G + g] += trow[(size_t)ox * p->stride_w * G + g];
+        }
+}
+
+/* The ISA's three hooks. */
+typedef struct {
+    qlut_build_fn build;
+    qlut_quant_fn quant;
+    qlut_conv_fn conv;
+} qlut_fns;
+
+static qlut_fns isa_fns(const qcnn_qconv_prepared *q) {
+    qlut_fns f = {qlut_build_generic, qlut_quant_generic, qlut_conv_generic};
+#if QLUT_X86
+    if (q->isa == QCNN_ISA_AVX2) f = (qlut_fns){qlut_build_avx2, qlut_quant_avx2, qlut_conv_avx2};
+    else if (q->isa == QCNN_ISA_AVX512VBMI)
+        f = (qlut_fns){qlut_build_avx512, qlut_quant_avx512, qlut_conv_avx512};
+#else
+    (void)q;
+#endif
+    return f;
+}
+
+/* The step that maps a largest table range to 255; constant tables (range 0) quantize to 0
+ * whatever the step. */
+static float step_for_range(float maxr) { return maxr > 1e-30f ? maxr / 255.0f : 1.0f; }
+
+/* One step per input row (row_step_tables): rows are built, quantized and looked up as the
+ * output rows need them. r is set up by run_tables. Returns the largest step. */
+static float run_row_steps(const qcnn_qconv_prepared *q, const float *x, int h, int w, qlut_run *r,
+                           float *Lf, float *tmin, uint8_t *ring, float *tsum, float *off,
+                           float *row_step, qlut_fns f) {
+    const qcnn_qconv_params *p = &q->p;
+    const int G = p->groups, M = q->M, kh = p->kh;
+    const size_t row_bytes = (size_t)r->PW * G * M * q->Kp, pix_bytes = (size_t)G * M * q->Kp;
+    r->lq = ring;
+    r->ring = kh;
+    float maxstep = 0.0f;
+    int oy = 0;
+    for (int py = 0; oy < r->oh; py++) {
+        /* Row py overwrites py - kh: every output row reading that one is done (see below). */
+        const int iy = py - p->pad_top;
+        uint8_t *row = ring + (size_t)(py % kh) * row_bytes;
+        float *trow = tsum + (size_t)py * r->PW * G;
+        if (iy < 0 || iy >= h) {
+            memset(row, 0, row_bytes);
+            memset(trow, 0, (size_t)r->PW * G * sizeof(float));
+            row_step[py] = 0.0f;
+        } else {
+            const float *xr = x + (size_t)iy * w * p->cin;
+            const float step = step_for_range(f.build(q, xr, 1, w, Lf, tmin));
+            row_step[py] = step;
+            maxstep = step > maxstep ? step : maxstep;
+            memset(row, 0, (size_t)p->pad_left * pix_bytes);
+            memset(row + (size_t)(p->pad_left + w) * pix_bytes, 0, (size_t)p->pad_right * pix_bytes);
+            f.quant(q, Lf, tmin, (size_t)w * G * M, 1.0f / step, row + (size_t)p->pad_left * pix_bytes);
+            row_minima_sums(q, w, r->PW, tmin, trow);
+        }
+        /* Output rows whose last input row is py: their kernel rows one at a time, each with its
+         * own step. Rows of padding add nothing and are skipped (unless no row is left: then
+         * one zero pass still writes off + bias). */
+        for (; oy < r->oh && oy * p->stride_h + kh - 1 == py; oy++) {
+            output_row_offsets(q, tsum, r->PW, r->ow, oy, off + (size_t)oy * r->ow * G);
+            int first = -1, last = -1; /* the kernel rows on image rows */
+            for (int ky = 0; ky < kh; ky++) {
+                const int y_in = oy * p->stride_h + ky - p->pad_top;
+                if (y_in >= 0 && y_in < h) {
+                    if (first < 0) first = ky;
+                    last = ky;
+                }
+            }
+            if (first < 0) first = last = 0;
+            r->oy0 = oy;
+            r->oy1 = oy + 1;
+            for (int ky = first; ky <= last; ky++) {
+                r->ky0 = ky;
+                r->ky1 = ky + 1;
+                r->step = row_step[oy * p->stride_h + ky];
+                r->epi = first == last ? QLUT_EPI_FULL
+                         : ky == first ? QLUT_EPI_FIRST
+                         : ky == last  ? QLUT_EPI_LAST
+                                       : QLUT_EPI_ADD;
+                f.conv(r);
+            }
+        }
+    }
+    return maxstep;
+}
+
+/* Build the tables of an h x w input, quantize them (int8 mode) with one step (or one per input
+ * row) and look them up into y. s: 64-byte aligned scratch laid out by layout(q, h, w). Returns
+ * the (largest) step (0: float). */
 static float run_tables(const qcnn_qconv_prepared *q, const float *x, int h, int w, float *y,
                         uint8_t *s) {
     const qcnn_qconv_params *p = &q->p;
     qlut_run r;
+    memset(&r, 0, sizeof r);
     r.q = q;
     qcnn_conv_out_size(h, w, p->kh, p->kw, p->stride_h, p->stride_w, p->pad_top, p->pad_left,
                        p->pad_bottom, p->pad_right, &r.oh, &r.ow);
     if (r.oh <= 0 || r.ow <= 0) return 0.0f;
     r.PH = h + p->pad_top + p->pad_bottom;
     r.PW = w + p->pad_left + p->pad_right;
+    r.oy0 = 0;
+    r.oy1 = r.oh;
+    r.ky0 = 0;
+    r.ky1 = p->kh;
+    r.epi = QLUT_EPI_FULL;
+    r.y = y;
     scratch_layout sl = layout(q, h, w);
     float *Lf = (float *)(s + sl.Lf), *tmin = (float *)(s + sl.tmin);
+    float *tsum = (float *)(s + sl.tsum), *off = (float *)(s + sl.off);
     r.work = s + sl.work;
+    r.off = off;
+    const qlut_fns f = isa_fns(q);
+    if (row_step_tables(q, h, w))
+        return run_row_steps(q, x, h, w, &r, Lf, tmin, s + sl.lq, tsum, off, (float *)(s + sl.row_step), f);
 
-    qlut_build_fn build = qlut_build_generic;
-    qlut_quant_fn quant = qlut_quant_generic;
-    qlut_conv_fn conv = qlut_conv_generic;
-#if QLUT_X86
-    if (q->isa == QCNN_ISA_AVX2) {
-        build = qlut_build_avx2;
-        quant = qlut_quant_avx2;
-        conv = qlut_conv_avx2;
-    } else if (q->isa == QCNN_ISA_AVX512VBMI) {
-        build = qlut_build_avx512;
-        quant = qlut_quant_avx512;
-        conv = qlut_conv_avx512;
-    }
-#endif
     const int rowwise = rowwise_tables(q, h, w);
     const size_t row_tabs = (size_t)w * p->groups * q->M;
     float maxr = 0.0f;
     if (rowwise) /* pass 1: ranges and minima only; Lf holds one row and is overwritten */
         for (int iy = 0; iy < h; iy++) {
-            const float r_row = build(q, x + (size_t)iy * w * p->cin, 1, w, Lf, tmin + iy * row_tabs);
+            const float r_row = f.build(q, x + (size_t)iy * w * p->cin, 1, w, Lf, tmin + iy * row_tabs);
             maxr = r_row > maxr ? r_row : maxr;
         }
     else
-        maxr = build(q, x, h, w, Lf, tmin);
+        maxr = f.build(q, x, h, w, Lf, tmin);
     if (q->mode == QCNN_LUT_FLOAT) {
         conv_float_generic(q, Lf, h, w, r.oh, r.ow, y, (float *)r.work);
         return 0.0f;
     }
 
     /* One step for the whole image (or pointwise chunk) so byte sums over pixels and subspaces
-     * stay exact integers.
-     * Constant tables (range 0) quantize to 0 whatever the step. */
-    float step = maxr > 1e-30f ? maxr / 255.0f : 1.0f;
+     * stay exact integers. */
+    const float step = step_for_range(maxr);
     r.step = step;
     const float inv = 1.0f / step;
 
     const int G = p->groups, M = q->M;
     const size_t tab_bytes = (size_t)q->Kp, pix_bytes = (size_t)G * M * tab_bytes;
     uint8_t *lq = s + sl.lq;
-    float *tsum = (float *)(s + sl.tsum), *off = (float *)(s + sl.off);
     r.lq = lq;
-    r.off = off;
     /* Padding pixels: zero tables and zero offsets, so the kernels need no bounds checks. */
     for (int py = 0; py < r.PH; py++) {
         int iy = py - p->pad_top;
@@ -459,56 +609,16 @@ static float run_tables(const qcnn_qconv_prepared *q, const float *x, int h, int
         size_t t0 = (size_t)iy * w * G * M;
         const float *Lrow = Lf + t0 * q->Kp;
         if (rowwise) { /* pass 2: the same row again, quantized while in cache */
-            build(q, x + (size_t)iy * w * p->cin, 1, w, Lf, tmin + t0);
+            f.build(q, x + (size_t)iy * w * p->cin, 1, w, Lf, tmin + t0);
             Lrow = Lf;
         }
-        quant(q, Lrow, tmin + t0, (size_t)w * G * M, inv, row + (size_t)p->pad_left * pix_bytes);
-        /* tsum = 0 + tmin[m=0] + tmin[1] + ... per (pixel, group); four sums at a time so their
-         * adds overlap instead of waiting on each other (add latency). */
-        memset(trow, 0, (size_t)r.PW * G * sizeof(float));
-        float *tr = trow + (size_t)p->pad_left * G;
-        const float *tm = tmin + t0;
-        const size_t n = (size_t)w * G;
-        size_t j = 0;
-        for (; j + 4 <= n; j += 4) {
-            float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
-            for (int m = 0; m < M; m++) {
-                a0 += tm[j * M + m];
-                a1 += tm[(j + 1) * M + m];
-                a2 += tm[(j + 2) * M + m];
-                a3 += tm[(j + 3) * M + m];
-            }
-            tr[j] = a0;
-            tr[j + 1] = a1;
-            tr[j + 2] = a2;
-            tr[j + 3] = a3;
-        }
-        for (; j < n; j++) {
-            float a = 0.0f;
-            for (int m = 0; m < M; m++) a += tm[j * M + m];
-            tr[j] = a;
-        }
+        f.quant(q, Lrow, tmin + t0, (size_t)w * G * M, inv, row + (size_t)p->pad_left * pix_bytes);
+        row_minima_sums(q, w, r.PW, tmin + t0, trow);
     }
     if (q->fcq_bits) /* the padding subspaces of the last quad look up zeros */
         memset(lq + (size_t)M * q->Kp, 0, (size_t)(qlut_table_subspaces(q) - M) * q->Kp);
-    /* off = 0 + tsum[ky=0][kx=0] + tsum[0][1] + ... per (output pixel, group), in that order;
-     * kernel taps outermost for the same reason (a 5x5 kernel is a chain of 25 adds). */
-    for (int oy = 0; oy < r.oh; oy++) {
-        float *orow = off + (size_t)oy * r.ow * G;
-        memset(orow, 0, (size_t)r.ow * G * sizeof(float));
-        for (int ky = 0; ky < p->kh; ky++)
-            for (int kx = 0; kx < p->kw; kx++) {
-                const float *trow = tsum + ((size_t)(oy * p->stride_h + ky) * r.PW + kx) * G;
-                if (p->stride_w == 1)
-                    for (size_t j = 0; j < (size_t)r.ow * G; j++) orow[j] += trow[j];
-                else
-                    for (int ox = 0; ox < r.ow; ox++)
-                        for (int g = 0; g < G; g++)
-                            orow[(size_t)ox * G + g] += trow[(size_t)ox * p->stride_w * G + g];
-            }
-    }
-    r.y = y;
-    conv(&r);
+    for (int oy = 0; oy < r.oh; oy++) output_row_offsets(q, tsum, r.PW, r.ow, oy, off + (size_t)oy * r.ow * G);
+    f.conv(&r);
     return step;
 }
 

@@ -25,18 +25,36 @@ struct qcnn_qconv_prepared {
     void *mem;        /* owned allocation behind cbt (and idx when it is a copy) */
     size_t table_budget; /* bytes of float tables of a pointwise chunk (see qlut_generic.c) */
     size_t one_pass_limit; /* larger whole-image tables are built row by row (qlut_generic.c) */
+    size_t row_step_limit; /* larger whole-image tables get one step per input row (qlut_generic.c) */
 };
 
-/* Everything an ISA's accumulate kernel needs for one image. */
+/* How a conv kernel call finishes each output (acc = its integer sum of look-ups):
+ *   QLUT_EPI_FULL   y = acc*s + (off + bias), ReLU      (all kernel rows in one call)
+ *   QLUT_EPI_FIRST  y = acc*s + (off + bias)            (first of several kernel-row calls)
+ *   QLUT_EPI_ADD    y = y + acc*s
+ *   QLUT_EPI_LAST   y = y + acc*s, ReLU                  (last kernel-row call)
+ * Every ISA computes these with the same float operations in the same order. */
+enum { QLUT_EPI_FULL = 0, QLUT_EPI_FIRST, QLUT_EPI_ADD, QLUT_EPI_LAST };
+
+/* Everything an ISA's accumulate kernel needs for one call: output rows oy0..oy1-1, summing
+ * kernel rows ky0..ky1-1 (all of them, or one when each input row has its own step). */
 typedef struct {
     const qcnn_qconv_prepared *q;
     int oh, ow, PH, PW;  /* output size; padded input grid the byte tables live on */
-    const uint8_t *lq;   /* [PH][PW][G][M][Kp] byte tables, all-zero on padding pixels */
+    int oy0, oy1, ky0, ky1, epi; /* epi: QLUT_EPI_* */
+    const uint8_t *lq;   /* byte tables [row][PW][G][M][Kp], all-zero on padding pixels */
+    int ring;            /* 0: lq holds all PH padded rows; else padded row py is at slot py % ring */
     const float *off;    /* [oh][ow][G]: sum of the table minima each output pixel adds */
     float step;          /* table quantization step s */
     float *y;            /* [oh][ow][cout] */
     void *work;          /* per-run work area of qlut_work_bytes() bytes, 64-byte aligned */
 } qlut_run;
+
+/* The byte tables of padded input row py. */
+static inline const uint8_t *qlut_row(const qlut_run *r, int py) {
+    const size_t row_bytes = (size_t)r->PW * r->q->p.groups * r->q->M * r->q->Kp;
+    return r->lq + (size_t)(r->ring ? py % r->ring : py) * row_bytes;
+}
 
 /* Builds float tables Lf[h*w][G][M][Kp] and their minima tmin[h*w][G][M]; returns the largest
  * max-min range over all tables. */
