@@ -160,6 +160,17 @@ def test_parse_models():
         bench.parse_models(" , ")
 
 
+def test_bench_skip_reaches_the_conversion_settings():
+    """--skip keeps layers dense; it enters the cache key only when given, so earlier caches stay valid."""
+    import argparse
+
+    base = dict(conv="8/128", fc="4/32", last_fc="1/16", no_ec=True, calib_count=16, plan=None)
+    plain = bench.conversion_settings(argparse.Namespace(**base, skip=None))
+    assert "skip" not in plain
+    got = bench.conversion_settings(argparse.Namespace(**base, skip="conv3_1, conv1_2,"))
+    assert got == {**plain, "skip": ["conv1_2", "conv3_1"]}
+
+
 def test_aggregate_ort_profile():
     events = [
         {"cat": "Session", "name": "model_run", "dur": 999},
