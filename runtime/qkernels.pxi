@@ -162,9 +162,10 @@ cdef class _QkBase:
 
     @property
     def one_pass_limit(self):
-        """Int8 layers (not pointwise) whose whole-image float tables exceed this many bytes build
-        them twice, row by row, instead of once (the same results; a speed choice, defaulting per
-        CPU: default_one_pass_limit()). Set it before sharing the kernel between threads;
+        """Int8 layers using one step per image (whole-image tables at or under row_step_limit;
+        none by default) whose float tables exceed this many bytes build them twice, row by row,
+        instead of once (the same results; a speed choice, defaulting per CPU:
+        default_one_pass_limit()). Set it before sharing the kernel between threads;
         scratch_nbytes() depends on it."""
         return _qk_one_pass_limit(self._q)
 
@@ -174,11 +175,11 @@ cdef class _QkBase:
 
     @property
     def row_step_limit(self):
-        """Int8 layers with kernel height > 1 whose whole-image float tables exceed this many bytes
+        """Int8 layers (not pointwise) whose whole-image float tables exceed this many bytes
         quantize each input row with its own step (finer than one per image) and stream the rows
-        through a ring of kernel-height rows: one build and tables that stay in cache. Results
-        depend on it, so the default (8 MB) is the same on every CPU. Set it before sharing the
-        kernel between threads; scratch_nbytes() depends on it."""
+        through a ring of kernel-height rows: one build and tables that stay in cache. Default 0:
+        every such layer. Results depend on it, so the default is the same on every CPU. Set it
+        before sharing the kernel between threads; scratch_nbytes() depends on it."""
         return _qk_row_step_limit(self._q)
 
     @row_step_limit.setter

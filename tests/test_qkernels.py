@@ -195,6 +195,7 @@ def test_tables_over_the_budget_are_built_row_by_row_with_the_same_result(isa):
                               isa=isa, lut="int8")
         assert k.table_budget == 256 << 10  # the pointwise chunk budget: the same on every CPU
         assert k.one_pass_limit == _core.default_one_pass_limit() in (256 << 10, 8 << 20)
+        k.row_step_limit = 1 << 40  # one step per image (row steps are the default)
         k.one_pass_limit = budget
         y = np.full(k.out_shape(H, W), np.nan, np.float32)
         scratch = np.empty(k.scratch_nbytes(H, W), np.uint8)
@@ -218,8 +219,12 @@ def np_row_steps(x, cb, G):
     return (L.max(-1) - L.min(-1)).reshape(H, -1).max(1) / 255.0
 
 
-@pytest.mark.parametrize("case", [c for c in CONV_CASES if c[3] > 1],
-                         ids=[f"conv{i}" for i, c in enumerate(CONV_CASES) if c[3] > 1])
+def _pointwise(case):
+    return case[3] == case[4] == 1 and case[5] == (1, 1) and not any(case[6])
+
+
+@pytest.mark.parametrize("case", [c for c in CONV_CASES if not _pointwise(c)],
+                         ids=[f"conv{i}" for i, c in enumerate(CONV_CASES) if not _pointwise(c)])
 @pytest.mark.parametrize("isa", _core.isa_available())
 def test_row_steps_quantize_each_input_row_with_its_own_step(case, isa):
     """Over row_step_limit, each input row's tables get their own step and every output is within
@@ -231,8 +236,9 @@ def test_row_steps_quantize_each_input_row_with_its_own_step(case, isa):
     # rows of very different scale, so one step per image would be far coarser for most rows
     x = (rng.standard_normal((H, W, cin)) * np.geomspace(0.01, 10, H)[:, None, None]).astype(np.float32)
     k = _core.QConvKernel(cin, cout, G, kh, kw, strides, pads, Cs, M, K, cb, idx, bias, relu, isa=isa, lut="int8")
-    assert k.row_step_limit == 8 << 20  # the same on every CPU: it changes the values
-    whole = k.scratch_nbytes(H, W)
+    assert k.row_step_limit == 0  # the default, the same on every CPU: it changes the values
+    k.row_step_limit = 1 << 40
+    whole = k.scratch_nbytes(H, W)  # one step per image: tables of every row
     k.row_step_limit = 0
     if H > 1:
         assert k.scratch_nbytes(H, W) < whole  # a ring of kh rows of tables, one row of floats
@@ -257,7 +263,7 @@ def test_row_steps_quantize_each_input_row_with_its_own_step(case, isa):
     err = np.abs(y.astype(np.float64) - y64)
     assert np.all(err <= bound), f"error {err.max()} over the row steps' bound"
     if H >= 4:  # rows 1000x apart in scale: far more accurate than one step for the image
-        k.row_step_limit = 8 << 20
+        k.row_step_limit = 1 << 40
         y1 = np.full(k.out_shape(H, W), np.nan, np.float32)
         k.run(x, y1, np.empty(k.scratch_nbytes(H, W), np.uint8))
         assert err.mean() < 0.5 * np.abs(y1.astype(np.float64) - y64).mean()

@@ -199,15 +199,18 @@ size_t qlut_work_bytes(const qcnn_qconv_prepared *q) {
  *    qcnn_qconv_pointwise_chunk() pixels, each built, quantized and looked up with its own
  *    (smaller or equal) step. At least CHUNK_MIN_PIXELS pixels, so the kernels' pixel blocking and
  *    index streaming stay efficient.
- *  - Other int8 layers whose whole-image tables exceed q->row_step_limit (VGG's 56x56..224x224
- *    layers: 25-205 MB) give each input row its own step: a row is built, quantized at once into a
- *    ring of kh rows, and every output row is summed one kernel row at a time (integer sums of one
- *    step each, combined in float: QLUT_EPI_*). One build, tables that stay in cache, and steps
- *    no larger than one per image. The limit is the same on every CPU, so the values are too.
- *  - Other int8 layers whose tables exceed q->one_pass_limit are built twice, one input row at a
- *    time: once for the step (the largest range; nothing is stored), once to quantize each row
- *    while it is in cache. The same arithmetic as one pass, so the same bytes; it costs a second
- *    build. Which is faster depends on the CPU's caches (qcnn_default_one_pass_limit). */
+ *  - Other int8 layers (by default all: q->row_step_limit is 0) give each input row its own step:
+ *    a row is built, quantized at once into a ring of kh rows, and every output row is summed one
+ *    kernel row at a time (integer sums of one step each, combined in float: QLUT_EPI_*). One
+ *    build, tables that stay in cache (VGG's 224x224 layer has 205 MB of float tables per image),
+ *    and steps no larger than one per image. Measured on Zen 4: VGG-16 conv1_2 41 -> 26 ms against
+ *    a second build, AlexNet unchanged in time with a lower error. The limit is the same on every
+ *    CPU, so the values are too.
+ *  - With row_step_limit raised, layers at or under it use one step for the whole image. Those
+ *    whose tables exceed q->one_pass_limit are then built twice, one input row at a time: once for
+ *    the step (the largest range; nothing is stored), once to quantize each row while it is in
+ *    cache. The same arithmetic as one pass, so the same bytes; it costs a second build. Which is
+ *    faster depends on the CPU's caches (qcnn_default_one_pass_limit). */
 #define CHUNK_MIN_PIXELS 16
 
 static size_t pixel_table_bytes(const qcnn_qconv_prepared *q) {
@@ -225,7 +228,7 @@ int qcnn_qconv_pointwise_chunk(const qcnn_qconv_prepared *q) {
 
 /* 1: one int8 step per input row, tables streamed through a ring of kh rows (see above). */
 static int row_step_tables(const qcnn_qconv_prepared *q, int h, int w) {
-    return q->mode == QCNN_LUT_INT8 && !q->fc && h > 1 && q->p.kh > 1 &&
+    return q->mode == QCNN_LUT_INT8 && !q->fc && h > 1 && !qcnn_qconv_pointwise_chunk(q) &&
            (size_t)h * w * pixel_table_bytes(q) > q->row_step_limit;
 }
 
