@@ -106,12 +106,9 @@ class Model:
     """
 
     def __init__(self, path, lut: str = "int8", isa: str = "auto", max_activation_bytes: int = 1 << 30,
-                 dense: str = "auto", one_pass_limit: Optional[int] = None):
+                 dense: str = "auto"):
         if lut not in ("int8", "float"):
             raise ValueError(f"lut must be 'int8' or 'float', got {lut!r}")
-        if one_pass_limit is not None and (isinstance(one_pass_limit, bool) or not isinstance(one_pass_limit, int)
-                                           or one_pass_limit < 0):
-            raise ValueError(f"one_pass_limit must be a number of bytes >= 0, got {one_pass_limit!r}")
         if dense not in ("auto", "fp32", "int8"):
             raise ValueError(f"dense must be 'auto', 'fp32' or 'int8', got {dense!r}")
         self.path = str(path)
@@ -130,12 +127,6 @@ class Model:
         self.isa = _core.isa_selected() if isa == "auto" else isa
         self.max_activation_bytes = int(max_activation_bytes)
         self._steps = self._build(model, isa)
-        if one_pass_limit is not None:
-            # LUT convs whose whole-image float tables exceed this build them twice, row by row,
-            # instead of once: the same bytes, only the speed differs (default: per CPU)
-            for step in self._steps:
-                if isinstance(step.kernel, _core.QConvKernel):
-                    step.kernel.one_pass_limit = one_pass_limit
         self._plan_buffers(model)
         self._layers = self._describe_layers()
         self._release_mapping()

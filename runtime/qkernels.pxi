@@ -55,9 +55,6 @@ cdef extern from "qcnn_kernels.h" nogil:
     int _qk_pointwise_chunk "qcnn_qconv_pointwise_chunk"(const _qk_prepared *q)
     void _qk_set_table_budget "qcnn_qconv_set_table_budget"(_qk_prepared *q, size_t nbytes)
     size_t _qk_table_budget "qcnn_qconv_table_budget"(const _qk_prepared *q)
-    void _qk_set_one_pass_limit "qcnn_qconv_set_one_pass_limit"(_qk_prepared *q, size_t nbytes)
-    size_t _qk_one_pass_limit "qcnn_qconv_one_pass_limit"(const _qk_prepared *q)
-    size_t _qk_default_one_pass_limit "qcnn_default_one_pass_limit"()
     void _qk_set_row_step_limit "qcnn_qconv_set_row_step_limit"(_qk_prepared *q, size_t nbytes)
     size_t _qk_row_step_limit "qcnn_qconv_row_step_limit"(const _qk_prepared *q)
     void _qk_conv_run "qcnn_qconv_run"(const _qk_prepared *q, const float *x, int h, int w,
@@ -77,11 +74,6 @@ def isa_available():
 def isa_selected():
     """The ISA 'auto' resolves to: the best available, lowered by env QCNN_ISA if set."""
     return _QK_ISA_NAMES[<int>_qk_isa_select()]
-
-
-def default_one_pass_limit():
-    """QConvKernel.one_pass_limit's default on this CPU (bytes): 8 MB on AMD, 256 KB elsewhere."""
-    return _qk_default_one_pass_limit()
 
 
 cdef _qk_isa _qk_parse_isa(str isa) except *:
@@ -161,25 +153,13 @@ cdef class _QkBase:
         _qk_set_table_budget(self._q, nbytes)
 
     @property
-    def one_pass_limit(self):
-        """Int8 layers using one step per image (whole-image tables at or under row_step_limit;
-        none by default) whose float tables exceed this many bytes build them twice, row by row,
-        instead of once (the same results; a speed choice, defaulting per CPU:
-        default_one_pass_limit()). Set it before sharing the kernel between threads;
-        scratch_nbytes() depends on it."""
-        return _qk_one_pass_limit(self._q)
-
-    @one_pass_limit.setter
-    def one_pass_limit(self, size_t nbytes):
-        _qk_set_one_pass_limit(self._q, nbytes)
-
-    @property
     def row_step_limit(self):
         """Int8 layers (not pointwise) whose whole-image float tables exceed this many bytes
         quantize each input row with its own step (finer than one per image) and stream the rows
         through a ring of kernel-height rows: one build and tables that stay in cache. Default 0:
-        every such layer. Results depend on it, so the default is the same on every CPU. Set it
-        before sharing the kernel between threads; scratch_nbytes() depends on it."""
+        every such layer; the others use one step for the whole image. Results depend on it, so
+        the default is the same on every CPU. Set it before sharing the kernel between threads;
+        scratch_nbytes() depends on it."""
         return _qk_row_step_limit(self._q)
 
     @row_step_limit.setter

@@ -180,34 +180,6 @@ def test_pointwise_conv_runs_in_chunks_with_their_own_step(isa, lut):
         assert np.all(err <= bound), f"chunk at pixel {p0}: error {err.max()} over its own step's bound"
 
 
-@pytest.mark.parametrize("isa", _core.isa_available())
-def test_tables_over_the_budget_are_built_row_by_row_with_the_same_result(isa):
-    """Int8 tables larger than one_pass_limit are built twice, one row at a time (once for the step,
-    once to quantize): the same arithmetic as one pass over the image, so the same bytes."""
-    cin, cout, G, kh, Cs, K, H, W = 96, 64, 2, 5, 8, 128, 11, 13
-    rng = np.random.default_rng(3)
-    cb, idx, M = make_conv(rng, cin, cout, G, kh, kh, Cs, K)
-    bias = rng.standard_normal(cout).astype(np.float32)
-    x = rng.standard_normal((H, W, cin)).astype(np.float32)
-    outs = {}
-    for budget in (1 << 40, 1 << 10):  # one pass (everything fits), two passes row by row
-        k = _core.QConvKernel(cin, cout, G, kh, kh, (1, 1), (2, 2, 2, 2), Cs, M, K, cb, idx, bias, True,
-                              isa=isa, lut="int8")
-        assert k.table_budget == 256 << 10  # the pointwise chunk budget: the same on every CPU
-        assert k.one_pass_limit == _core.default_one_pass_limit() in (256 << 10, 8 << 20)
-        k.row_step_limit = 1 << 40  # one step per image (row steps are the default)
-        k.one_pass_limit = budget
-        y = np.full(k.out_shape(H, W), np.nan, np.float32)
-        scratch = np.empty(k.scratch_nbytes(H, W), np.uint8)
-        outs[budget] = (y, k.run(x, y, scratch), len(scratch))
-    (y1, step1, n1), (y2, step2, n2) = outs[1 << 40], outs[1 << 10]
-    assert step1 == step2 == pytest.approx(np_table_step(x, cb, G), rel=1e-4)
-    np.testing.assert_array_equal(y1, y2)
-    assert n2 <= n1 - (H - 1) * W * G * M * 128 * 4  # only one row of float tables in scratch
-    y64, absterms, nlook = np_qconv(x, cb, idx, bias, G, (1, 1), (2, 2, 2, 2), True)
-    check_close(y2, step2, "int8", y64, absterms, nlook)
-
-
 def np_row_steps(x, cb, G):
     """Per input row: the largest table range in the row / 255 (the row-step mode's steps)."""
     H, W, cin = x.shape

@@ -282,23 +282,6 @@ def test_dense_expands_write_into_the_concat(tmp_path):
     assert _rel_l2(m.run(x), _oracle(path, x)) <= 1e-5
 
 
-def test_one_pass_limit_reaches_the_lut_convs_and_keeps_the_values(fire_qcnn):
-    """Model(one_pass_limit=...) sets every LUT conv's limit; over it, int8 tables are built twice
-    row by row instead of once, with the same bytes, so the output is identical."""
-    x = np.random.default_rng(4).standard_normal((1, 3, 17, 15)).astype(np.float32)
-    outs = []
-    for limit in (0, 1 << 40):
-        m = Model(fire_qcnn, one_pass_limit=limit)
-        limits = [st.kernel.one_pass_limit for st in m._steps if isinstance(st.kernel, _core.QConvKernel)]
-        assert limits and all(v == limit for v in limits)
-        outs.append(m.run(x))
-    np.testing.assert_array_equal(outs[0], outs[1])
-    np.testing.assert_array_equal(outs[0], Model(fire_qcnn).run(x))
-    for bad in (-5, 1.5, True, "1MB"):
-        with pytest.raises(ValueError, match="one_pass_limit"):
-            Model(fire_qcnn, one_pass_limit=bad)
-
-
 def test_int8_conv_lrn_and_maxpool_run_fused(tmp_path, monkeypatch):
     """AlexNet's conv1 -> LRN -> MaxPool runs as one step with the values of the three steps."""
     rng = np.random.default_rng(8)

@@ -285,7 +285,7 @@ def bench_model(name: str, path: Optional[str], args, out_dir: Path, log) -> dic
     res["weights_compression"] = info["totals"]["compression"]
 
     log(f"{name}: timing {args.runs} runs per engine, round-robin")
-    model = Model(qpath, lut=args.lut, isa=args.isa, dense=args.dense, one_pass_limit=args.one_pass_limit)
+    model = Model(qpath, lut=args.lut, isa=args.isa, dense=args.dense)
     res["qcnn_dense_precision"] = model.dense  # what its dense convs ran in (int8, fp32, or int8+fp32 when chosen per layer)
     res["qcnn_int8_kernels"] = sorted({d["int8_kernel"] for d in model.layers if "int8_kernel" in d})
     try:
@@ -345,11 +345,10 @@ def _kernels_text(report: dict) -> str:
 def format_markdown(report: dict) -> str:
     hb = common.human_bytes
     s = report["settings"]
-    budget = "" if s.get("one_pass_limit") is None else f" (one-pass table limit {s['one_pass_limit']} bytes)"
     out = ["# qcnn benchmark", "", common.machine_line(report["machine"]), "",
            f"Batch 1; onnxruntime with {s['threads']} intra-op thread(s), qcnn on 1 thread; {s['runs']} runs per "
            f"engine, round-robin after warm-up; qcnn LUT {s['lut']}"
-           f"{budget}. Conversion: "
+           f". Conversion: "
            f"{'error-corrected (EC)' if s['ec'] else 'k-means'} product quantization, conv C's/K {s['conv']}, "
            f"fc {s['fc']}, last fc {s['last_fc']}"
            f"{', plan ' + s['plan'] if s.get('plan') else ''}"
@@ -464,9 +463,6 @@ def main(argv=None) -> int:
     p.add_argument("--isa", default="auto")
     p.add_argument("--dense", choices=["auto", "int8", "fp32"], default="auto",
                    help="precision of the convs the file keeps dense (auto: int8 with int8 tables where it is faster: every conv on AVX-512 VNNI, convs with many MACs per input on AVX2)")
-    p.add_argument("--one-pass-limit", type=int, metavar="BYTES",
-                   help="Model(one_pass_limit=...): LUT convs with more float-table bytes than this build them "
-                        "twice, row by row, instead of once (same values; default per CPU: 8 MB on AMD, 256 KB else)")
     p.add_argument("--no-rss", action="store_true", help="skip peak-memory subprocesses")
     p.add_argument("--no-profile", action="store_true", help="skip per-layer profiles")
     args = p.parse_args(argv)
@@ -491,7 +487,7 @@ def main(argv=None) -> int:
     log(common.machine_line(machine))
     report = {"machine": machine, "settings": {**conversion_settings(args), "threads": args.threads,
                                                "runs": args.runs, "lut": args.lut, "isa": args.isa,
-                                               "dense": args.dense, "one_pass_limit": args.one_pass_limit},
+                                               "dense": args.dense},
               "models": []}
     status = 0
     t0, c0 = time.perf_counter(), time.process_time()

@@ -64,16 +64,9 @@ int qcnn_cpu_has_avx512vnni(void) {
     const unsigned ebx7 = r[1], ecx7 = r[2];
     return ((ebx7 >> 16) & 1) && ((ebx7 >> 30) & 1) && ((ebx7 >> 31) & 1) && ((ecx7 >> 11) & 1);
 }
-/* "AuthenticAMD" (CPUID leaf 0: EBX, EDX, ECX) */
-int qcnn_cpu_is_amd(void) {
-    unsigned r[4];
-    cpuid(0, 0, r);
-    return r[1] == 0x68747541u && r[3] == 0x69746e65u && r[2] == 0x444d4163u;
-}
 #else
 qcnn_isa qcnn_isa_detect(void) { return QCNN_ISA_GENERIC; }
 int qcnn_cpu_has_avx512vnni(void) { return 0; }
-int qcnn_cpu_is_amd(void) { return 0; }
 #endif
 
 qcnn_isa qcnn_isa_select(void) {

@@ -122,20 +122,12 @@ int qcnn_qconv_pointwise_chunk(const qcnn_qconv_prepared *q);
 #define QCNN_TABLE_BUDGET_DEFAULT ((size_t)256 << 10)
 void qcnn_qconv_set_table_budget(qcnn_qconv_prepared *q, size_t bytes);
 size_t qcnn_qconv_table_budget(const qcnn_qconv_prepared *q);
-/* Int8 conv layers under the row-step limit (below) whose float tables for the whole image exceed
- * this many bytes are built twice, row by row, instead of in one pass streaming them through the
- * caches: the same bytes either way, so a pure speed choice, made per CPU by
- * qcnn_default_one_pass_limit(). */
-void qcnn_qconv_set_one_pass_limit(qcnn_qconv_prepared *q, size_t bytes);
-size_t qcnn_qconv_one_pass_limit(const qcnn_qconv_prepared *q);
-size_t qcnn_default_one_pass_limit(void);
 /* Int8 convs (not pointwise, not FC) whose whole-image float tables exceed this many bytes
  * quantize each input row with its own step and stream the rows (qlut_generic.c); by default
  * (0) all of them. It changes the values (finer steps), so the default is the same on every CPU. */
 #define QCNN_ROW_STEP_LIMIT_DEFAULT ((size_t)0)
 void qcnn_qconv_set_row_step_limit(qcnn_qconv_prepared *q, size_t bytes);
 size_t qcnn_qconv_row_step_limit(const qcnn_qconv_prepared *q);
-int qcnn_cpu_is_amd(void);
 
 qcnn_qfc_prepared *qcnn_qfc_prepare(const qcnn_qfc_params *p, qcnn_isa isa, qcnn_lut_mode mode,
                                     const char **err);

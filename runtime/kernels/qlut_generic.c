@@ -64,7 +64,6 @@ static qcnn_qconv_prepared *prepare(const qcnn_qconv_params *p, qcnn_isa isa, qc
     qcnn_qconv_prepared *q = calloc(1, sizeof *q);
     if (!q) goto oom;
     q->table_budget = QCNN_TABLE_BUDGET_DEFAULT;
-    q->one_pass_limit = qcnn_default_one_pass_limit();
     q->row_step_limit = QCNN_ROW_STEP_LIMIT_DEFAULT;
     q->p = *p;
     q->fc = fc;
@@ -203,14 +202,11 @@ size_t qlut_work_bytes(const qcnn_qconv_prepared *q) {
  *    a row is built, quantized at once into a ring of kh rows, and every output row is summed one
  *    kernel row at a time (integer sums of one step each, combined in float: QLUT_EPI_*). One
  *    build, tables that stay in cache (VGG's 224x224 layer has 205 MB of float tables per image),
- *    and steps no larger than one per image. Measured on Zen 4: VGG-16 conv1_2 41 -> 26 ms against
- *    a second build, AlexNet unchanged in time with a lower error. The limit is the same on every
- *    CPU, so the values are too.
- *  - With row_step_limit raised, layers at or under it use one step for the whole image. Those
- *    whose tables exceed q->one_pass_limit are then built twice, one input row at a time: once for
- *    the step (the largest range; nothing is stored), once to quantize each row while it is in
- *    cache. The same arithmetic as one pass, so the same bytes; it costs a second build. Which is
- *    faster depends on the CPU's caches (qcnn_default_one_pass_limit). */
+ *    and steps no larger than one per image. It replaced one step per image, whose tables were
+ *    either built in one pass and streamed through memory or built twice row by row (once for the
+ *    step): on Zen 4 VGG-16 conv1_2 went 41 -> 26 ms, AlexNet kept its time with a lower error.
+ *    The limit is the same on every CPU, so the values are too; layers at or under it use one step
+ *    for the whole image, built in one pass. */
 #define CHUNK_MIN_PIXELS 16
 
 static size_t pixel_table_bytes(const qcnn_qconv_prepared *q) {
@@ -232,26 +228,11 @@ static int row_step_tables(const qcnn_qconv_prepared *q, int h, int w) {
            (size_t)h * w * pixel_table_bytes(q) > q->row_step_limit;
 }
 
-/* 1: build the int8 tables of an h x w input in two passes, row by row (see above). */
-static int rowwise_tables(const qcnn_qconv_prepared *q, int h, int w) {
-    return q->mode == QCNN_LUT_INT8 && !q->fc && h > 1 && !row_step_tables(q, h, w) &&
-           (size_t)h * w * pixel_table_bytes(q) > q->one_pass_limit;
-}
 
 void qcnn_qconv_set_table_budget(qcnn_qconv_prepared *q, size_t bytes) { q->table_budget = bytes; }
 size_t qcnn_qconv_table_budget(const qcnn_qconv_prepared *q) { return q->table_budget; }
-void qcnn_qconv_set_one_pass_limit(qcnn_qconv_prepared *q, size_t bytes) { q->one_pass_limit = bytes; }
 void qcnn_qconv_set_row_step_limit(qcnn_qconv_prepared *q, size_t bytes) { q->row_step_limit = bytes; }
 size_t qcnn_qconv_row_step_limit(const qcnn_qconv_prepared *q) { return q->row_step_limit; }
-size_t qcnn_qconv_one_pass_limit(const qcnn_qconv_prepared *q) { return q->one_pass_limit; }
-
-/* Measured with AlexNet's conv2..5 (2.8-4.5 MB of tables) run right after onnxruntime, which
- * evicts the caches: on AMD Zen 4/5 (1 MB L2, 32 MB L3 per 8 cores) one pass is faster (whole
- * model 4.35 -> 3.91 ms, paired runs); on an Intel Sapphire Rapids VM (2 MB L2) two passes were
- * (conv2 1.66 -> 1.11 ms). Unknown CPUs get the Intel choice. */
-size_t qcnn_default_one_pass_limit(void) {
-    return qcnn_cpu_is_amd() ? (size_t)8 << 20 : QCNN_TABLE_BUDGET_DEFAULT;
-}
 
 /* Scratch layout of one run (each part 64-byte aligned). */
 typedef struct {
@@ -269,7 +250,7 @@ static scratch_layout layout(const qcnn_qconv_prepared *q, int h, int w) {
     size_t o = 0;
     const int row_steps = row_step_tables(q, h, w);
     const size_t row_tabs = (size_t)w * p->groups * q->M;
-    const size_t lf_tabs = row_steps || rowwise_tables(q, h, w) ? row_tabs : tabs; /* one row */
+    const size_t lf_tabs = row_steps ? row_tabs : tabs; /* one row */
     const size_t lq_rows = row_steps ? (size_t)p->kh : PH; /* a ring of kh rows */
     s.Lf = o;   o += ALIGN64(lf_tabs * q->Kp * sizeof(float));
     s.tmin = o; o += ALIGN64((row_steps ? row_tabs : tabs) * sizeof(float));
@@ -572,16 +553,7 @@ static float run_tables(const qcnn_qconv_prepared *q, const float *x, int h, int
     if (row_step_tables(q, h, w))
         return run_row_steps(q, x, h, w, &r, Lf, tmin, s + sl.lq, tsum, off, (float *)(s + sl.row_step), f);
 
-    const int rowwise = rowwise_tables(q, h, w);
-    const size_t row_tabs = (size_t)w * p->groups * q->M;
-    float maxr = 0.0f;
-    if (rowwise) /* pass 1: ranges and minima only; Lf holds one row and is overwritten */
-        for (int iy = 0; iy < h; iy++) {
-            const float r_row = f.build(q, x + (size_t)iy * w * p->cin, 1, w, Lf, tmin + iy * row_tabs);
-            maxr = r_row > maxr ? r_row : maxr;
-        }
-    else
-        maxr = f.build(q, x, h, w, Lf, tmin);
+    const float maxr = f.build(q, x, h, w, Lf, tmin);
     if (q->mode == QCNN_LUT_FLOAT) {
         conv_float_generic(q, Lf, h, w, r.oh, r.ow, y, (float *)r.work);
         return 0.0f;
@@ -609,13 +581,8 @@ static float run_tables(const qcnn_qconv_prepared *q, const float *x, int h, int
         }
         memset(row, 0, (size_t)p->pad_left * pix_bytes);
         memset(row + (size_t)(p->pad_left + w) * pix_bytes, 0, (size_t)p->pad_right * pix_bytes);
-        size_t t0 = (size_t)iy * w * G * M;
-        const float *Lrow = Lf + t0 * q->Kp;
-        if (rowwise) { /* pass 2: the same row again, quantized while in cache */
-            f.build(q, x + (size_t)iy * w * p->cin, 1, w, Lf, tmin + t0);
-            Lrow = Lf;
-        }
-        f.quant(q, Lrow, tmin + t0, (size_t)w * G * M, inv, row + (size_t)p->pad_left * pix_bytes);
+        const size_t t0 = (size_t)iy * w * G * M;
+        f.quant(q, Lf + t0 * q->Kp, tmin + t0, (size_t)w * G * M, inv, row + (size_t)p->pad_left * pix_bytes);
         row_minima_sums(q, w, r.PW, tmin + t0, trow);
     }
     if (q->fcq_bits) /* the padding subspaces of the last quad look up zeros */

@@ -24,7 +24,6 @@ struct qcnn_qconv_prepared {
                        * subspaces]; see qlut_avx512.c fcq_chunk. 0: the fcnb layout. */
     void *mem;        /* owned allocation behind cbt (and idx when it is a copy) */
     size_t table_budget; /* bytes of float tables of a pointwise chunk (see qlut_generic.c) */
-    size_t one_pass_limit; /* larger whole-image tables are built row by row (qlut_generic.c) */
     size_t row_step_limit; /* larger whole-image tables get one step per input row (qlut_generic.c) */
 };
 
