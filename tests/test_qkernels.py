@@ -71,15 +71,20 @@ def np_qconv(x, cb, idx, bias, G, strides, pads, relu):
     return y, a, np.broadcast_to(n.reshape(OH, OW, 1), y.shape)
 
 
-def np_table_step(x, cb, G):
-    """The int8 step the kernels should pick: max over tables of (max - min) / 255."""
+def np_table_ranges(x, cb, G):
+    """max - min of every table: (H, W, G, M)."""
     H, W, cin = x.shape
     _, M, K, Cs = cb.shape
     Cg = cin // G
     xg = np.zeros((H, W, G, M * Cs), np.float32)
     xg[..., :Cg] = x.reshape(H, W, G, Cg)
     L = np.einsum("hwgmc,gmkc->hwgmk", xg.reshape(H, W, G, M, Cs), cb)
-    return float((L.max(-1) - L.min(-1)).max()) / 255.0
+    return L.max(-1) - L.min(-1)
+
+
+def np_table_step(x, cb, G):
+    """The int8 step of one step per image: max over tables of (max - min) / 255."""
+    return float(np_table_ranges(x, cb, G).max()) / 255.0
 
 
 def check_close(got, step, lut, y64, absterms, nlook):
@@ -182,13 +187,7 @@ def test_pointwise_conv_runs_in_chunks_with_their_own_step(isa, lut):
 
 def np_row_steps(x, cb, G):
     """Per input row: the largest table range in the row / 255 (the row-step mode's steps)."""
-    H, W, cin = x.shape
-    _, M, K, Cs = cb.shape
-    Cg = cin // G
-    xg = np.zeros((H, W, G, M * Cs), np.float32)
-    xg[..., :Cg] = x.reshape(H, W, G, Cg)
-    L = np.einsum("hwgmc,gmkc->hwgmk", xg.reshape(H, W, G, M, Cs), cb)
-    return (L.max(-1) - L.min(-1)).reshape(H, -1).max(1) / 255.0
+    return np_table_ranges(x, cb, G).reshape(x.shape[0], -1).max(1) / 255.0
 
 
 def _pointwise(case):
