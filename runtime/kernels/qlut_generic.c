@@ -479,7 +479,9 @@ static float run_row_steps(const qcnn_qconv_prepared *q, const float *x, int h, 
         const int iy = py - p->pad_top;
         uint8_t *row = ring + (size_t)(py % kh) * row_bytes;
         float *trow = tsum + (size_t)py * r->PW * G;
-        if (iy < 0 || iy >= h) {
+        if (py % p->stride_h >= kh) {
+            /* a row between windows (stride > kernel height): no output row reads it */
+        } else if (iy < 0 || iy >= h) {
             memset(row, 0, row_bytes);
             memset(trow, 0, (size_t)r->PW * G * sizeof(float));
             row_step[py] = 0.0f;
