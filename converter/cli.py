@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what --plan scores a candidate by: the network output's error with that layer alone "
                         "quantized (default), or the layer's own response error (cheaper)")
     g.add_argument("--skip", action="append", default=[], metavar="NAME", help="keep this layer dense; repeatable")
+    g.add_argument("--dense-where-faster", action="store_true",
+                   help="time every layer as tables (the C/K above) and dense on this CPU and keep dense those "
+                        "that run at least as fast dense (not with --plan, which weighs time itself)")
     g.add_argument("--pad-subspaces", action="store_true",
                    help="zero-pad the last subspace when C's does not divide the channels (default: keep dense)")
     g.add_argument("--no-ec", action="store_true", help="plain Q-CNN: k-means on the weights, no calibration needed")
@@ -163,7 +166,7 @@ def run(argv=None) -> int:
         multilayer=not args.no_multilayer, kmeans_iters=args.kmeans_iters, labels=args.labels,
         report_plain=args.report_plain, input_shape=shape, progress=verbose and sys.stderr.isatty(), log=log,
         threads=args.threads if args.threads > 0 else None, plan=args.plan, plan_lut=args.plan_lut,
-        plan_error=args.plan_error)
+        plan_error=args.plan_error, dense_where_faster=args.dense_where_faster)
     from .convert import write
 
     nbytes = write(result.model, args.output)

@@ -331,11 +331,13 @@ def convert(model_path, output: Optional[str] = None, *, calib=None, calib_count
             multilayer: bool = True, kmeans_iters: int = 30, labels=None, report_plain: bool = False,
             input_shape=None, progress: bool = False, log: Optional[Callable[[str], None]] = None,
             threads: Optional[int] = 1, plan=None, plan_lut: str = "int8",
-            plan_error: str = "output") -> ConversionResult:
+            plan_error: str = "output", dense_where_faster: bool = False) -> ConversionResult:
     """Convert an ONNX model (path or ModelProto) to a quantized ir.Model; write it if `output` is given.
 
     `calib` is a path (image folder, .npy, .npz) or an array (N, *input_shape) already preprocessed.
     `threads`: BLAS threads during the conversion (None: numpy's default); see _blas.py.
+    `dense_where_faster`: keep dense the layers this CPU runs faster dense than as tables
+    (plan.keep_dense_where_faster; not with `plan`, which already weighs time).
     """
     from ._blas import blas_threads
 
@@ -343,14 +345,16 @@ def convert(model_path, output: Optional[str] = None, *, calib=None, calib_count
         return _convert(model_path, output, calib, calib_count, seed, preprocess, mean, std, scale, size, crop,
                         bgr, conv, fc, last_fc, layers, skip, pad_subspaces, ec, ec_iters, ec_ridge, multilayer,
                         kmeans_iters, labels, report_plain, input_shape, progress, log, ec_ridge_few, ec_tol,
-                        plan, plan_lut, plan_error)
+                        plan, plan_lut, plan_error, dense_where_faster)
 
 
 def _convert(model_path, output, calib, calib_count, seed, preprocess, mean, std, scale, size, crop, bgr, conv,
              fc, last_fc, layers, skip, pad_subspaces, ec, ec_iters, ec_ridge, multilayer, kmeans_iters, labels,
              report_plain, input_shape, progress, log, ec_ridge_few, ec_tol, plan=None,
-             plan_lut="int8", plan_error="output") -> ConversionResult:
+             plan_lut="int8", plan_error="output", dense_where_faster=False) -> ConversionResult:
     log = log or (lambda msg: None)
+    if dense_where_faster and plan is not None:
+        raise ConversionError("--dense-where-faster and --plan: give one (a plan already weighs time)")
     for what, (c, k) in (("--conv", conv), ("--fc", fc), ("--last-fc", last_fc)):
         check_ck(c, k, what)
     for name, (c, k) in (layers or {}).items():
@@ -394,6 +398,11 @@ def _convert(model_path, output, calib, calib_count, seed, preprocess, mean, std
         layers, skip = auto_plan.overrides()
         plans = plan_layers(model, conv, fc, last_fc, layers, skip, pad_subspaces)
         log(auto_plan.format())
+    if dense_where_faster:
+        from .plan import keep_dense_where_faster
+
+        log("timing each layer as tables and dense on this CPU (--dense-where-faster)")
+        keep_dense_where_faster(model, plans, lut=plan_lut, log=log)
 
     opts = Options(ec=ec, ec_iters=ec_iters, ec_ridge=ec_ridge, ec_ridge_few=ec_ridge_few, ec_tol=ec_tol,
                    multilayer=multilayer,

@@ -269,6 +269,31 @@ def kernel_ms(op, in_shape, subvec: int, ncode: int, lut: str = "int8", repeats:
     return _median_ms(lambda: k.run(x, y, scratch), repeats)
 
 
+def keep_dense_where_faster(model: ir.Model, plans, lut: str = "int8", log=None, timer=None) -> List[str]:
+    """qcnn-convert --dense-where-faster: time each layer the fixed C's/K settings would quantize,
+    as tables and dense, on this CPU, and keep it dense where dense is at least as fast (on
+    AVX-512 VNNI, VGG-16's convs up to conv3_3: dense int8 9-10 ms against 10-25 ms of 8/128
+    tables). Layers given explicitly (--layer) are left alone. Returns the names kept dense."""
+    timer = timer or kernel_ms
+    shapes = {t.name: t.shape for t in model.tensors}
+    ops = {op.name: op for op in _layers(model)}
+    kept = []
+    for p in plans:
+        if not p.quantize or p.explicit:
+            continue
+        op = ops[p.name]
+        t_quant = timer(op, shapes[op.inputs[0]], p.subvec, p.ncode, lut=lut)
+        t_dense = timer(op, shapes[op.inputs[0]], 0, 0, lut=lut)
+        if t_dense <= t_quant:
+            p.quantize = False
+            p.reason = f"dense is faster on this CPU ({t_dense:.3f} vs {t_quant:.3f} ms as {p.subvec}/{p.ncode})"
+            kept.append(p.name)
+        if log:
+            log(f"  {p.name}: {p.subvec}/{p.ncode} tables {t_quant:.3f} ms, dense {t_dense:.3f} ms"
+                f"{' -> dense' if not p.quantize else ''}")
+    return kept
+
+
 def layer_inputs(model: ir.Model, x: np.ndarray) -> Dict[str, np.ndarray]:
     """Every Conv/Gemm input tensor of the original network on x."""
     from .forward import run_model

@@ -244,3 +244,36 @@ def test_planning_kmeans_fits_a_subset_and_labels_every_point():
         return float(((X - np.take_along_axis(c, lab[..., None], axis=1)) ** 2).sum())
 
     assert err(full_c, full_l) <= err(sub_c, sub_l) < 1.15 * err(full_c, full_l)
+
+
+def test_dense_where_faster_keeps_dense_the_layers_timed_faster_dense(tmp_path):
+    """--dense-where-faster: layers whose dense kernel is at least as fast stay dense, explicit
+    --layer settings are left alone; the real timer runs on every layer it asks about."""
+    from qcnn.converter.convert import plan_layers
+
+    model = import_onnx(small_onnx())
+    fake = {"c1": (1.0, 2.0), "c2": (3.0, 1.0), "c3": (0.5, 0.5), "fc": (0.2, 0.1)}  # name: (tables, dense) ms
+    ops = {op.name: op for op in model.operators}
+
+    def timer(op, in_shape, subvec, ncode, lut="int8"):
+        assert ops[op.name] is op and lut == "int8"
+        return fake[op.name][0 if subvec else 1]
+
+    plans = plan_layers(model, conv=(4, 16), fc=(4, 16), last_fc=(4, 16), overrides={"fc": (4, 16)})
+    assert qplan.keep_dense_where_faster(model, plans, timer=timer) == ["c2", "c3"]  # c3: a tie goes dense
+    by = {p.name: p for p in plans}
+    assert by["c1"].quantize and not by["c2"].quantize and not by["c3"].quantize
+    assert by["fc"].quantize  # explicit: not timed
+    assert by["c2"].reason == "dense is faster on this CPU (1.000 vs 3.000 ms as 4/16)"
+
+    # through convert(), with the real kernel timer: every choice is recorded in the report
+    kw = dict(conv=(4, 16), fc=(4, 16), last_fc=(4, 16), ec=False)
+    before = {r["name"]: r for r in convert(small_onnx(), None, **kw).report["layers"]}
+    after = convert(small_onnx(), None, dense_where_faster=True, **kw).report["layers"]
+    for r in after:
+        if r["quantized"]:
+            assert before[r["name"]]["quantized"]
+        elif before[r["name"]]["quantized"]:
+            assert r["reason"].startswith("dense is faster on this CPU")
+    with pytest.raises(ConversionError, match="dense-where-faster"):
+        convert(small_onnx(), None, plan="speed=1.5", dense_where_faster=True)

@@ -130,6 +130,8 @@ def conversion_settings(args) -> dict:
         settings["plan"] = args.plan
     if getattr(args, "skip", None):
         settings["skip"] = sorted(n.strip() for n in args.skip.split(",") if n.strip())
+    if getattr(args, "dense_where_faster", False):
+        settings["dense_where_faster"] = True
     return settings
 
 
@@ -159,7 +161,8 @@ def convert_cached(name: str, src: Path, cal: np.ndarray, kwargs: dict, settings
     t0, c0 = time.perf_counter(), time.process_time()
     convert(str(src), str(dst), calib=cal, calib_count=cal.shape[0], ec=settings["ec"], conv=_ck(settings["conv"]),
             fc=_ck(settings["fc"]), last_fc=_ck(settings["last_fc"]), plan=settings.get("plan"),
-            skip=settings.get("skip", ()), log=lambda m: log(f"  {m}"), **kwargs)
+            skip=settings.get("skip", ()), dense_where_faster=settings.get("dense_where_faster", False),
+            log=lambda m: log(f"  {m}"), **kwargs)
     if cpu is not None:
         cpu["seconds"] = time.process_time() - c0
     log(f"{name}: converted in {time.perf_counter() - t0:.0f} s ({time.process_time() - c0:.0f} s CPU)")
@@ -352,7 +355,8 @@ def format_markdown(report: dict) -> str:
            f"{'error-corrected (EC)' if s['ec'] else 'k-means'} product quantization, conv C's/K {s['conv']}, "
            f"fc {s['fc']}, last fc {s['last_fc']}"
            f"{', plan ' + s['plan'] if s.get('plan') else ''}"
-           f"{', kept dense: ' + ', '.join(s['skip']) if s.get('skip') else ''}. Convs kept dense ran in "
+           f"{', kept dense: ' + ', '.join(s['skip']) if s.get('skip') else ''}"
+           f"{', layers faster dense on this CPU kept dense' if s.get('dense_where_faster') else ''}. Convs kept dense ran in "
            f"{', '.join(sorted({_precision_text(m.get('qcnn_dense_precision', 'fp32')) for m in report['models'] if 'error' not in m})) or 'fp32'}"
            f"{_kernels_text(report)}.", ""]
     rows = []
@@ -459,6 +463,8 @@ def main(argv=None) -> int:
                    help="per-layer plan as qcnn-convert --plan (dense or C's/K per layer, timed on this CPU)")
     p.add_argument("--skip", metavar="NAME,...",
                    help="comma-separated Conv/Gemm layers to keep dense (as qcnn-convert --skip)")
+    p.add_argument("--dense-where-faster", action="store_true",
+                   help="keep dense the layers this CPU runs faster dense than as tables (as qcnn-convert)")
     p.add_argument("--lut", choices=["int8", "float"], default="int8")
     p.add_argument("--isa", default="auto")
     p.add_argument("--dense", choices=["auto", "int8", "fp32"], default="auto",
