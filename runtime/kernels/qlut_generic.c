@@ -462,6 +462,25 @@ static qlut_fns isa_fns(const qcnn_qconv_prepared *q) {
  * whatever the step. */
 static float step_for_range(float maxr) { return maxr > 1e-30f ? maxr / 255.0f : 1.0f; }
 
+/* One padded input row of byte tables and its minima sums. Lrow/tmin: the row's float tables and
+ * minima, or NULL for a row of padding. Padding pixels get zero tables and zero offsets, so the
+ * kernels need no bounds checks. */
+static void write_padded_row(const qcnn_qconv_prepared *q, qlut_quant_fn quant, int w, int PW,
+                             const float *Lrow, const float *tmin, float inv, uint8_t *row, float *trow) {
+    const qcnn_qconv_params *p = &q->p;
+    const int G = p->groups, M = q->M;
+    const size_t pix_bytes = (size_t)G * M * q->Kp;
+    if (!Lrow) {
+        memset(row, 0, (size_t)PW * pix_bytes);
+        memset(trow, 0, (size_t)PW * G * sizeof(float));
+        return;
+    }
+    memset(row, 0, (size_t)p->pad_left * pix_bytes);
+    memset(row + (size_t)(p->pad_left + w) * pix_bytes, 0, (size_t)p->pad_right * pix_bytes);
+    quant(q, Lrow, tmin, (size_t)w * G * M, inv, row + (size_t)p->pad_left * pix_bytes);
+    row_minima_sums(q, w, PW, tmin, trow);
+}
+
 /* One step per input row (row_step_tables): rows are built, quantized and looked up as the
  * output rows need them. r is set up by run_tables. Returns the largest step. */
 static float run_row_steps(const qcnn_qconv_prepared *q, const float *x, int h, int w, qlut_run *r,
@@ -469,7 +488,7 @@ static float run_row_steps(const qcnn_qconv_prepared *q, const float *x, int h, 
                            float *row_step, qlut_fns f) {
     const qcnn_qconv_params *p = &q->p;
     const int G = p->groups, M = q->M, kh = p->kh;
-    const size_t row_bytes = (size_t)r->PW * G * M * q->Kp, pix_bytes = (size_t)G * M * q->Kp;
+    const size_t row_bytes = (size_t)r->PW * G * M * q->Kp;
     r->lq = ring;
     r->ring = kh;
     float maxstep = 0.0f;
@@ -482,18 +501,14 @@ static float run_row_steps(const qcnn_qconv_prepared *q, const float *x, int h, 
         if (py % p->stride_h >= kh) {
             /* a row between windows (stride > kernel height): no output row reads it */
         } else if (iy < 0 || iy >= h) {
-            memset(row, 0, row_bytes);
-            memset(trow, 0, (size_t)r->PW * G * sizeof(float));
+            write_padded_row(q, f.quant, w, r->PW, NULL, NULL, 0.0f, row, trow);
             row_step[py] = 0.0f;
         } else {
             const float *xr = x + (size_t)iy * w * p->cin;
             const float step = step_for_range(f.build(q, xr, 1, w, Lf, tmin));
             row_step[py] = step;
             maxstep = step > maxstep ? step : maxstep;
-            memset(row, 0, (size_t)p->pad_left * pix_bytes);
-            memset(row + (size_t)(p->pad_left + w) * pix_bytes, 0, (size_t)p->pad_right * pix_bytes);
-            f.quant(q, Lf, tmin, (size_t)w * G * M, 1.0f / step, row + (size_t)p->pad_left * pix_bytes);
-            row_minima_sums(q, w, r->PW, tmin, trow);
+            write_padded_row(q, f.quant, w, r->PW, Lf, tmin, 1.0f / step, row, trow);
         }
         /* Output rows whose last input row is py: their kernel rows one at a time, each with its
          * own step. Rows of padding add nothing and are skipped (unless no row is left: then
@@ -568,24 +583,15 @@ static float run_tables(const qcnn_qconv_prepared *q, const float *x, int h, int
     const float inv = 1.0f / step;
 
     const int G = p->groups, M = q->M;
-    const size_t tab_bytes = (size_t)q->Kp, pix_bytes = (size_t)G * M * tab_bytes;
+    const size_t pix_bytes = (size_t)G * M * q->Kp;
     uint8_t *lq = s + sl.lq;
     r.lq = lq;
-    /* Padding pixels: zero tables and zero offsets, so the kernels need no bounds checks. */
     for (int py = 0; py < r.PH; py++) {
-        int iy = py - p->pad_top;
-        uint8_t *row = lq + (size_t)py * r.PW * pix_bytes;
-        float *trow = tsum + (size_t)py * r.PW * G;
-        if (iy < 0 || iy >= h) {
-            memset(row, 0, (size_t)r.PW * pix_bytes);
-            memset(trow, 0, (size_t)r.PW * G * sizeof(float));
-            continue;
-        }
-        memset(row, 0, (size_t)p->pad_left * pix_bytes);
-        memset(row + (size_t)(p->pad_left + w) * pix_bytes, 0, (size_t)p->pad_right * pix_bytes);
+        const int iy = py - p->pad_top;
         const size_t t0 = (size_t)iy * w * G * M;
-        f.quant(q, Lf + t0 * q->Kp, tmin + t0, (size_t)w * G * M, inv, row + (size_t)p->pad_left * pix_bytes);
-        row_minima_sums(q, w, r.PW, tmin + t0, trow);
+        const int image_row = iy >= 0 && iy < h;
+        write_padded_row(q, f.quant, w, r.PW, image_row ? Lf + t0 * q->Kp : NULL, image_row ? tmin + t0 : NULL,
+                         inv, lq + (size_t)py * r.PW * pix_bytes, tsum + (size_t)py * r.PW * G);
     }
     if (q->fcq_bits) /* the padding subspaces of the last quad look up zeros */
         memset(lq + (size_t)M * q->Kp, 0, (size_t)(qlut_table_subspaces(q) - M) * q->Kp);
