@@ -127,6 +127,11 @@ CONV_CASES = [
     (4, 8, 1, 3, 3, (1, 1), (1, 1, 1, 1), 2, 64, 2, 1, False, True),      # 1-pixel rows
     (6, 64, 2, 5, 5, (1, 1), (2, 2, 2, 2), 3, 40, 3, 17, True, False),
     (8, 20, 1, 2, 2, (3, 3), (1, 0, 0, 1), 4, 32, 10, 9, True, True),     # rows between windows
+    # pointwise: 7 channel blocks (4 + 3) on an odd row (2 + 2 + 1 pixels)
+    (20, 420, 1, 1, 1, (1, 1), (0, 0, 0, 0), 4, 128, 3, 5, True, True),
+    (12, 300, 1, 1, 1, (1, 1), (0, 0, 0, 0), 3, 256, 2, 3, False, True),  # K > 128: 5 blocks (2+2+1)
+    (32, 260, 2, 1, 1, (1, 1), (0, 0, 0, 0), 4, 64, 3, 3, True, False),   # groups, 3 blocks each
+    (300, 70, 1, 1, 1, (1, 1), (0, 0, 0, 0), 1, 16, 2, 3, False, True),   # 300 subspaces: 16-bit flush
 ]
 
 
@@ -171,8 +176,8 @@ def test_pointwise_conv_runs_in_chunks_with_their_own_step(isa, lut):
     k = _core.QConvKernel(cin, cout, G, 1, 1, (1, 1), (0, 0, 0, 0), Cs, M, K, cb, idx, bias, False,
                           isa=isa, lut=lut)
     n = k.pointwise_chunk
-    assert n == 32  # 256 KB of float tables / (G * M * 128 entries * 4 bytes) = 32 pixels
-    assert n < H * W  # several chunks, the last one partial (99 = 3 * 32 + 3)
+    assert n == 16  # 128 KB of float tables / (G * M * 128 entries * 4 bytes) = 16 pixels
+    assert n < H * W  # several chunks, the last one partial (99 = 6 * 16 + 3)
     y = np.full(k.out_shape(H, W), np.nan, np.float32)
     step = k.run(x, y, np.empty(k.scratch_nbytes(H, W), np.uint8))
     y64, absterms, nlook = np_qconv(x, cb, idx, bias, G, (1, 1), (0, 0, 0, 0), False)

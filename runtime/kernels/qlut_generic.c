@@ -196,8 +196,10 @@ size_t qlut_work_bytes(const qcnn_qconv_prepared *q) {
  *  - A pointwise layer (1x1, stride 1, no padding; not FC) reads exactly one input pixel per
  *    output pixel, so its pixels need not share one int8 step: it runs in chunks of
  *    qcnn_qconv_pointwise_chunk() pixels, each built, quantized and looked up with its own
- *    (smaller or equal) step. At least CHUNK_MIN_PIXELS pixels, so the kernels' pixel blocking and
- *    index streaming stay efficient.
+ *    (smaller or equal) step. At least CHUNK_MIN_PIXELS pixels: the AVX-512 kernel shares each
+ *    index load between 2 pixels. SqueezeNet's classifier conv at 4/128 (64 KB of float tables
+ *    per pixel) runs in chunks of 2 pixels, as fast as in chunks of 16 (1 MB) and with a third of
+ *    their table error on photos.
  *  - Other int8 layers (by default all: q->row_step_limit is 0) give each input row its own step:
  *    a row is built, quantized at once into a ring of kh rows, and every output row is summed one
  *    kernel row at a time (integer sums of one step each, combined in float: QLUT_EPI_*). One
@@ -207,7 +209,7 @@ size_t qlut_work_bytes(const qcnn_qconv_prepared *q) {
  *    step): on Zen 4 VGG-16 conv1_2 went 41 -> 26 ms, AlexNet kept its time with a lower error.
  *    The limit is the same on every CPU, so the values are too; layers at or under it use one step
  *    for the whole image, built in one pass. */
-#define CHUNK_MIN_PIXELS 16
+#define CHUNK_MIN_PIXELS 2
 
 static size_t pixel_table_bytes(const qcnn_qconv_prepared *q) {
     return (size_t)q->p.groups * q->M * q->Kp * sizeof(float);
