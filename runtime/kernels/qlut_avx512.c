@@ -210,11 +210,21 @@ INLINE T512 void flush(__m512i *a, __m512i *b, __m512i c[4]) {
     *b = _mm512_setzero_si512();
 }
 
-/* Out-of-line flush into 32-bit sums kept in memory: the sums are touched once per 256 terms,
- * and keeping them out of registers leaves the 32 zmm to the hot loop (gcc otherwise tries to
- * hold them in registers and spills the accumulators instead). */
-static __attribute__((noinline)) T512 void flush_mem(__m512i *a, __m512i *b, __m512i *c, int n) {
-    for (int i = 0; i < n; i++) flush(&a[i], &b[i], c + 4 * i);
+/* flush(), except that when `fresh` the sums c hold nothing yet and are written, not added to
+ * (zeroing them first cost 3.5% of VGG's conv4 kernel: 2 KB per block). The kernels below keep
+ * the 16-bit sums a, b in registers and the 32-bit sums c in memory, where an empty asm that
+ * takes c's address puts them: the sums c are touched once per 256 terms, and gcc would
+ * otherwise hold them in registers and spill the accumulators instead. (A noinline flush taking
+ * a and b by address forced those into memory too: 5-13% slower.) */
+INLINE T512 void flush_into(__m512i *a, __m512i *b, __m512i c[4], const int fresh) {
+    const __m512i lo = _mm512_sub_epi16(*a, _mm512_slli_epi16(*b, 8));
+    const __m512i v[4] = {_mm512_cvtepu16_epi32(_mm512_castsi512_si256(lo)),
+                          _mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(lo, 1)),
+                          _mm512_cvtepu16_epi32(_mm512_castsi512_si256(*b)),
+                          _mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(*b, 1))};
+    for (int j = 0; j < 4; j++) c[j] = fresh ? v[j] : _mm512_add_epi32(c[j], v[j]);
+    *a = _mm512_setzero_si512();
+    *b = _mm512_setzero_si512();
 }
 
 INLINE T512 void accumulate(__m512i *a, __m512i *b, __m512i v) {
@@ -285,6 +295,11 @@ INLINE T512 void conv_block(const qlut_run *r, int oy, int ox0, int g, int ob, c
     }
 }
 
+/* Output pixels per stride-1 block: 6 holds 12 accumulators, 3 index vectors and a table in
+ * registers; 8 made gcc spill (Zen 4, paired: VGG conv3 11.7 -> 10.5 ms, conv4 6.1 -> 5.3,
+ * AlexNet conv3 0.48 -> 0.43, with the accumulators kept out of memory, see below). */
+#define PS1 6
+
 /* Stride-1 variant with the kernel width KW known at compile time: for each (kernel row,
  * subspace) the KW index vectors stay in registers and each input pixel's table is loaded once
  * and used for every (output pixel, kernel column) pair it meets, instead of once per pair. */
@@ -296,17 +311,17 @@ INLINE T512 void conv_block_s1(const qlut_run *r, int oy, int ox0, int g, int ob
     const size_t pixb = (size_t)p->groups * M * Kp;
     const size_t col = (size_t)ox0 * pixb + (size_t)g * M * Kp;
     const uint8_t *ib = q->idx + (size_t)g * p->kh * KW * M * Ogp + ob;
-    __m512i a[8], b[8], c[8 * 4];
+    __m512i a[PS1], b[PS1], c[PS1 * 4]; /* c in memory: see flush_into */
     for (int i = 0; i < P; i++) a[i] = b[i] = _mm512_setzero_si512();
-    for (int j = 0; j < 4 * P; j++) c[j] = _mm512_setzero_si512();
-    int cnt = 0;
+    __asm__ volatile("" : : "r"(c) : "memory");
+    int cnt = 0, fresh = 1;
     for (int ky = r->ky0; ky < r->ky1; ky++) {
         const uint8_t *tp = qlut_row(r, oy * p->stride_h + ky) + col;
         const uint8_t *ip = ib + (size_t)ky * KW * M * Ogp;
         for (int m = 0; m < M; m++) {
             if (cnt + KW > 256) {
-                flush_mem(a, b, c, P);
-                cnt = 0;
+                for (int i = 0; i < P; i++) flush_into(&a[i], &b[i], c + 4 * i, fresh);
+                cnt = fresh = 0;
             }
             cnt += KW;
             __m512i idx[8];
@@ -340,19 +355,19 @@ INLINE T512 void conv_block_s1(const qlut_run *r, int oy, int ox0, int g, int ob
             }
         }
     }
-    flush_mem(a, b, c, P);
+    for (int i = 0; i < P; i++) flush_into(&a[i], &b[i], c + 4 * i, fresh);
     for (int i = 0; i < P; i++) epilogue(r, c + 4 * i, oy, ox0 + i, g, ob);
 }
 
 #define PBLK 4
-#define PS1 8 /* output pixels per stride-1 block */
 
+_Static_assert(PS1 == 6, "conv_all_s1 switches over block sizes 1..6");
 INLINE T512 void conv_all_s1(const qlut_run *r, const int KW, const int KC) {
     const qcnn_qconv_prepared *q = r->q;
     for (int oy = r->oy0; oy < r->oy1; oy++)
         for (int g = 0; g < q->p.groups; g++)
             for (int ox = 0; ox < r->ow;) {
-                /* Split the rest of the row evenly into blocks of <= PS1 pixels (13 -> 7 + 6). */
+                /* Split the rest of the row evenly into blocks of <= PS1 pixels (13 -> 5 + 4 + 4). */
                 const int left = r->ow - ox;
                 const int np = (left + (left + PS1 - 1) / PS1 - 1) / ((left + PS1 - 1) / PS1);
                 for (int ob = 0; ob < q->Ogp; ob += 64) {
@@ -362,9 +377,7 @@ INLINE T512 void conv_all_s1(const qlut_run *r, const int KW, const int KC) {
                     case 3: conv_block_s1(r, oy, ox, g, ob, 3, KW, KC); break;
                     case 4: conv_block_s1(r, oy, ox, g, ob, 4, KW, KC); break;
                     case 5: conv_block_s1(r, oy, ox, g, ob, 5, KW, KC); break;
-                    case 6: conv_block_s1(r, oy, ox, g, ob, 6, KW, KC); break;
-                    case 7: conv_block_s1(r, oy, ox, g, ob, 7, KW, KC); break;
-                    default: conv_block_s1(r, oy, ox, g, ob, 8, KW, KC); break;
+                    default: conv_block_s1(r, oy, ox, g, ob, PS1, KW, KC); break;
                     }
                 }
                 ox += np;
@@ -401,17 +414,15 @@ INLINE T512 void pw_block(const qlut_run *r, int oy, int ox0, int g, int ob0, co
     const size_t pixb = (size_t)q->p.groups * M * Kp;
     const uint8_t *tp = qlut_row(r, oy) + (size_t)ox0 * pixb + (size_t)g * M * Kp;
     const uint8_t *ip = q->idx + (size_t)g * M * Ogp + ob0;
-    /* a, b: the 16-bit sums, in registers; c: the 32-bit sums, in memory (the asm makes its
-     * address escape, so gcc cannot promote it to registers and spill the accumulators). */
+    /* c in memory: see flush_into */
     __m512i a[PW_MAXACC], b[PW_MAXACC], c[PW_MAXACC * 4]; /* fixed sizes: a VLA would live on the stack */
     for (int i = 0; i < P * NB; i++) a[i] = b[i] = _mm512_setzero_si512();
-    for (int i = 0; i < P * NB * 4; i++) c[i] = _mm512_setzero_si512();
     __asm__ volatile("" : : "r"(c) : "memory");
-    int cnt = 0;
+    int cnt = 0, fresh = 1;
     for (int m = 0; m < M; m++, tp += Kp, ip += Ogp) {
         if (cnt == 256) {
-            for (int i = 0; i < P * NB; i++) flush(&a[i], &b[i], c + 4 * i);
-            cnt = 0;
+            for (int i = 0; i < P * NB; i++) flush_into(&a[i], &b[i], c + 4 * i, fresh);
+            cnt = fresh = 0;
         }
         cnt++;
         __m512i t[4][4];
@@ -436,7 +447,7 @@ INLINE T512 void pw_block(const qlut_run *r, int oy, int ox0, int g, int ob0, co
             }
         }
     }
-    for (int i = 0; i < P * NB; i++) flush(&a[i], &b[i], c + 4 * i);
+    for (int i = 0; i < P * NB; i++) flush_into(&a[i], &b[i], c + 4 * i, fresh);
     for (int i = 0; i < P; i++)
         for (int j = 0; j < NB; j++) epilogue(r, c + 4 * (i * NB + j), oy, ox0 + i, g, ob0 + 64 * j);
 }
