@@ -259,6 +259,8 @@ INLINE T512 void epilogue(const qlut_run *r, const __m512i c[4], int oy, int ox,
     }
 }
 
+#define PBLK 4 /* output pixels per block of the any-stride kernel (6: no faster) */
+
 /* P neighbouring output pixels of row oy, 64 channels from ob, group g; any kernel/stride. */
 INLINE T512 void conv_block(const qlut_run *r, int oy, int ox0, int g, int ob, const int P,
                             const int KC) {
@@ -269,12 +271,10 @@ INLINE T512 void conv_block(const qlut_run *r, int oy, int ox0, int g, int ob, c
     const size_t pstep = (size_t)p->stride_w * pixb; /* next output pixel's input pixel */
     const size_t col = (size_t)ox0 * p->stride_w * pixb + (size_t)g * M * Kp;
     const uint8_t *ib = q->idx + (size_t)g * p->kh * KW * M * Ogp + ob;
-    __m512i a[8], b[8], c[8][4];
-    for (int i = 0; i < P; i++) {
-        a[i] = b[i] = _mm512_setzero_si512();
-        for (int j = 0; j < 4; j++) c[i][j] = _mm512_setzero_si512();
-    }
-    int cnt = 0;
+    __m512i a[PBLK], b[PBLK], c[PBLK * 4]; /* c in memory: see flush_into */
+    for (int i = 0; i < P; i++) a[i] = b[i] = _mm512_setzero_si512();
+    __asm__ volatile("" : : "r"(c) : "memory");
+    int cnt = 0, fresh = 1;
     for (int ky = r->ky0; ky < r->ky1; ky++)
         for (int kx = 0; kx < KW; kx++) {
             const uint8_t *tp = qlut_row(r, oy * p->stride_h + ky) + col + (size_t)kx * pixb;
@@ -284,14 +284,14 @@ INLINE T512 void conv_block(const qlut_run *r, int oy, int ox0, int g, int ob, c
                 for (int i = 0; i < P; i++)
                     accumulate(&a[i], &b[i], lookup(tp + i * pstep + (size_t)m * Kp, idx, KC));
                 if (++cnt == 256) {
-                    for (int i = 0; i < P; i++) flush(&a[i], &b[i], c[i]);
-                    cnt = 0;
+                    for (int i = 0; i < P; i++) flush_into(&a[i], &b[i], c + 4 * i, fresh);
+                    cnt = fresh = 0;
                 }
             }
         }
     for (int i = 0; i < P; i++) {
-        flush(&a[i], &b[i], c[i]);
-        epilogue(r, c[i], oy, ox0 + i, g, ob);
+        flush_into(&a[i], &b[i], c + 4 * i, fresh);
+        epilogue(r, c + 4 * i, oy, ox0 + i, g, ob);
     }
 }
 
@@ -359,7 +359,6 @@ INLINE T512 void conv_block_s1(const qlut_run *r, int oy, int ox0, int g, int ob
     for (int i = 0; i < P; i++) epilogue(r, c + 4 * i, oy, ox0 + i, g, ob);
 }
 
-#define PBLK 4
 
 _Static_assert(PS1 == 6, "conv_all_s1 switches over block sizes 1..6");
 INLINE T512 void conv_all_s1(const qlut_run *r, const int KW, const int KC) {
