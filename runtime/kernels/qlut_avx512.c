@@ -199,24 +199,13 @@ INLINE T512 __m512i lookup(const uint8_t *tab, __m512i idx, const int KC) {
     return _mm512_mask_blend_epi8(_mm512_movepi8_mask(idx), lo, hi);
 }
 
-/* Move 16-bit pair sums (a: word sums, b: high-byte sums) into 32-bit channel-ordered sums. */
-INLINE T512 void flush(__m512i *a, __m512i *b, __m512i c[4]) {
-    __m512i lo = _mm512_sub_epi16(*a, _mm512_slli_epi16(*b, 8));
-    c[0] = _mm512_add_epi32(c[0], _mm512_cvtepu16_epi32(_mm512_castsi512_si256(lo)));
-    c[1] = _mm512_add_epi32(c[1], _mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(lo, 1)));
-    c[2] = _mm512_add_epi32(c[2], _mm512_cvtepu16_epi32(_mm512_castsi512_si256(*b)));
-    c[3] = _mm512_add_epi32(c[3], _mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(*b, 1)));
-    *a = _mm512_setzero_si512();
-    *b = _mm512_setzero_si512();
-}
-
-/* flush(), except that when `fresh` the sums c hold nothing yet and are written, not added to
- * (zeroing them first cost 3.5% of VGG's conv4 kernel: 2 KB per block). The kernels below keep
- * the 16-bit sums a, b in registers and the 32-bit sums c in memory, where an empty asm that
- * takes c's address puts them: the sums c are touched once per 256 terms, and gcc would
- * otherwise hold them in registers and spill the accumulators instead. (A noinline flush taking
- * a and b by address forced those into memory too: 5-13% slower.) */
-INLINE T512 void flush_into(__m512i *a, __m512i *b, __m512i c[4], const int fresh) {
+/* Move 16-bit pair sums (a: word sums, b: high-byte sums) into 32-bit channel-ordered sums c;
+ * when `fresh`, c holds nothing yet and is written, not added to (zeroing it first cost 3.5% of
+ * VGG's conv4 kernel: 2 KB per block). The kernels keep a and b in registers and c in memory,
+ * where an empty asm taking c's address puts it: c is touched once per 256 terms, and gcc would
+ * otherwise hold c in registers and spill the accumulators instead. (The noinline flush this
+ * replaced took a and b by address, which forced them into memory too: 5-13% slower.) */
+INLINE T512 void flush(__m512i *a, __m512i *b, __m512i c[4], const int fresh) {
     const __m512i lo = _mm512_sub_epi16(*a, _mm512_slli_epi16(*b, 8));
     const __m512i v[4] = {_mm512_cvtepu16_epi32(_mm512_castsi512_si256(lo)),
                           _mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(lo, 1)),
@@ -271,7 +260,7 @@ INLINE T512 void conv_block(const qlut_run *r, int oy, int ox0, int g, int ob, c
     const size_t pstep = (size_t)p->stride_w * pixb; /* next output pixel's input pixel */
     const size_t col = (size_t)ox0 * p->stride_w * pixb + (size_t)g * M * Kp;
     const uint8_t *ib = q->idx + (size_t)g * p->kh * KW * M * Ogp + ob;
-    __m512i a[PBLK], b[PBLK], c[PBLK * 4]; /* c in memory: see flush_into */
+    __m512i a[PBLK], b[PBLK], c[PBLK * 4]; /* c in memory: see flush */
     for (int i = 0; i < P; i++) a[i] = b[i] = _mm512_setzero_si512();
     __asm__ volatile("" : : "r"(c) : "memory");
     int cnt = 0, fresh = 1;
@@ -284,20 +273,20 @@ INLINE T512 void conv_block(const qlut_run *r, int oy, int ox0, int g, int ob, c
                 for (int i = 0; i < P; i++)
                     accumulate(&a[i], &b[i], lookup(tp + i * pstep + (size_t)m * Kp, idx, KC));
                 if (++cnt == 256) {
-                    for (int i = 0; i < P; i++) flush_into(&a[i], &b[i], c + 4 * i, fresh);
+                    for (int i = 0; i < P; i++) flush(&a[i], &b[i], c + 4 * i, fresh);
                     cnt = fresh = 0;
                 }
             }
         }
     for (int i = 0; i < P; i++) {
-        flush_into(&a[i], &b[i], c + 4 * i, fresh);
+        flush(&a[i], &b[i], c + 4 * i, fresh);
         epilogue(r, c + 4 * i, oy, ox0 + i, g, ob);
     }
 }
 
 /* Output pixels per stride-1 block: 6 holds 12 accumulators, 3 index vectors and a table in
  * registers; 8 made gcc spill (Zen 4, paired: VGG conv3 11.7 -> 10.5 ms, conv4 6.1 -> 5.3,
- * AlexNet conv3 0.48 -> 0.43, with the accumulators kept out of memory, see below). */
+ * AlexNet conv3 0.48 -> 0.43, together with flush's register handling). */
 #define PS1 6
 
 /* Stride-1 variant with the kernel width KW known at compile time: for each (kernel row,
@@ -311,7 +300,7 @@ INLINE T512 void conv_block_s1(const qlut_run *r, int oy, int ox0, int g, int ob
     const size_t pixb = (size_t)p->groups * M * Kp;
     const size_t col = (size_t)ox0 * pixb + (size_t)g * M * Kp;
     const uint8_t *ib = q->idx + (size_t)g * p->kh * KW * M * Ogp + ob;
-    __m512i a[PS1], b[PS1], c[PS1 * 4]; /* c in memory: see flush_into */
+    __m512i a[PS1], b[PS1], c[PS1 * 4]; /* c in memory: see flush */
     for (int i = 0; i < P; i++) a[i] = b[i] = _mm512_setzero_si512();
     __asm__ volatile("" : : "r"(c) : "memory");
     int cnt = 0, fresh = 1;
@@ -320,7 +309,7 @@ INLINE T512 void conv_block_s1(const qlut_run *r, int oy, int ox0, int g, int ob
         const uint8_t *ip = ib + (size_t)ky * KW * M * Ogp;
         for (int m = 0; m < M; m++) {
             if (cnt + KW > 256) {
-                for (int i = 0; i < P; i++) flush_into(&a[i], &b[i], c + 4 * i, fresh);
+                for (int i = 0; i < P; i++) flush(&a[i], &b[i], c + 4 * i, fresh);
                 cnt = fresh = 0;
             }
             cnt += KW;
@@ -355,10 +344,9 @@ INLINE T512 void conv_block_s1(const qlut_run *r, int oy, int ox0, int g, int ob
             }
         }
     }
-    for (int i = 0; i < P; i++) flush_into(&a[i], &b[i], c + 4 * i, fresh);
+    for (int i = 0; i < P; i++) flush(&a[i], &b[i], c + 4 * i, fresh);
     for (int i = 0; i < P; i++) epilogue(r, c + 4 * i, oy, ox0 + i, g, ob);
 }
-
 
 _Static_assert(PS1 == 6, "conv_all_s1 switches over block sizes 1..6");
 INLINE T512 void conv_all_s1(const qlut_run *r, const int KW, const int KC) {
@@ -413,14 +401,14 @@ INLINE T512 void pw_block(const qlut_run *r, int oy, int ox0, int g, int ob0, co
     const size_t pixb = (size_t)q->p.groups * M * Kp;
     const uint8_t *tp = qlut_row(r, oy) + (size_t)ox0 * pixb + (size_t)g * M * Kp;
     const uint8_t *ip = q->idx + (size_t)g * M * Ogp + ob0;
-    /* c in memory: see flush_into */
+    /* c in memory: see flush */
     __m512i a[PW_MAXACC], b[PW_MAXACC], c[PW_MAXACC * 4]; /* fixed sizes: a VLA would live on the stack */
     for (int i = 0; i < P * NB; i++) a[i] = b[i] = _mm512_setzero_si512();
     __asm__ volatile("" : : "r"(c) : "memory");
     int cnt = 0, fresh = 1;
     for (int m = 0; m < M; m++, tp += Kp, ip += Ogp) {
         if (cnt == 256) {
-            for (int i = 0; i < P * NB; i++) flush_into(&a[i], &b[i], c + 4 * i, fresh);
+            for (int i = 0; i < P * NB; i++) flush(&a[i], &b[i], c + 4 * i, fresh);
             cnt = fresh = 0;
         }
         cnt++;
@@ -446,7 +434,7 @@ INLINE T512 void pw_block(const qlut_run *r, int oy, int ox0, int g, int ob0, co
             }
         }
     }
-    for (int i = 0; i < P * NB; i++) flush_into(&a[i], &b[i], c + 4 * i, fresh);
+    for (int i = 0; i < P * NB; i++) flush(&a[i], &b[i], c + 4 * i, fresh);
     for (int i = 0; i < P; i++)
         for (int j = 0; j < NB; j++) epilogue(r, c + 4 * (i * NB + j), oy, ox0 + i, g, ob0 + 64 * j);
 }
@@ -486,12 +474,10 @@ INLINE T512 void pw_all(const qlut_run *r, const int KC) {
 INLINE T512 void fc_chunk(const qlut_run *r, const uint8_t *ip, int ob0, const int NB, const int KC) {
     const int M = r->q->M, Kp = r->q->Kp;
     const uint8_t *tab = r->lq;
-    __m512i a[8], b[8], c[8][4];
-    for (int i = 0; i < NB; i++) {
-        a[i] = b[i] = _mm512_setzero_si512();
-        for (int j = 0; j < 4; j++) c[i][j] = _mm512_setzero_si512();
-    }
-    int cnt = 0;
+    __m512i a[8], b[8], c[8][4]; /* c in memory: see flush */
+    for (int i = 0; i < NB; i++) a[i] = b[i] = _mm512_setzero_si512();
+    __asm__ volatile("" : : "r"(c) : "memory");
+    int cnt = 0, fresh = 1;
     for (int m = 0; m < M; m++, tab += Kp, ip += NB * 64) {
         /* Kp < 64: the 64-byte table holding subspace m also holds its 64/Kp - 1 neighbours
          * (indices were offset at prepare time). The bytes past the last subspace are never
@@ -514,12 +500,12 @@ INLINE T512 void fc_chunk(const qlut_run *r, const uint8_t *ip, int ob0, const i
             accumulate(&a[i], &b[i], v);
         }
         if (++cnt == 256) {
-            for (int i = 0; i < NB; i++) flush(&a[i], &b[i], c[i]);
-            cnt = 0;
+            for (int i = 0; i < NB; i++) flush(&a[i], &b[i], c[i], fresh);
+            cnt = fresh = 0;
         }
     }
     for (int i = 0; i < NB; i++) {
-        flush(&a[i], &b[i], c[i]);
+        flush(&a[i], &b[i], c[i], fresh);
         epilogue(r, c[i], 0, 0, 0, ob0 + 64 * i);
     }
 }
