@@ -407,7 +407,8 @@ def score(model: ir.Model, x: Optional[np.ndarray], *, lut: str = "int8", candid
         for cand in cands[1:]:
             cand.error = float(errs[(cand.subvec, cand.ncode)])
         out.append(LayerOptions(op.name, kind, cands))
-        log(f"  plan: scored {op.name}: " + ", ".join(f"{c.label} {c.ms:.3f}ms e={c.error:.3f}" for c in cands))
+        log(f"  plan: scored {op.name}: " + ", ".join(
+            f"{c.label}" + (f" {c.ms:.3f}ms" if np.isfinite(c.ms) else "") + f" e={c.error:.2g}" for c in cands))
     return out
 
 
