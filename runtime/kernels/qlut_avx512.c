@@ -393,7 +393,10 @@ INLINE T512 void conv_all(const qlut_run *r, const int KC) {
  * instead of KC + 1/P (conv_block). SqueezeNet's classifier conv (512 -> 1000, 4/128, 13x13)
  * on Zen 4: look-ups 0.48 -> 0.36 ms, the layer 1.15 -> 0.96 ms (paired); its tables and
  * indices (64 KB a pixel, 128 KB) come from L2. */
-#define PW_MAXACC 16 /* P * NB accumulator pairs at most */
+/* PW_P pixels x PW_NB channel blocks per call (KC = 4 tables take 4 registers: 2 blocks). On
+ * Zen 4, 2 x 4, 1 x 8 and 2 x 3 ran alike; 3 x 4 was slower (gcc spills accumulators). */
+#define PW_P 2
+#define PW_NB 4
 INLINE T512 void pw_block(const qlut_run *r, int oy, int ox0, int g, int ob0, const int P,
                           const int NB, const int KC) {
     const qcnn_qconv_prepared *q = r->q;
@@ -401,8 +404,8 @@ INLINE T512 void pw_block(const qlut_run *r, int oy, int ox0, int g, int ob0, co
     const size_t pixb = (size_t)q->p.groups * M * Kp;
     const uint8_t *tp = qlut_row(r, oy) + (size_t)ox0 * pixb + (size_t)g * M * Kp;
     const uint8_t *ip = q->idx + (size_t)g * M * Ogp + ob0;
-    /* c in memory: see flush */
-    __m512i a[PW_MAXACC], b[PW_MAXACC], c[PW_MAXACC * 4]; /* fixed sizes: a VLA would live on the stack */
+    /* Fixed sizes (a[P * NB] would be a VLA, which lives on the stack); c in memory: see flush. */
+    __m512i a[PW_P * PW_NB], b[PW_P * PW_NB], c[PW_P * PW_NB * 4];
     for (int i = 0; i < P * NB; i++) a[i] = b[i] = _mm512_setzero_si512();
     __asm__ volatile("" : : "r"(c) : "memory");
     int cnt = 0, fresh = 1;
@@ -412,7 +415,7 @@ INLINE T512 void pw_block(const qlut_run *r, int oy, int ox0, int g, int ob0, co
             cnt = fresh = 0;
         }
         cnt++;
-        __m512i t[4][4];
+        __m512i t[PW_P][4];
         for (int i = 0; i < P; i++)
             for (int k = 0; k < KC; k++) {
                 t[i][k] = _mm512_load_si512(tp + i * pixb + 64 * k);
@@ -439,15 +442,11 @@ INLINE T512 void pw_block(const qlut_run *r, int oy, int ox0, int g, int ob0, co
         for (int j = 0; j < NB; j++) epilogue(r, c + 4 * (i * NB + j), oy, ox0 + i, g, ob0 + 64 * j);
 }
 
-/* PW_P pixels x PW_NB channel blocks per call (KC = 4 tables take 4 registers: 2 blocks). On
- * Zen 4, 2 x 4, 1 x 8 and 2 x 3 ran alike; 3 x 4 was slower (gcc spills accumulators). */
-#define PW_P 2
-#define PW_NB 4
-
 INLINE T512 void pw_pixels(const qlut_run *r, int oy, int ox, int g, int ob, int nb, const int P,
                            const int KC) {
     const int NB = KC == 4 ? 2 : PW_NB;
     for (; nb >= NB; nb -= NB, ob += 64 * NB) pw_block(r, oy, ox, g, ob, P, NB, KC);
+    /* the rest (< NB blocks); the NB tests keep unreachable variants from being compiled */
     switch (nb) {
     case 3: if (NB > 3) pw_block(r, oy, ox, g, ob, P, 3, KC); break;
     case 2: if (NB > 2) pw_block(r, oy, ox, g, ob, P, 2, KC); break;
