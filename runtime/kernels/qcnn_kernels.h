@@ -118,8 +118,8 @@ void qcnn_qconv_free(qcnn_qconv_prepared *q);
 int qcnn_qconv_pointwise_chunk(const qcnn_qconv_prepared *q);
 /* Bytes of float tables a pointwise layer's chunk holds (results depend on it through the chunk
  * size, so the default is the same on every CPU). Set it before sharing the prepared layer
- * between threads. 128 KB: smaller chunks get finer steps, and on Zen 4 run as fast as 256 KB -
- * 1 MB chunks or faster (their float tables are read back from L2, not L3). */
+ * between threads. 128 KB: smaller chunks get finer steps, and on Zen 4 ran as fast as chunks
+ * of 256 KB - 1 MB or faster (measured on 4 layer shapes). */
 #define QCNN_TABLE_BUDGET_DEFAULT ((size_t)128 << 10)
 void qcnn_qconv_set_table_budget(qcnn_qconv_prepared *q, size_t bytes);
 size_t qcnn_qconv_table_budget(const qcnn_qconv_prepared *q);

@@ -189,14 +189,23 @@ T512 void qlut_quant_avx512(const qcnn_qconv_prepared *q, const float *Lf, const
 
 /* ------------------------------------------------------------------ look-up + accumulate */
 
-/* 64 table bytes selected by 64 indices. KC = table size in zmm registers (1, 2 or 4). */
-INLINE T512 __m512i lookup(const uint8_t *tab, __m512i idx, const int KC) {
-    if (KC == 1) return _mm512_permutexvar_epi8(idx, _mm512_load_si512(tab));
-    __m512i lo = _mm512_permutex2var_epi8(_mm512_load_si512(tab), idx, _mm512_load_si512(tab + 64));
+/* 64 table bytes selected by 64 indices from a table held in KC zmm registers t0..t3 (KC = 1,
+ * 2 or 4; the unused ones are ignored). */
+INLINE T512 __m512i lookup_regs(__m512i idx, __m512i t0, __m512i t1, __m512i t2, __m512i t3,
+                                const int KC) {
+    if (KC == 1) return _mm512_permutexvar_epi8(idx, t0);
+    const __m512i lo = _mm512_permutex2var_epi8(t0, idx, t1);
     if (KC == 2) return lo;
-    __m512i hi = _mm512_permutex2var_epi8(_mm512_load_si512(tab + 128), idx,
-                                          _mm512_load_si512(tab + 192));
-    return _mm512_mask_blend_epi8(_mm512_movepi8_mask(idx), lo, hi);
+    return _mm512_mask_blend_epi8(_mm512_movepi8_mask(idx), lo, _mm512_permutex2var_epi8(t2, idx, t3));
+}
+
+/* The same with the table read from memory. */
+INLINE T512 __m512i lookup(const uint8_t *tab, __m512i idx, const int KC) {
+    const __m512i t0 = _mm512_load_si512(tab);
+    const __m512i t1 = KC >= 2 ? _mm512_load_si512(tab + 64) : t0;
+    const __m512i t2 = KC == 4 ? _mm512_load_si512(tab + 128) : t0;
+    const __m512i t3 = KC == 4 ? _mm512_load_si512(tab + 192) : t0;
+    return lookup_regs(idx, t0, t1, t2, t3, KC);
 }
 
 /* Move 16-bit pair sums (a: word sums, b: high-byte sums) into 32-bit channel-ordered sums c;
@@ -330,16 +339,7 @@ INLINE T512 void conv_block_s1(const qlut_run *r, int oy, int ox0, int g, int ob
                 for (int kx = 0; kx < KW; kx++) {
                     const int i = j - kx; /* output pixel this (input pixel, column) feeds */
                     if (i < 0 || i >= P) continue;
-                    __m512i v;
-                    if (KC == 1) {
-                        v = _mm512_permutexvar_epi8(idx[kx], t0);
-                    } else {
-                        v = _mm512_permutex2var_epi8(t0, idx[kx], t1);
-                        if (KC == 4)
-                            v = _mm512_mask_blend_epi8(_mm512_movepi8_mask(idx[kx]), v,
-                                                       _mm512_permutex2var_epi8(t2, idx[kx], t3));
-                    }
-                    accumulate(&a[i], &b[i], v);
+                    accumulate(&a[i], &b[i], lookup_regs(idx[kx], t0, t1, t2, t3, KC));
                 }
             }
         }
@@ -417,24 +417,19 @@ INLINE T512 void pw_block(const qlut_run *r, int oy, int ox0, int g, int ob0, co
         cnt++;
         __m512i t[PW_P][4];
         for (int i = 0; i < P; i++)
-            for (int k = 0; k < KC; k++) {
+            for (int k = 0; k < 4; k++) {
+                if (k >= KC) { /* unused by lookup_regs */
+                    t[i][k] = t[i][0];
+                    continue;
+                }
                 t[i][k] = _mm512_load_si512(tp + i * pixb + 64 * k);
                 __asm__("" : "+v"(t[i][k])); /* keep the tables in registers (see conv_block_s1) */
             }
         for (int j = 0; j < NB; j++) {
             const __m512i idx = _mm512_loadu_si512(ip + 64 * j);
-            for (int i = 0; i < P; i++) {
-                __m512i v;
-                if (KC == 1) {
-                    v = _mm512_permutexvar_epi8(idx, t[i][0]);
-                } else {
-                    v = _mm512_permutex2var_epi8(t[i][0], idx, t[i][1]);
-                    if (KC == 4)
-                        v = _mm512_mask_blend_epi8(_mm512_movepi8_mask(idx), v,
-                                                   _mm512_permutex2var_epi8(t[i][2], idx, t[i][3]));
-                }
-                accumulate(&a[i * NB + j], &b[i * NB + j], v);
-            }
+            for (int i = 0; i < P; i++)
+                accumulate(&a[i * NB + j], &b[i * NB + j],
+                           lookup_regs(idx, t[i][0], t[i][1], t[i][2], t[i][3], KC));
         }
     }
     for (int i = 0; i < P * NB; i++) flush(&a[i], &b[i], c + 4 * i, fresh);
@@ -486,17 +481,7 @@ INLINE T512 void fc_chunk(const qlut_run *r, const uint8_t *ip, int ob0, const i
         const __m512i t2 = KC == 4 ? _mm512_load_si512(tab + 128) : t0;
         const __m512i t3 = KC == 4 ? _mm512_load_si512(tab + 192) : t0;
         for (int i = 0; i < NB; i++) {
-            const __m512i idx = _mm512_load_si512(ip + 64 * i);
-            __m512i v;
-            if (KC == 1) {
-                v = _mm512_permutexvar_epi8(idx, t0);
-            } else {
-                v = _mm512_permutex2var_epi8(t0, idx, t1);
-                if (KC == 4)
-                    v = _mm512_mask_blend_epi8(_mm512_movepi8_mask(idx), v,
-                                               _mm512_permutex2var_epi8(t2, idx, t3));
-            }
-            accumulate(&a[i], &b[i], v);
+            accumulate(&a[i], &b[i], lookup_regs(_mm512_load_si512(ip + 64 * i), t0, t1, t2, t3, KC));
         }
         if (++cnt == 256) {
             for (int i = 0; i < NB; i++) flush(&a[i], &b[i], c[i], fresh);

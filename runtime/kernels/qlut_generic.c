@@ -198,8 +198,8 @@ size_t qlut_work_bytes(const qcnn_qconv_prepared *q) {
  *    qcnn_qconv_pointwise_chunk() pixels, each built, quantized and looked up with its own
  *    (smaller or equal) step. At least CHUNK_MIN_PIXELS pixels: the AVX-512 kernel shares each
  *    index load between 2 pixels. SqueezeNet's classifier conv at 4/128 (64 KB of float tables
- *    per pixel) runs in chunks of 2 pixels, as fast as in chunks of 16 (1 MB) and with a third of
- *    their table error on photos.
+ *    per pixel) runs in chunks of 2 pixels, as fast as in chunks of 16 (1 MB); on inputs whose
+ *    pixels differ in scale its table error fell from 4.2% to 1.75%.
  *  - Other int8 layers (by default all: q->row_step_limit is 0) give each input row its own step:
  *    a row is built, quantized at once into a ring of kh rows, and every output row is summed one
  *    kernel row at a time (integer sums of one step each, combined in float: QLUT_EPI_*). One
