@@ -57,6 +57,9 @@ cdef extern from "qcnn_kernels.h" nogil:
     size_t _qk_table_budget "qcnn_qconv_table_budget"(const _qk_prepared *q)
     void _qk_set_row_step_limit "qcnn_qconv_set_row_step_limit"(_qk_prepared *q, size_t nbytes)
     size_t _qk_row_step_limit "qcnn_qconv_row_step_limit"(const _qk_prepared *q)
+    int _qk_set_bf16_build "qcnn_qconv_set_bf16_build"(_qk_prepared *q, int on)
+    int _qk_bf16_build "qcnn_qconv_bf16_build"(const _qk_prepared *q)
+    int _qk_cpu_has_bf16 "qcnn_cpu_has_avx512bf16"()
     void _qk_conv_run "qcnn_qconv_run"(const _qk_prepared *q, const float *x, int h, int w,
                                        float *y, void *scratch, float *lut_step)
     void _qk_conv_free "qcnn_qconv_free"(_qk_prepared *q)
@@ -69,6 +72,11 @@ _QK_LUT_MODES = {"ref": _QK_LUT_REF, "float": _QK_LUT_FLOAT, "int8": _QK_LUT_INT
 def isa_available():
     """Names of the ISA levels this CPU (and OS) can run, lowest first."""
     return list(_QK_ISA_NAMES[: <int>_qk_isa_detect() + 1])
+
+
+def cpu_has_bf16():
+    """True if the CPU (and OS) support AVX512_BF16, which int8 layers use to build tables."""
+    return bool(_qk_cpu_has_bf16())
 
 
 def isa_selected():
@@ -165,6 +173,20 @@ cdef class _QkBase:
     @row_step_limit.setter
     def row_step_limit(self, size_t nbytes):
         _qk_set_row_step_limit(self._q, nbytes)
+
+    @property
+    def bf16_build(self):
+        """True if this int8 AVX-512 layer builds its tables with bf16 dot products (the default
+        where the CPU has AVX512_BF16, unless env QCNN_TABLE_BUILD=fp32 at prepare time); False:
+        fp32 FMAs. Setting True where bf16 is unavailable raises ValueError. Set it before sharing
+        the kernel between threads."""
+        return bool(_qk_bf16_build(self._q))
+
+    @bf16_build.setter
+    def bf16_build(self, bint on):
+        if _qk_set_bf16_build(self._q, on) != on:
+            raise ValueError(f"bf16_build: needs lut='int8', isa='avx512vbmi' and a CPU with "
+                             f"AVX512_BF16 (this layer: lut={self.lut!r}, isa={self.isa!r})")
 
     @property
     def pointwise_chunk(self):

@@ -14,14 +14,47 @@ import pytest
 _core = pytest.importorskip("qcnn.runtime._core")
 
 
+HAVE_BF16 = "avx512vbmi" in _core.isa_available() and _core.cpu_has_bf16()
+
+
 def variants():
-    """(isa, lut) pairs: the float oracle, the generic float path, int8 on every ISA here."""
+    """(isa, lut) pairs: the float oracle, the generic float path, int8 on every ISA here.
+    'avx512vbmi' runs fp32 table builds; 'avx512vbmi+bf16' the bf16 ones (where the CPU has them:
+    then the default)."""
     out = [("generic", "ref"), ("generic", "float")]
     out += [(isa, "int8") for isa in _core.isa_available()]
+    if HAVE_BF16:
+        out.append(("avx512vbmi+bf16", "int8"))
     return out
 
 
 VARIANTS = variants()
+INT8_ISAS = [isa for isa, lut in VARIANTS if lut == "int8"]
+
+
+def kernel_isa(isa):
+    return isa.split("+")[0]
+
+
+def set_build(k, isa):
+    """Selects the variant's table build on k; returns k."""
+    if HAVE_BF16 and k.isa == "avx512vbmi" and k.bf16_build != isa.endswith("+bf16"):
+        k.bf16_build = isa.endswith("+bf16")
+    return k
+
+
+def bf16_round(a):
+    """float32 -> nearest bfloat16 (ties to even), back as float32: what vcvtneps2bf16 does."""
+    u = np.asarray(a, np.float32).view(np.uint32).astype(np.uint64)
+    u = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16) << 16
+    return u.astype(np.uint32).view(np.float32)
+
+
+def built_from(k, *arrays):
+    """The values k's tables are built from: bf16-rounded inputs and codewords if it builds in
+    bf16. The int8 bounds then hold against the float64 oracle on those values."""
+    bf16 = k.lut == "int8" and k.isa == "avx512vbmi" and k.bf16_build
+    return [bf16_round(a) if bf16 else a for a in arrays]
 
 
 def make_conv(rng, cin, cout, G, kh, kw, Cs, K):
@@ -143,12 +176,13 @@ def test_qconv_matches_numpy(case, isa, lut):
     cb, idx, M = make_conv(rng, cin, cout, G, kh, kw, Cs, K)
     bias = rng.standard_normal(cout).astype(np.float32) if has_bias else None
     x = rng.standard_normal((H, W, cin)).astype(np.float32)
-    k = _core.QConvKernel(cin, cout, G, kh, kw, strides, pads, Cs, M, K, cb, idx, bias, relu,
-                          isa=isa, lut=lut)
-    assert k.isa == (isa if lut == "int8" else "generic")
+    k = set_build(_core.QConvKernel(cin, cout, G, kh, kw, strides, pads, Cs, M, K, cb, idx, bias, relu,
+                                    isa=kernel_isa(isa), lut=lut), isa)
+    assert k.isa == (kernel_isa(isa) if lut == "int8" else "generic")
     y = np.full(k.out_shape(H, W), np.nan, np.float32)
     scratch = np.empty(k.scratch_nbytes(H, W), np.uint8)
     step = k.run(x, y, scratch)
+    x, cb = built_from(k, x, cb)
     y64, absterms, nlook = np_qconv(x, cb, idx, bias, G, strides, pads, relu)
     assert y.shape == y64.shape
     check_close(y, step, lut, y64, absterms, nlook)
@@ -173,13 +207,14 @@ def test_pointwise_conv_runs_in_chunks_with_their_own_step(isa, lut):
     bias = rng.standard_normal(cout).astype(np.float32)
     x = rng.standard_normal((H, W, cin)).astype(np.float32)
     x[0, 0] *= 1000.0  # the first chunk's step is ~1000x the others'
-    k = _core.QConvKernel(cin, cout, G, 1, 1, (1, 1), (0, 0, 0, 0), Cs, M, K, cb, idx, bias, False,
-                          isa=isa, lut=lut)
+    k = set_build(_core.QConvKernel(cin, cout, G, 1, 1, (1, 1), (0, 0, 0, 0), Cs, M, K, cb, idx, bias,
+                                    False, isa=kernel_isa(isa), lut=lut), isa)
     n = k.pointwise_chunk
     assert n == 16  # 128 KB of float tables / (G * M * 128 entries * 4 bytes) = 16 pixels
     assert n < H * W  # several chunks, the last one partial (99 = 6 * 16 + 3)
     y = np.full(k.out_shape(H, W), np.nan, np.float32)
     step = k.run(x, y, np.empty(k.scratch_nbytes(H, W), np.uint8))
+    x, cb = built_from(k, x, cb)
     y64, absterms, nlook = np_qconv(x, cb, idx, bias, G, (1, 1), (0, 0, 0, 0), False)
     if lut != "int8":
         check_close(y, step, lut, y64, absterms, nlook)
@@ -207,7 +242,7 @@ def _pointwise(case):
 
 @pytest.mark.parametrize("case", [c for c in CONV_CASES if not _pointwise(c)],
                          ids=[f"conv{i}" for i, c in enumerate(CONV_CASES) if not _pointwise(c)])
-@pytest.mark.parametrize("isa", _core.isa_available())
+@pytest.mark.parametrize("isa", INT8_ISAS)
 def test_row_steps_quantize_each_input_row_with_its_own_step(case, isa):
     """Over row_step_limit, each input row's tables get their own step and every output is within
     the bound of the steps of the rows it reads (not just the image's largest step)."""
@@ -217,7 +252,8 @@ def test_row_steps_quantize_each_input_row_with_its_own_step(case, isa):
     bias = rng.standard_normal(cout).astype(np.float32) if has_bias else None
     # rows of very different scale, so one step per image would be far coarser for most rows
     x = (rng.standard_normal((H, W, cin)) * np.geomspace(0.01, 10, H)[:, None, None]).astype(np.float32)
-    k = _core.QConvKernel(cin, cout, G, kh, kw, strides, pads, Cs, M, K, cb, idx, bias, relu, isa=isa, lut="int8")
+    k = set_build(_core.QConvKernel(cin, cout, G, kh, kw, strides, pads, Cs, M, K, cb, idx, bias, relu,
+                                    isa=kernel_isa(isa), lut="int8"), isa)
     assert k.row_step_limit == 0  # the default, the same on every CPU: it changes the values
     k.row_step_limit = 1 << 40
     whole = k.scratch_nbytes(H, W)  # one step per image: tables of every row
@@ -226,6 +262,7 @@ def test_row_steps_quantize_each_input_row_with_its_own_step(case, isa):
         assert k.scratch_nbytes(H, W) < whole  # a ring of kh rows of tables, one row of floats
     y = np.full(k.out_shape(H, W), np.nan, np.float32)
     step = k.run(x, y, np.empty(k.scratch_nbytes(H, W), np.uint8))
+    x, cb = built_from(k, x, cb)
     steps = np_row_steps(x, cb, G)
     # the largest step of the rows some output reads is reported (rows between windows are skipped)
     assert step == pytest.approx(np_table_step(x, cb, G, kh, strides[0], pads[0], y.shape[0]), rel=1e-4)
@@ -294,9 +331,13 @@ def test_qfc_matches_numpy(case, isa, lut):
     cb, idx, M = make_conv(rng, nin, nout, 1, 1, 1, Cs, K)
     bias = rng.standard_normal(nout).astype(np.float32) if has_bias else None
     x = rng.standard_normal(nin).astype(np.float32)
-    k = _core.QFcKernel(nin, nout, Cs, M, K, cb[0], idx[0, 0, 0], bias, relu, isa=isa, lut=lut)
+    k = _core.QFcKernel(nin, nout, Cs, M, K, cb[0], idx[0, 0, 0], bias, relu, isa=kernel_isa(isa), lut=lut)
+    if isa.endswith("+bf16") and not k.bf16_build:
+        pytest.skip("FC with K <= 32 and >= 16 subspaces builds its tables in fp32")
+    set_build(k, isa)
     y = np.full(nout, np.nan, np.float32)
     step = k.run(x, y, np.empty(k.scratch_nbytes(), np.uint8))
+    x, cb = built_from(k, x, cb)
     y64, absterms, nlook = np_qconv(x.reshape(1, 1, nin), cb, idx, bias, 1, (1, 1), (0, 0, 0, 0), relu)
     check_close(y, step, lut, y64.reshape(-1), absterms.reshape(-1), nlook.reshape(-1))
 
@@ -314,21 +355,22 @@ def test_qfc_int8_is_bit_identical_across_simd_layouts():
         x = np.abs(rng.standard_normal(nin)).astype(np.float32)
         ys = []
         for isa in ("avx2", "avx512vbmi"):
-            k = _core.QFcKernel(nin, nout, Cs, M, K, cb[0], idx[0, 0, 0], bias, True, isa=isa, lut="int8")
+            k = set_build(_core.QFcKernel(nin, nout, Cs, M, K, cb[0], idx[0, 0, 0], bias, True, isa=isa,
+                                          lut="int8"), isa)  # fp32 builds on both
             y = np.full(nout, np.nan, np.float32)
             k.run(x, y, np.empty(k.scratch_nbytes(), np.uint8))
             ys.append(y)
         np.testing.assert_array_equal(ys[0], ys[1], err_msg=str((nin, nout, Cs, K)))
 
 
-@pytest.mark.parametrize("isa", _core.isa_available())
+@pytest.mark.parametrize("isa", INT8_ISAS)
 def test_int8_deterministic_across_runs_and_threads(isa):
     rng = np.random.default_rng(7)
     cin, cout, G, Cs, K, H, W = 48, 128, 2, 8, 128, 11, 13
     cb, idx, M = make_conv(rng, cin, cout, G, 5, 5, Cs, K)
     bias = rng.standard_normal(cout).astype(np.float32)
-    k = _core.QConvKernel(cin, cout, G, 5, 5, (1, 1), (2, 2, 2, 2), Cs, M, K, cb, idx, bias, True,
-                          isa=isa, lut="int8")
+    k = set_build(_core.QConvKernel(cin, cout, G, 5, 5, (1, 1), (2, 2, 2, 2), Cs, M, K, cb, idx, bias,
+                                    True, isa=kernel_isa(isa), lut="int8"), isa)
     xs = [rng.standard_normal((H, W, cin)).astype(np.float32) for _ in range(4)]
 
     def run(x):
@@ -366,12 +408,41 @@ def test_isa_detection_matches_cpuinfo(monkeypatch):
         has512 = all(f in flags for f in ("avx512f", "avx512bw", "avx512vl", "avx512vbmi"))
         assert ("avx2" in avail) == ("avx2" in flags and "fma" in flags)
         assert ("avx512vbmi" in avail) == (has512 and "avx2" in flags and "fma" in flags)
+        assert _core.cpu_has_bf16() == ("avx512f" in flags and "avx512_bf16" in flags)
     monkeypatch.delenv("QCNN_ISA", raising=False)
     assert _core.isa_selected() == avail[-1]
     monkeypatch.setenv("QCNN_ISA", "generic")
     assert _core.isa_selected() == "generic"
     monkeypatch.setenv("QCNN_ISA", "avx512vbmi")  # never raises above what the CPU has
     assert _core.isa_selected() == avail[-1]
+
+
+def test_bf16_table_build_is_the_default_only_where_it_runs(monkeypatch):
+    rng = np.random.default_rng(3)
+    cb, idx, M = make_conv(rng, 16, 70, 1, 3, 3, 4, 128)
+
+    def conv(isa, lut="int8"):
+        return _core.QConvKernel(16, 70, 1, 3, 3, (1, 1), (1, 1, 1, 1), 4, M, 128, cb, idx, None, False,
+                                 isa=isa, lut=lut)
+
+    monkeypatch.delenv("QCNN_TABLE_BUILD", raising=False)
+    for isa in _core.isa_available():
+        k = conv(isa)
+        assert k.bf16_build == (isa == "avx512vbmi" and HAVE_BF16)
+        if not k.bf16_build:
+            with pytest.raises(ValueError, match="bf16_build: needs"):
+                k.bf16_build = True
+        k.bf16_build = False  # fp32 is always possible
+        assert not k.bf16_build
+    assert not conv("generic", "float").bf16_build
+    monkeypatch.setenv("QCNN_TABLE_BUILD", "fp32")  # read when a layer is prepared
+    assert not conv(_core.isa_available()[-1]).bf16_build
+    if HAVE_BF16:  # FC layers with small tables keep their fp32 build
+        cbf, idxf, Mf = make_conv(rng, 64, 40, 1, 1, 1, 2, 32)
+        monkeypatch.delenv("QCNN_TABLE_BUILD")
+        assert not _core.QFcKernel(64, 40, 2, Mf, 32, cbf[0], idxf[0, 0, 0], None, False).bf16_build
+        cbf, idxf, Mf = make_conv(rng, 64, 40, 1, 1, 1, 2, 64)
+        assert _core.QFcKernel(64, 40, 2, Mf, 64, cbf[0], idxf[0, 0, 0], None, False).bf16_build
 
 
 def test_bad_inputs_raise_value_error():

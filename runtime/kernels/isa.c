@@ -64,9 +64,25 @@ int qcnn_cpu_has_avx512vnni(void) {
     const unsigned ebx7 = r[1], ecx7 = r[2];
     return ((ebx7 >> 16) & 1) && ((ebx7 >> 30) & 1) && ((ebx7 >> 31) & 1) && ((ecx7 >> 11) & 1);
 }
+/* AVX-512 BF16 (vdpbf16ps: 32 multiply-adds per instruction, twice an fp32 FMA's) on top of the
+ * F subset, OS-enabled; the int8 LUT path's table build. CPUID leaf 7 sub-leaf 1, EAX bit 5. */
+int qcnn_cpu_has_avx512bf16(void) {
+    unsigned r[4];
+    cpuid(0, 0, r);
+    if (r[0] < 7) return 0;
+    cpuid(1, 0, r);
+    if (!((r[2] >> 27) & 1)) return 0;
+    if ((xgetbv0() & 0xE6) != 0xE6) return 0;
+    cpuid(7, 0, r);
+    const unsigned max_sub = r[0], ebx7 = r[1];
+    if (!((ebx7 >> 16) & 1) || max_sub < 1) return 0;
+    cpuid(7, 1, r);
+    return (r[0] >> 5) & 1;
+}
 #else
 qcnn_isa qcnn_isa_detect(void) { return QCNN_ISA_GENERIC; }
 int qcnn_cpu_has_avx512vnni(void) { return 0; }
+int qcnn_cpu_has_avx512bf16(void) { return 0; }
 #endif
 
 qcnn_isa qcnn_isa_select(void) {

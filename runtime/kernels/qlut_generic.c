@@ -39,6 +39,17 @@ static int table_entries(qcnn_isa isa, qcnn_lut_mode mode, int K, int fc) {
     return K <= 128 ? (K + 15) / 16 * 16 : 256;
 }
 
+/* fp32 -> bf16, rounded to nearest even like vcvtneps2bf16 (which also flushes denormals; a
+ * denormal codeword is 0 in either case to far below the int8 step). NaN stays NaN. */
+static uint16_t bf16_round(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
+    if ((u & 0x7f800000u) == 0) u &= 0x80000000u;
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
 static qcnn_qconv_prepared *prepare(const qcnn_qconv_params *p, qcnn_isa isa, qcnn_lut_mode mode,
                                     int fc, const char **err) {
     const char *e = check_params(p);
@@ -91,7 +102,14 @@ static qcnn_qconv_prepared *prepare(const qcnn_qconv_params *p, qcnn_isa isa, qc
         idx_bytes = (size_t)qlut_table_subspaces(q) * q->Ogp * bits / 8 + 64;
     }
 #endif
-    q->mem = malloc(cb_bytes + idx_bytes + 64);
+    const int pairs = (Cs + 1) / 2;
+    /* FC layers with small tables keep fp32: their build (qlut_avx512.c build_fc) is a few FMAs
+     * per table, bound by the min/max folds, not by products. */
+    const int bf16_build = isa == QCNN_ISA_AVX512VBMI && qcnn_cpu_has_avx512bf16() &&
+                           !(fc && Kp <= 32 && M >= 16);
+    const size_t cbh_bytes = bf16_build ? ALIGN64((size_t)G * M * pairs * Kp * 2 * sizeof(uint16_t))
+                                 : 0;
+    q->mem = malloc(cb_bytes + ALIGN64(idx_bytes) + cbh_bytes + 64);
     if (!q->mem) goto oom;
     q->cbt = align_ptr(q->mem);
     for (int g = 0; g < G; g++)
@@ -100,6 +118,21 @@ static qcnn_qconv_prepared *prepare(const qcnn_qconv_params *p, qcnn_isa isa, qc
                 for (int k = 0; k < Kp; k++)
                     q->cbt[(((size_t)g * M + m) * Cs + c) * Kp + k] =
                         p->codebooks[(((size_t)g * M + m) * K + (k < K ? k : 0)) * Cs + c];
+    if (cbh_bytes) {
+        q->cbh = (uint16_t *)((uint8_t *)q->cbt + cb_bytes + ALIGN64(idx_bytes));
+        for (int g = 0; g < G; g++)
+            for (int m = 0; m < M; m++) {
+                const int nc = q->Cg - m * Cs < Cs ? q->Cg - m * Cs : Cs;
+                for (int c = 0; c < 2 * pairs; c++)
+                    for (int k = 0; k < Kp; k++) {
+                        const size_t gm = (size_t)g * M + m;
+                        const float d = c < nc ? q->cbt[(gm * Cs + c) * Kp + k] : 0.0f;
+                        q->cbh[((gm * pairs + c / 2) * Kp + k) * 2 + c % 2] = bf16_round(d);
+                    }
+            }
+        const char *e = getenv("QCNN_TABLE_BUILD");
+        q->bf16 = !(e && !strcmp(e, "fp32"));
+    }
     if (isa == QCNN_ISA_GENERIC) {
         q->idx = p->indices; /* generic kernels read the file layout directly */
     } else {
@@ -184,6 +217,12 @@ void qcnn_qconv_free(qcnn_qconv_prepared *q) {
 }
 
 qcnn_isa qcnn_qconv_isa(const qcnn_qconv_prepared *q) { return q->isa; }
+
+int qcnn_qconv_set_bf16_build(qcnn_qconv_prepared *q, int on) {
+    q->bf16 = on && q->cbh;
+    return q->bf16;
+}
+int qcnn_qconv_bf16_build(const qcnn_qconv_prepared *q) { return q->bf16; }
 
 size_t qlut_work_bytes(const qcnn_qconv_prepared *q) {
     /* The generic kernels accumulate one output pixel's channels of a group here. */

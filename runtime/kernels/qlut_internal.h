@@ -16,6 +16,10 @@ struct qcnn_qconv_prepared {
     int Ogp;          /* Og rounded up to cblk */
     float *cbt;       /* codebooks transposed [G][M][Cs][Kp]; entries k >= K copy entry 0 so
                        * they never widen a table's min/max */
+    uint16_t *cbh;    /* AVX512_BF16 CPUs (int8 mode): the codebooks as bf16 pairs
+                       * [G][M][ceil(Cs/2)][Kp][2] = (d[2j][k], d[2j+1][k]), channels past the
+                       * subspace's end zero; NULL elsewhere */
+    int bf16;         /* 1: tables built from cbh with vdpbf16ps (qcnn_qconv_set_bf16_build) */
     const uint8_t *idx; /* [G][KH][KW][M][Ogp]; SIMD layouts permute channels inside a block */
     int fcnb;         /* FC on SIMD: blocks per chunk; idx is then [chunk][M][blocks of chunk][cblk]
                        * so the kernel streams it sequentially, one table load per M per chunk */
