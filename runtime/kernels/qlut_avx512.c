@@ -354,6 +354,9 @@ INLINE T512 void conv_block(const qlut_run *r, int oy, int ox0, int g, int ob, c
  * registers; 8 made gcc spill (Zen 4, paired: VGG conv3 11.7 -> 10.5 ms, conv4 6.1 -> 5.3,
  * AlexNet conv3 0.48 -> 0.43, together with flush's register handling). */
 #define PS1 6
+/* ... and with 5 kernel columns (5 index vectors): 4 (AlexNet conv2, paired: 0.777 -> 0.751 and
+ * 0.748 -> 0.723 ms; 5 was the same as 4). */
+#define PS1_K5 4
 
 /* Stride-1 variant with the kernel width KW known at compile time: for each (kernel row,
  * subspace) the KW index vectors stay in registers and each input pixel's table is loaded once
@@ -411,9 +414,9 @@ INLINE T512 void conv_all_s1(const qlut_run *r, const int KW, const int KC) {
     for (int oy = r->oy0; oy < r->oy1; oy++)
         for (int g = 0; g < q->p.groups; g++)
             for (int ox = 0; ox < r->ow;) {
-                /* Split the rest of the row evenly into blocks of <= PS1 pixels (13 -> 5 + 4 + 4). */
-                const int left = r->ow - ox;
-                const int np = (left + (left + PS1 - 1) / PS1 - 1) / ((left + PS1 - 1) / PS1);
+                /* Split the rest of the row evenly into blocks of <= pmax pixels (13 -> 5 + 4 + 4). */
+                const int left = r->ow - ox, pmax = KW == 5 ? PS1_K5 : PS1;
+                const int np = (left + (left + pmax - 1) / pmax - 1) / ((left + pmax - 1) / pmax);
                 for (int ob = 0; ob < q->Ogp; ob += 64) {
                     switch (np) {
                     case 1: conv_block_s1(r, oy, ox, g, ob, 1, KW, KC); break;
