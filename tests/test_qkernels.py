@@ -165,6 +165,7 @@ CONV_CASES = [
     (12, 300, 1, 1, 1, (1, 1), (0, 0, 0, 0), 3, 256, 2, 3, False, True),  # K > 128: 5 blocks (2+2+1)
     (32, 260, 2, 1, 1, (1, 1), (0, 0, 0, 0), 4, 64, 3, 3, True, False),   # groups, 3 blocks each
     (300, 70, 1, 1, 1, (1, 1), (0, 0, 0, 0), 1, 16, 2, 3, False, True),   # 300 subspaces: 16-bit flush
+    (50, 70, 1, 3, 3, (1, 1), (1, 1, 1, 1), 17, 64, 4, 5, True, True),    # bf16 pairs: 16 + 1 channels, short last
 ]
 
 
@@ -320,6 +321,7 @@ FC_CASES = [
     (7, 70, 1, 5, False, True),      # 7 subspaces: 4 share a table, then 3
     (37, 70, 1, 9, True, True),      # AVX-512 FC tables built 16 subspaces at a time: 16+16+5
     (70, 90, 4, 20, False, True),    # ... 16+2, the last subspace short (2 of 4 channels)
+    (100, 80, 20, 128, True, True),  # 20 channels per subspace: bf16 builds convert 16 + 4
 ]
 
 
