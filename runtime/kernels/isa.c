@@ -51,31 +51,30 @@ qcnn_isa qcnn_isa_detect(void) {
     if (f && bw && vl && vbmi && os512) return QCNN_ISA_AVX512VBMI;
     return QCNN_ISA_AVX2;
 }
-/* AVX-512 VNNI (vpdpbusd) on top of the F/BW/VL subset, OS-enabled; the int8 dense conv's
- * fast path. Separate from qcnn_isa: some AVX-512 VBMI CPUs lack VNNI and vice versa. */
-int qcnn_cpu_has_avx512vnni(void) {
+/* CPUID leaf 7 (sub-leaf 0) into r7 if the OS saves the AVX-512 state (opmask, zmm); else 0. */
+static int leaf7_with_avx512_os(unsigned r7[4]) {
     unsigned r[4];
     cpuid(0, 0, r);
     if (r[0] < 7) return 0;
     cpuid(1, 0, r);
     if (!((r[2] >> 27) & 1)) return 0; /* no OSXSAVE: xgetbv would fault */
     if ((xgetbv0() & 0xE6) != 0xE6) return 0;
-    cpuid(7, 0, r);
-    const unsigned ebx7 = r[1], ecx7 = r[2];
+    cpuid(7, 0, r7);
+    return 1;
+}
+/* AVX-512 VNNI (vpdpbusd) on top of the F/BW/VL subset, OS-enabled; the int8 dense conv's
+ * fast path. Separate from qcnn_isa: some AVX-512 VBMI CPUs lack VNNI and vice versa. */
+int qcnn_cpu_has_avx512vnni(void) {
+    unsigned r7[4];
+    if (!leaf7_with_avx512_os(r7)) return 0;
+    const unsigned ebx7 = r7[1], ecx7 = r7[2];
     return ((ebx7 >> 16) & 1) && ((ebx7 >> 30) & 1) && ((ebx7 >> 31) & 1) && ((ecx7 >> 11) & 1);
 }
 /* AVX-512 BF16 (vdpbf16ps: 32 multiply-adds per instruction, twice an fp32 FMA's) on top of the
  * F subset, OS-enabled; the int8 LUT path's table build. CPUID leaf 7 sub-leaf 1, EAX bit 5. */
 int qcnn_cpu_has_avx512bf16(void) {
-    unsigned r[4];
-    cpuid(0, 0, r);
-    if (r[0] < 7) return 0;
-    cpuid(1, 0, r);
-    if (!((r[2] >> 27) & 1)) return 0;
-    if ((xgetbv0() & 0xE6) != 0xE6) return 0;
-    cpuid(7, 0, r);
-    const unsigned max_sub = r[0], ebx7 = r[1];
-    if (!((ebx7 >> 16) & 1) || max_sub < 1) return 0;
+    unsigned r7[4], r[4];
+    if (!leaf7_with_avx512_os(r7) || !((r7[1] >> 16) & 1) || r7[0] < 1) return 0;
     cpuid(7, 1, r);
     return (r[0] >> 5) & 1;
 }

@@ -39,8 +39,8 @@ static int table_entries(qcnn_isa isa, qcnn_lut_mode mode, int K, int fc) {
     return K <= 128 ? (K + 15) / 16 * 16 : 256;
 }
 
-/* fp32 -> bf16, rounded to nearest even like vcvtneps2bf16 (which also flushes denormals; a
- * denormal codeword is 0 in either case to far below the int8 step). NaN stays NaN. */
+/* fp32 -> bf16 rounded to nearest even, denormals flushed to zero: what vcvtneps2bf16 does to
+ * the inputs, done here to the codewords. NaN stays NaN. */
 static uint16_t bf16_round(float f) {
     uint32_t u;
     memcpy(&u, &f, sizeof u);
