@@ -166,6 +166,9 @@ CONV_CASES = [
     (32, 260, 2, 1, 1, (1, 1), (0, 0, 0, 0), 4, 64, 3, 3, True, False),   # groups, 3 blocks each
     (300, 70, 1, 1, 1, (1, 1), (0, 0, 0, 0), 1, 16, 2, 3, False, True),   # 300 subspaces: 16-bit flush
     (50, 70, 1, 3, 3, (1, 1), (1, 1, 1, 1), 17, 64, 4, 5, True, True),    # bf16 pairs: 16 + 1 channels, short last
+    # 128-entry tables are built 3 pixels at a time: rows of 8 and 5 pixels end in a pair
+    (16, 40, 1, 3, 3, (1, 1), (1, 1, 1, 1), 8, 128, 4, 8, True, True),
+    (20, 70, 1, 1, 1, (1, 1), (0, 0, 0, 0), 4, 128, 1, 5, False, True),
 ]
 
 

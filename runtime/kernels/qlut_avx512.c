@@ -165,13 +165,18 @@ INLINE T512 float store_tables(__m512 acc[4][16], float *L, size_t Lstride, floa
                 const CB_TYPE *cb = CB_OF(q, t0);                                                    \
                 const float *xs = x + g * Cg + m * Cs;                                               \
                 for (size_t pix = 0; pix < npix;) {                                                  \
-                    const int n = pix + P <= npix ? P : 1;                                           \
+                    /* P pixels at a time; a rest of 2 (P = 3) shares the codebook loads too:    \
+                     * SqueezeNet's classifier runs in chunks of 2 pixels (build 0.297 -> 0.272 ms). */ \
+                    const int n = pix + P <= npix ? P : P == 3 && pix + 2 <= npix ? 2 : 1;           \
                     __m512 acc[4][16];                                                               \
                     float r;                                                                         \
                     float *L = Lf + (pix * tstride + t0) * Kp, *tm = tmin + pix * tstride + t0;      \
                     if (n == P) {                                                                    \
                         DOT(acc, xs + pix * cin, cin, nc, cb, Kp, NV, P);                            \
                         r = store_tables(acc, L, tstride * Kp, tm, tstride, NV, P);                  \
+                    } else if (P == 3 && n == 2) {                                                   \
+                        DOT(acc, xs + pix * cin, cin, nc, cb, Kp, NV, 2);                            \
+                        r = store_tables(acc, L, tstride * Kp, tm, tstride, NV, 2);                  \
                     } else {                                                                         \
                         DOT(acc, xs + pix * cin, cin, nc, cb, Kp, NV, 1);                            \
                         r = store_tables(acc, L, tstride * Kp, tm, tstride, NV, 1);                  \
