@@ -57,6 +57,8 @@ cdef extern from "qcnn_kernels.h" nogil:
     size_t _qk_table_budget "qcnn_qconv_table_budget"(const _qk_prepared *q)
     void _qk_set_row_step_limit "qcnn_qconv_set_row_step_limit"(_qk_prepared *q, size_t nbytes)
     size_t _qk_row_step_limit "qcnn_qconv_row_step_limit"(const _qk_prepared *q)
+    void _qk_set_row_guess_limit "qcnn_qconv_set_row_guess_limit"(_qk_prepared *q, size_t nbytes)
+    size_t _qk_row_guess_limit "qcnn_qconv_row_guess_limit"(const _qk_prepared *q)
     int _qk_set_bf16_build "qcnn_qconv_set_bf16_build"(_qk_prepared *q, int on)
     int _qk_bf16_build "qcnn_qconv_bf16_build"(const _qk_prepared *q)
     int _qk_cpu_has_bf16 "qcnn_cpu_has_avx512bf16"()
@@ -173,6 +175,19 @@ cdef class _QkBase:
     @row_step_limit.setter
     def row_step_limit(self, size_t nbytes):
         _qk_set_row_step_limit(self._q, nbytes)
+
+    @property
+    def row_guess_limit(self):
+        """Row-step layers whose float tables of one input row reach this many bytes (default
+        512 KB, more than half of a typical L2) take each row's step from the row above (its
+        largest range x 1.125) and build and quantize the row in L1-sized segments; a row that
+        does not fit the guess, or uses under half of it, is redone with its own step
+        (qlut_generic.c). Results depend on it, so the default is the same on every CPU."""
+        return _qk_row_guess_limit(self._q)
+
+    @row_guess_limit.setter
+    def row_guess_limit(self, size_t nbytes):
+        _qk_set_row_guess_limit(self._q, nbytes)
 
     @property
     def bf16_build(self):

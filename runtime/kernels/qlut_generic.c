@@ -76,6 +76,7 @@ static qcnn_qconv_prepared *prepare(const qcnn_qconv_params *p, qcnn_isa isa, qc
     if (!q) goto oom;
     q->table_budget = QCNN_TABLE_BUDGET_DEFAULT;
     q->row_step_limit = QCNN_ROW_STEP_LIMIT_DEFAULT;
+    q->row_guess_limit = QCNN_ROW_GUESS_LIMIT_DEFAULT;
     q->p = *p;
     q->fc = fc;
     q->mode = mode;
@@ -274,6 +275,8 @@ void qcnn_qconv_set_table_budget(qcnn_qconv_prepared *q, size_t bytes) { q->tabl
 size_t qcnn_qconv_table_budget(const qcnn_qconv_prepared *q) { return q->table_budget; }
 void qcnn_qconv_set_row_step_limit(qcnn_qconv_prepared *q, size_t bytes) { q->row_step_limit = bytes; }
 size_t qcnn_qconv_row_step_limit(const qcnn_qconv_prepared *q) { return q->row_step_limit; }
+void qcnn_qconv_set_row_guess_limit(qcnn_qconv_prepared *q, size_t bytes) { q->row_guess_limit = bytes; }
+size_t qcnn_qconv_row_guess_limit(const qcnn_qconv_prepared *q) { return q->row_guess_limit; }
 
 /* Scratch layout of one run (each part 64-byte aligned). */
 typedef struct {
@@ -522,6 +525,39 @@ static void write_padded_row(const qcnn_qconv_prepared *q, qlut_quant_fn quant, 
     row_minima_sums(q, w, PW, tmin, trow);
 }
 
+/* A row's step is guessed from the row above: its largest table range times STEP_MARGIN. With a
+ * guess the row is built and quantized in segments of about SEGMENT_BYTES of float tables, each
+ * while it is still in L1/L2, instead of writing the whole row's float tables (VGG-16: 0.9 MB a
+ * row, more than L2) and reading them back. A segment whose tables do not fit the guess (range >
+ * guessed range), or a row whose largest range is under half the guess, goes back to the exact
+ * path: built whole, step = its own largest range / 255. So every table is quantized without
+ * clipping, with a step at most twice the row's own (typically STEP_MARGIN times). The first
+ * image row has no guess. */
+#define STEP_MARGIN 1.125f
+#define SEGMENT_BYTES ((size_t)32 << 10)
+
+/* Builds and quantizes input row xr into bytes dst (w pixels) at the guessed range `guess`;
+ * returns the row's largest range, or -1 if a table's range exceeded the guess (dst and tmin are
+ * then partly written; the caller redoes the row), or if the largest range is under half the
+ * guess (the row deserves a finer step). */
+static float build_row_guessed(const qcnn_qconv_prepared *q, const float *xr, int w, float guess,
+                               float *Lf, float *tmin, uint8_t *dst, qlut_fns f) {
+    const size_t tabs_px = (size_t)q->p.groups * q->M;
+    const size_t px_float_bytes = tabs_px * q->Kp * sizeof(float);
+    int seg = (int)(SEGMENT_BYTES / px_float_bytes);
+    seg = seg < 3 ? 3 : seg; /* the AVX-512 build shares codebook loads between 3 pixels */
+    const float inv = 1.0f / step_for_range(guess);
+    float maxr = 0.0f;
+    for (int x0 = 0; x0 < w; x0 += seg) {
+        const int n = w - x0 < seg ? w - x0 : seg;
+        const float r = f.build(q, xr + (size_t)x0 * q->p.cin, 1, n, Lf, tmin + x0 * tabs_px);
+        if (!(r <= guess)) return -1.0f; /* also for NaN */
+        maxr = r > maxr ? r : maxr;
+        f.quant(q, Lf, tmin + x0 * tabs_px, (size_t)n * tabs_px, inv, dst + (size_t)x0 * tabs_px * q->Kp);
+    }
+    return maxr >= 0.5f * guess ? maxr : -1.0f;
+}
+
 /* One step per input row (row_step_tables): rows are built, quantized and looked up as the
  * output rows need them. r is set up by run_tables. Returns the largest step. */
 static float run_row_steps(const qcnn_qconv_prepared *q, const float *x, int h, int w, qlut_run *r,
@@ -532,7 +568,7 @@ static float run_row_steps(const qcnn_qconv_prepared *q, const float *x, int h, 
     const size_t row_bytes = (size_t)r->PW * G * M * q->Kp;
     r->lq = ring;
     r->ring = kh;
-    float maxstep = 0.0f;
+    float maxstep = 0.0f, guess = 0.0f;
     int oy = 0;
     for (int py = 0; oy < r->oh; py++) {
         /* Row py overwrites py - kh: every output row reading that one is done (see below). */
@@ -546,10 +582,25 @@ static float run_row_steps(const qcnn_qconv_prepared *q, const float *x, int h, 
             row_step[py] = 0.0f;
         } else {
             const float *xr = x + (size_t)iy * w * p->cin;
-            const float step = step_for_range(f.build(q, xr, 1, w, Lf, tmin));
+            const size_t pix_bytes = (size_t)G * M * q->Kp;
+            const int guessing = guess > 1e-30f && guess < 1e38f && (size_t)w * pix_bytes * sizeof(float) >= q->row_guess_limit;
+            float range = guessing ? build_row_guessed(q, xr, w, guess, Lf, tmin,
+                                                             row + (size_t)p->pad_left * pix_bytes, f)
+                                         : -1.0f;
+            float step;
+            if (range >= 0.0f) {
+                step = step_for_range(guess);
+                memset(row, 0, (size_t)p->pad_left * pix_bytes);
+                memset(row + (size_t)(p->pad_left + w) * pix_bytes, 0, (size_t)p->pad_right * pix_bytes);
+                row_minima_sums(q, w, r->PW, tmin, trow);
+            } else { /* no guess, or the row did not fit it */
+                range = f.build(q, xr, 1, w, Lf, tmin);
+                step = step_for_range(range);
+                write_padded_row(q, f.quant, w, r->PW, Lf, tmin, 1.0f / step, row, trow);
+            }
+            guess = range * STEP_MARGIN;
             row_step[py] = step;
             maxstep = step > maxstep ? step : maxstep;
-            write_padded_row(q, f.quant, w, r->PW, Lf, tmin, 1.0f / step, row, trow);
         }
         /* Output rows whose last input row is py: their kernel rows one at a time, each with its
          * own step. Rows of padding add nothing and are skipped (unless no row is left: then

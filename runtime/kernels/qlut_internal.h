@@ -29,6 +29,7 @@ struct qcnn_qconv_prepared {
     void *mem;        /* owned allocation behind cbt (and idx when it is a copy) */
     size_t table_budget; /* bytes of float tables of a pointwise chunk (see qlut_generic.c) */
     size_t row_step_limit; /* larger whole-image tables get one step per input row (qlut_generic.c) */
+    size_t row_guess_limit; /* rows of at least this many bytes of float tables guess their step */
 };
 
 /* How a conv kernel call finishes each output (acc = its integer sum of look-ups):
