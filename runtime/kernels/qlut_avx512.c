@@ -150,11 +150,53 @@ INLINE T512 float store_tables(__m512 acc[4][16], float *L, size_t Lstride, floa
     return maxr;
 }
 
+/* quant16 (below) on a table vector held in a register. */
+INLINE T512 __m512i quant16_reg(__m512 L, __m512 mn, __m512 vinv) {
+    __m512 f = _mm512_mul_ps(_mm512_sub_ps(L, mn), vinv);
+    f = _mm512_min_ps(_mm512_set1_ps(255.0f), _mm512_add_ps(f, _mm512_set1_ps(0.5f)));
+    return _mm512_cvttps_epi32(f);
+}
+
+/* Instead of store_tables, when the step is known before the build (a guessed row step,
+ * qlut_generic.c): quantizes P tables straight from the accumulators into bytes (pixel i's at
+ * lq + i * lqstride) with the same operations as qlut_quant_avx512, so the float tables never go
+ * to memory. Stores the minima; returns the largest range (the caller checks it against the
+ * guess: an entry beyond it was clamped to 255). NV is a multiple of 4 (Kp >= 64). */
+INLINE T512 float quant_tables(__m512 acc[4][16], uint8_t *lq, size_t lqstride, float *tmin, size_t tstride,
+                               float inv, const int NV, const int P) {
+    const __m512 vinv = _mm512_set1_ps(inv);
+    const __m512i perm = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    float maxr = 0.0f, lo[4];
+    for (int i = 0; i < P; i++) { /* all minima first: their reductions overlap */
+        __m512 mn = acc[i][0], mx = acc[i][0];
+        for (int v = 1; v < NV; v++) {
+            mn = _mm512_min_ps(mn, acc[i][v]);
+            mx = _mm512_max_ps(mx, acc[i][v]);
+        }
+        lo[i] = _mm512_reduce_min_ps(mn);
+        const float r = _mm512_reduce_max_ps(mx) - lo[i];
+        tmin[i * tstride] = lo[i];
+        maxr = r > maxr ? r : maxr;
+    }
+    for (int i = 0; i < P; i++) {
+        const __m512 vlo = _mm512_set1_ps(lo[i]);
+        for (int v = 0; v + 4 <= NV; v += 4) {
+            const __m512i a = quant16_reg(acc[i][v], vlo, vinv), b = quant16_reg(acc[i][v + 1], vlo, vinv);
+            const __m512i c = quant16_reg(acc[i][v + 2], vlo, vinv), d = quant16_reg(acc[i][v + 3], vlo, vinv);
+            const __m512i w = _mm512_packus_epi16(_mm512_packs_epi32(a, b), _mm512_packs_epi32(c, d));
+            _mm512_storeu_si512(lq + i * lqstride + 16 * v, _mm512_permutexvar_epi32(perm, w));
+        }
+    }
+    return maxr;
+}
+
 /* Every table of an h x w input: Lf[h*w][G][M][Kp], minima tmin[h*w][G][M]; returns the largest
- * range. One definition for both product kinds: NAME's target, dot function and codebook. */
+ * range. One definition for both product kinds: NAME's target, dot function and codebook.
+ * QUANT: quantize at `inv` into byte tables lq (same layout, bytes) instead of storing Lf. */
 #define DEFINE_BUILD_ALL(NAME, TARGET, DOT, CB_TYPE, CB_OF)                                          \
     INLINE TARGET float NAME(const qcnn_qconv_prepared *q, const float *x, int h, int w, float *Lf,   \
-                             float *tmin, const int NV, const int P) {                               \
+                             float *tmin, float inv, uint8_t *lq, const int NV, const int P,         \
+                             const int QUANT) {                                                      \
         const int G = q->p.groups, M = q->M, Cs = q->Cs, Kp = q->Kp, Cg = q->Cg, cin = q->p.cin;      \
         const size_t npix = (size_t)h * w, tstride = (size_t)G * M;                                  \
         float maxr = 0.0f;                                                                           \
@@ -170,16 +212,20 @@ INLINE T512 float store_tables(__m512 acc[4][16], float *L, size_t Lstride, floa
                     const int n = pix + P <= npix ? P : P == 3 && pix + 2 <= npix ? 2 : 1;           \
                     __m512 acc[4][16];                                                               \
                     float r;                                                                         \
-                    float *L = Lf + (pix * tstride + t0) * Kp, *tm = tmin + pix * tstride + t0;      \
+                    const size_t e0 = (pix * tstride + t0) * Kp; /* first entry, in Lf or lq */     \
+                    float *tm = tmin + pix * tstride + t0;                                           \
                     if (n == P) {                                                                    \
                         DOT(acc, xs + pix * cin, cin, nc, cb, Kp, NV, P);                            \
-                        r = store_tables(acc, L, tstride * Kp, tm, tstride, NV, P);                  \
+                        r = QUANT ? quant_tables(acc, lq + e0, tstride * Kp, tm, tstride, inv, NV, P) \
+                                  : store_tables(acc, Lf + e0, tstride * Kp, tm, tstride, NV, P);    \
                     } else if (P == 3 && n == 2) {                                                   \
                         DOT(acc, xs + pix * cin, cin, nc, cb, Kp, NV, 2);                            \
-                        r = store_tables(acc, L, tstride * Kp, tm, tstride, NV, 2);                  \
+                        r = QUANT ? quant_tables(acc, lq + e0, tstride * Kp, tm, tstride, inv, NV, 2) \
+                                  : store_tables(acc, Lf + e0, tstride * Kp, tm, tstride, NV, 2);    \
                     } else {                                                                         \
                         DOT(acc, xs + pix * cin, cin, nc, cb, Kp, NV, 1);                            \
-                        r = store_tables(acc, L, tstride * Kp, tm, tstride, NV, 1);                  \
+                        r = QUANT ? quant_tables(acc, lq + e0, tstride * Kp, tm, tstride, inv, NV, 1) \
+                                  : store_tables(acc, Lf + e0, tstride * Kp, tm, tstride, NV, 1);    \
                     }                                                                                \
                     maxr = r > maxr ? r : maxr;                                                      \
                     pix += n;                                                                        \
@@ -195,16 +241,34 @@ DEFINE_BUILD_ALL(build_all_bf16, T512BF, dot_bf16, uint16_t, CB_BF16)
 /* P pixels per block by table size: the accumulators (P x NV zmm) must stay in registers. */
 #define BUILD_SWITCH(FN, q, x, h, w, Lf, tmin)                                                      \
     switch ((q)->Kp) {                                                                              \
-    case 16: return FN(q, x, h, w, Lf, tmin, 1, 4);                                                 \
-    case 32: return FN(q, x, h, w, Lf, tmin, 2, 4);                                                 \
-    case 64: return FN(q, x, h, w, Lf, tmin, 4, 4);                                                 \
-    case 128: return FN(q, x, h, w, Lf, tmin, 8, 3);                                                \
-    default: return FN(q, x, h, w, Lf, tmin, 16, 1);                                                \
+    case 16: return FN(q, x, h, w, Lf, tmin, 0.0f, NULL, 1, 4, 0);                                  \
+    case 32: return FN(q, x, h, w, Lf, tmin, 0.0f, NULL, 2, 4, 0);                                  \
+    case 64: return FN(q, x, h, w, Lf, tmin, 0.0f, NULL, 4, 4, 0);                                  \
+    case 128: return FN(q, x, h, w, Lf, tmin, 0.0f, NULL, 8, 3, 0);                                 \
+    default: return FN(q, x, h, w, Lf, tmin, 0.0f, NULL, 16, 1, 0);                                \
+    }
+/* The same building straight into byte tables (conv layers: Kp is 64, 128 or 256). */
+#define BUILD_QUANT_SWITCH(FN, q, x, h, w, inv, tmin, lq)                                            \
+    switch ((q)->Kp) {                                                                              \
+    case 64: return FN(q, x, h, w, NULL, tmin, inv, lq, 4, 4, 1);                                   \
+    case 128: return FN(q, x, h, w, NULL, tmin, inv, lq, 8, 3, 1);                                  \
+    default: return FN(q, x, h, w, NULL, tmin, inv, lq, 16, 1, 1);                                  \
     }
 
 static T512BF float build_bf16(const qcnn_qconv_prepared *q, const float *x, int h, int w, float *Lf,
                                float *tmin) {
     BUILD_SWITCH(build_all_bf16, q, x, h, w, Lf, tmin)
+}
+
+static T512BF float build_quant_bf16(const qcnn_qconv_prepared *q, const float *x, int h, int w,
+                                    float inv, float *tmin, uint8_t *lq) {
+    BUILD_QUANT_SWITCH(build_all_bf16, q, x, h, w, inv, tmin, lq)
+}
+
+T512 float qlut_build_quant_avx512(const qcnn_qconv_prepared *q, const float *x, int h, int w, float inv,
+                                   float *tmin, uint8_t *lq) {
+    if (q->bf16) return build_quant_bf16(q, x, h, w, inv, tmin, lq);
+    BUILD_QUANT_SWITCH(build_all, q, x, h, w, inv, tmin, lq)
 }
 
 T512 float qlut_build_avx512(const qcnn_qconv_prepared *q, const float *x, int h, int w, float *Lf,

@@ -488,14 +488,15 @@ typedef struct {
     qlut_build_fn build;
     qlut_quant_fn quant;
     qlut_conv_fn conv;
+    qlut_build_quant_fn build_quant; /* may be NULL */
 } qlut_fns;
 
 static qlut_fns isa_fns(const qcnn_qconv_prepared *q) {
-    qlut_fns f = {qlut_build_generic, qlut_quant_generic, qlut_conv_generic};
+    qlut_fns f = {qlut_build_generic, qlut_quant_generic, qlut_conv_generic, NULL};
 #if QLUT_X86
-    if (q->isa == QCNN_ISA_AVX2) f = (qlut_fns){qlut_build_avx2, qlut_quant_avx2, qlut_conv_avx2};
+    if (q->isa == QCNN_ISA_AVX2) f = (qlut_fns){qlut_build_avx2, qlut_quant_avx2, qlut_conv_avx2, NULL};
     else if (q->isa == QCNN_ISA_AVX512VBMI)
-        f = (qlut_fns){qlut_build_avx512, qlut_quant_avx512, qlut_conv_avx512};
+        f = (qlut_fns){qlut_build_avx512, qlut_quant_avx512, qlut_conv_avx512, qlut_build_quant_avx512};
 #else
     (void)q;
 #endif
@@ -550,10 +551,14 @@ static float build_row_guessed(const qcnn_qconv_prepared *q, const float *xr, in
     float maxr = 0.0f;
     for (int x0 = 0; x0 < w; x0 += seg) {
         const int n = w - x0 < seg ? w - x0 : seg;
-        const float r = f.build(q, xr + (size_t)x0 * q->p.cin, 1, n, Lf, tmin + x0 * tabs_px);
+        const float *xs = xr + (size_t)x0 * q->p.cin;
+        uint8_t *d = dst + (size_t)x0 * tabs_px * q->Kp;
+        /* fused where the ISA has it: the float tables stay in registers */
+        const float r = f.build_quant ? f.build_quant(q, xs, 1, n, inv, tmin + x0 * tabs_px, d)
+                                      : f.build(q, xs, 1, n, Lf, tmin + x0 * tabs_px);
         if (!(r <= guess)) return -1.0f; /* also for NaN */
         maxr = r > maxr ? r : maxr;
-        f.quant(q, Lf, tmin + x0 * tabs_px, (size_t)n * tabs_px, inv, dst + (size_t)x0 * tabs_px * q->Kp);
+        if (!f.build_quant) f.quant(q, Lf, tmin + x0 * tabs_px, (size_t)n * tabs_px, inv, d);
     }
     return maxr >= 0.5f * guess ? maxr : -1.0f;
 }

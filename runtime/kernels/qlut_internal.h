@@ -69,6 +69,12 @@ typedef float (*qlut_build_fn)(const qcnn_qconv_prepared *q, const float *x, int
 typedef void (*qlut_quant_fn)(const qcnn_qconv_prepared *q, const float *Lf, const float *tmin,
                               size_t ntab, float inv, uint8_t *lq);
 typedef void (*qlut_conv_fn)(const qlut_run *r);
+/* Optional (NULL where an ISA lacks it): builds the tables of an h x w input (conv layers) and
+ * quantizes them at once at a step known beforehand (inv = 1/step) into byte tables
+ * lq[h*w][G][M][Kp] in the ISA's layout, minima into tmin; returns the largest range (entries
+ * beyond 255 steps were clamped: the caller must check the range against its step). */
+typedef float (*qlut_build_quant_fn)(const qcnn_qconv_prepared *q, const float *x, int h, int w, float inv,
+                                     float *tmin, uint8_t *lq);
 
 float qlut_build_generic(const qcnn_qconv_prepared *q, const float *x, int h, int w, float *Lf,
                          float *tmin);
@@ -88,6 +94,8 @@ float qlut_build_avx512(const qcnn_qconv_prepared *q, const float *x, int h, int
 void qlut_quant_avx512(const qcnn_qconv_prepared *q, const float *Lf, const float *tmin,
                        size_t ntab, float inv, uint8_t *lq);
 void qlut_conv_avx512(const qlut_run *r);
+float qlut_build_quant_avx512(const qcnn_qconv_prepared *q, const float *x, int h, int w, float inv,
+                              float *tmin, uint8_t *lq);
 /* Index layouts: position of channel c inside a SIMD block of `blk` bytes. The 16-bit widening
  * trick sums byte pairs (2j, 2j+1) as one word, so channel j goes to byte 2j and channel
  * blk/2 + j to byte 2j+1: the low bytes' sums are channels 0..blk/2-1 in order, the high
