@@ -150,7 +150,7 @@ INLINE T512 float store_tables(__m512 acc[4][16], float *L, size_t Lstride, floa
     return maxr;
 }
 
-/* quant16 (below) on a table vector held in a register. */
+/* 16 table entries to bytes (as int32): trunc((L - mn) * inv + 0.5) clamped to 255 (see quant16). */
 INLINE T512 __m512i quant16_reg(__m512 L, __m512 mn, __m512 vinv) {
     __m512 f = _mm512_mul_ps(_mm512_sub_ps(L, mn), vinv);
     f = _mm512_min_ps(_mm512_set1_ps(255.0f), _mm512_add_ps(f, _mm512_set1_ps(0.5f)));
@@ -283,9 +283,7 @@ T512 float qlut_build_avx512(const qcnn_qconv_prepared *q, const float *x, int h
  * The clamp is min(255, f) then the saturating packs: min returns its second operand for NaN,
  * which converts to INT_MIN and saturates to 0 (as quant1), negatives saturate to 0. */
 INLINE T512 __m512i quant16(const float *L, float mn, __m512 vinv) {
-    __m512 f = _mm512_mul_ps(_mm512_sub_ps(_mm512_load_ps(L), _mm512_set1_ps(mn)), vinv);
-    f = _mm512_min_ps(_mm512_set1_ps(255.0f), _mm512_add_ps(f, _mm512_set1_ps(0.5f)));
-    return _mm512_cvttps_epi32(f);
+    return quant16_reg(_mm512_load_ps(L), _mm512_set1_ps(mn), vinv);
 }
 
 T512 void qlut_quant_avx512(const qcnn_qconv_prepared *q, const float *Lf, const float *tmin,
