@@ -133,18 +133,25 @@ INLINE T512 float build_fc(const qcnn_qconv_prepared *q, const float *x, float *
 
 /* Stores P tables (pixel i's at L + i * Lstride) and their minima (tmin[i * tstride]); returns
  * the largest of their ranges. */
+/* A table's minimum (returned) and its max - min range (*range); t: its NV vectors. */
+INLINE T512 float table_min_range(const __m512 *t, const int NV, float *range) {
+    __m512 mn = t[0], mx = t[0];
+    for (int v = 1; v < NV; v++) {
+        mn = _mm512_min_ps(mn, t[v]);
+        mx = _mm512_max_ps(mx, t[v]);
+    }
+    const float lo = _mm512_reduce_min_ps(mn);
+    *range = _mm512_reduce_max_ps(mx) - lo;
+    return lo;
+}
+
 INLINE T512 float store_tables(__m512 acc[4][16], float *L, size_t Lstride, float *tmin, size_t tstride,
                                const int NV, const int P) {
     float maxr = 0.0f;
     for (int i = 0; i < P; i++) {
-        __m512 mn = acc[i][0], mx = acc[i][0];
-        for (int v = 0; v < NV; v++) {
-            _mm512_store_ps(L + i * Lstride + 16 * v, acc[i][v]);
-            mn = _mm512_min_ps(mn, acc[i][v]);
-            mx = _mm512_max_ps(mx, acc[i][v]);
-        }
-        const float lo = _mm512_reduce_min_ps(mn), r = _mm512_reduce_max_ps(mx) - lo;
-        tmin[i * tstride] = lo;
+        for (int v = 0; v < NV; v++) _mm512_store_ps(L + i * Lstride + 16 * v, acc[i][v]);
+        float r;
+        tmin[i * tstride] = table_min_range(acc[i], NV, &r);
         maxr = r > maxr ? r : maxr;
     }
     return maxr;
@@ -173,14 +180,8 @@ INLINE T512 float quant_tables(__m512 acc[4][16], uint8_t *lq, size_t lqstride, 
     const __m512i perm = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
     float maxr = 0.0f, lo[4];
     for (int i = 0; i < P; i++) { /* all minima first: their reductions overlap */
-        __m512 mn = acc[i][0], mx = acc[i][0];
-        for (int v = 1; v < NV; v++) {
-            mn = _mm512_min_ps(mn, acc[i][v]);
-            mx = _mm512_max_ps(mx, acc[i][v]);
-        }
-        lo[i] = _mm512_reduce_min_ps(mn);
-        const float r = _mm512_reduce_max_ps(mx) - lo[i];
-        tmin[i * tstride] = lo[i];
+        float r;
+        lo[i] = tmin[i * tstride] = table_min_range(acc[i], NV, &r);
         maxr = r > maxr ? r : maxr;
     }
     for (int i = 0; i < P; i++) {

@@ -507,6 +507,17 @@ static qlut_fns isa_fns(const qcnn_qconv_prepared *q) {
  * whatever the step. */
 static float step_for_range(float maxr) { return maxr > 1e-30f ? maxr / 255.0f : 1.0f; }
 
+/* The rest of a padded row whose image pixels' byte tables are written: zero tables on the
+ * padding pixels, and the row's minima sums. */
+static void finish_padded_row(const qcnn_qconv_prepared *q, int w, int PW, const float *tmin, uint8_t *row,
+                              float *trow) {
+    const qcnn_qconv_params *p = &q->p;
+    const size_t pix_bytes = (size_t)p->groups * q->M * q->Kp;
+    memset(row, 0, (size_t)p->pad_left * pix_bytes);
+    memset(row + (size_t)(p->pad_left + w) * pix_bytes, 0, (size_t)p->pad_right * pix_bytes);
+    row_minima_sums(q, w, PW, tmin, trow);
+}
+
 /* One padded input row of byte tables and its minima sums. Lrow/tmin: the row's float tables and
  * minima, or NULL for a row of padding. Padding pixels get zero tables and zero offsets, so the
  * kernels need no bounds checks. */
@@ -520,10 +531,8 @@ static void write_padded_row(const qcnn_qconv_prepared *q, qlut_quant_fn quant, 
         memset(trow, 0, (size_t)PW * G * sizeof(float));
         return;
     }
-    memset(row, 0, (size_t)p->pad_left * pix_bytes);
-    memset(row + (size_t)(p->pad_left + w) * pix_bytes, 0, (size_t)p->pad_right * pix_bytes);
     quant(q, Lrow, tmin, (size_t)w * G * M, inv, row + (size_t)p->pad_left * pix_bytes);
-    row_minima_sums(q, w, PW, tmin, trow);
+    finish_padded_row(q, w, PW, tmin, row, trow);
 }
 
 /* A row's step is guessed from the row above: its largest table range times STEP_MARGIN. With a
@@ -588,16 +597,15 @@ static float run_row_steps(const qcnn_qconv_prepared *q, const float *x, int h, 
         } else {
             const float *xr = x + (size_t)iy * w * p->cin;
             const size_t pix_bytes = (size_t)G * M * q->Kp;
-            const int guessing = guess > 1e-30f && guess < 1e38f && (size_t)w * pix_bytes * sizeof(float) >= q->row_guess_limit;
+            const int guessing = guess > 1e-30f && guess < 1e38f &&
+                                 (size_t)w * pix_bytes * sizeof(float) >= q->row_guess_limit;
             float range = guessing ? build_row_guessed(q, xr, w, guess, Lf, tmin,
-                                                             row + (size_t)p->pad_left * pix_bytes, f)
-                                         : -1.0f;
+                                                       row + (size_t)p->pad_left * pix_bytes, f)
+                                   : -1.0f;
             float step;
             if (range >= 0.0f) {
                 step = step_for_range(guess);
-                memset(row, 0, (size_t)p->pad_left * pix_bytes);
-                memset(row + (size_t)(p->pad_left + w) * pix_bytes, 0, (size_t)p->pad_right * pix_bytes);
-                row_minima_sums(q, w, r->PW, tmin, trow);
+                finish_padded_row(q, w, r->PW, tmin, row, trow);
             } else { /* no guess, or the row did not fit it */
                 range = f.build(q, xr, 1, w, Lf, tmin);
                 step = step_for_range(range);
