@@ -102,18 +102,19 @@ T2 float qlut_build_avx2(const qcnn_qconv_prepared *q, const float *x, int h, in
 T2 void qlut_quant_avx2(const qcnn_qconv_prepared *q, const float *Lf, const float *tmin,
                         size_t ntab, float inv, uint8_t *lq) {
     const int Kp = q->Kp;
-    const __m256 vinv = _mm256_set1_ps(inv), half = _mm256_set1_ps(0.5f);
-    const __m256 zero = _mm256_setzero_ps(), top = _mm256_set1_ps(255.0f);
+    const __m256 vinv = _mm256_set1_ps(inv), magic = _mm256_set1_ps(12582912.0f); /* 1.5 * 2^23 */
+    const __m256i magic_bits = _mm256_castps_si256(magic);
     for (size_t t = 0; t < ntab; t++) {
         const __m256 mn = _mm256_set1_ps(tmin[t]);
         uint8_t *T = lq + t * Kp;
         for (int k = 0; k < Kp; k += 16) {
             __m256i v[2];
             for (int i = 0; i < 2; i++) {
-                /* As generic quant1(): ((L - min) * inv) + 0.5, clamp (NaN -> 0), truncate. */
-                __m256 f = _mm256_mul_ps(_mm256_sub_ps(_mm256_load_ps(Lf + t * Kp + k + 8 * i), mn), vinv);
-                f = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(f, half), zero), top);
-                v[i] = _mm256_cvttps_epi32(f);
+                /* As generic quant1() and the AVX-512 codes16(): the FMA onto 1.5 * 2^23 rounds
+                 * (L - min) * inv to the nearest integer (ties to even) in the low mantissa
+                 * bits; the packs below saturate anything outside 0..255 (NaN included). */
+                const __m256 d = _mm256_sub_ps(_mm256_load_ps(Lf + t * Kp + k + 8 * i), mn);
+                v[i] = _mm256_sub_epi32(_mm256_castps_si256(_mm256_fmadd_ps(d, vinv, magic)), magic_bits);
             }
             __m256i w16 = _mm256_permute4x64_epi64(_mm256_packus_epi32(v[0], v[1]), 0xD8);
             _mm_store_si128((__m128i *)(T + k), _mm_packus_epi16(_mm256_castsi256_si128(w16),

@@ -157,43 +157,64 @@ INLINE T512 float store_tables(__m512 acc[4][16], float *L, size_t Lstride, floa
     return maxr;
 }
 
-/* The generic quant1()'s trunc((L - min) * inv + 0.5), clamped to 0..255, with the multiply and
- * the add in one FMA (one rounding instead of two). Subtracting min first keeps it exact where
- * tables sit far from zero; folding min into the FMA's addend (L * inv + (0.5 - min * inv)) was
- * faster still but raised AlexNet's int8 output error 0.165 -> 0.217 (3 photos, seeded weights).
- * The clamp is min(255, f) then the saturating packs: min returns its second operand for NaN,
- * which converts to INT_MIN and saturates to 0 (as quant1), negatives saturate to 0. Returns the
- * codes as int32. */
-INLINE T512 __m512i quant16_reg(__m512 L, __m512 mn, __m512 vinv) {
-    const __m512 f = _mm512_fmadd_ps(_mm512_sub_ps(L, mn), vinv, _mm512_set1_ps(0.5f));
-    return _mm512_cvttps_epi32(_mm512_min_ps(_mm512_set1_ps(255.0f), f));
+/* A table entry's code: round-to-nearest-even((L - min) * inv), the product unrounded, as the
+ * generic quant1() and the AVX2 kernel compute it. One FMA of d = L - min onto 1.5 * 2^23 leaves
+ * the code in the float's low mantissa bits: the low byte of each dword is the code, with no
+ * convert, clamp or pack. No clamp is needed: every caller's step covers the range of the tables
+ * it quantizes, so d * inv <= 255 plus an ulp, which rounds to 255 (a guessed row step that
+ * does not is redone, bytes and all). Subtracting min first keeps the code's low bits where
+ * tables sit far from zero: folding it into the FMA's addend (L * inv - min * inv) raised
+ * AlexNet's int8 output error 0.165 -> 0.217 (3 photos, seeded weights). On Zen 4 the switch
+ * from clamp, truncate and packs took VGG conv3_2's table build + quantize (bf16 products,
+ * guessed row steps, C harness) 2.47 -> 2.07 ms, with quant_tables' range from the same d. */
+INLINE T512 __m512i codes16(__m512 d, __m512 vinv) {
+    return _mm512_castps_si512(_mm512_fmadd_ps(d, vinv, _mm512_set1_ps(12582912.0f)));
+}
+
+/* vpermt2b selectors: byte 0 of each dword of vectors a, b to bytes 0..15, 16..31 (and of c, d
+ * to bytes 32..47, 48..63). */
+#define SEL4(j) 4 * (j), 4 * (j) + 4, 4 * (j) + 8, 4 * (j) + 12
+static const uint8_t LOW_BYTES_AB[64] = {SEL4(0), SEL4(4), SEL4(8), SEL4(12), SEL4(16), SEL4(20), SEL4(24), SEL4(28)};
+static const uint8_t LOW_BYTES_CD[64] = {[32] = SEL4(0), SEL4(4), SEL4(8), SEL4(12), SEL4(16), SEL4(20), SEL4(24), SEL4(28)};
+#undef SEL4
+
+/* The low bytes of 4 x 16 dwords (codes16) as 64 bytes in order. */
+INLINE T512 __m512i gather_low_bytes(const __m512i c[4], __m512i sel_ab, __m512i sel_cd) {
+    const __m512i ab = _mm512_permutex2var_epi8(c[0], sel_ab, c[1]);
+    const __m512i cd = _mm512_permutex2var_epi8(c[2], sel_cd, c[3]);
+    return _mm512_mask_blend_epi8((__mmask64)0xFFFFFFFF00000000ull, ab, cd);
 }
 
 /* Instead of store_tables, when the step is known before the build (a guessed row step,
  * qlut_generic.c): quantizes P tables straight from the accumulators into bytes (pixel i's at
- * lq + i * lqstride) with the same operations as qlut_quant_avx512, so the float tables never go
- * to memory. Stores the minima; returns the largest range (the caller checks it against the
- * guess: an entry beyond it was clamped to 255). NV is a multiple of 4 (Kp >= 64). */
+ * lq + i * lqstride), so the float tables never go to memory. Stores the minima; returns the
+ * largest range (the caller checks it against the guess). NV is a multiple of 4 (Kp >= 64). */
 INLINE T512 float quant_tables(__m512 acc[4][16], uint8_t *lq, size_t lqstride, float *tmin, size_t tstride,
                                float inv, const int NV, const int P) {
     const __m512 vinv = _mm512_set1_ps(inv);
-    const __m512i perm = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
-    float maxr = 0.0f, lo[4];
+    const __m512i sel_ab = _mm512_loadu_si512(LOW_BYTES_AB), sel_cd = _mm512_loadu_si512(LOW_BYTES_CD);
+    float lo[4];
     for (int i = 0; i < P; i++) { /* all minima first: their reductions overlap */
-        float r;
-        lo[i] = tmin[i * tstride] = table_min_range(acc[i], NV, &r);
-        maxr = r > maxr ? r : maxr;
+        __m512 mn = acc[i][0];
+        for (int v = 1; v < NV; v++) mn = _mm512_min_ps(mn, acc[i][v]);
+        lo[i] = tmin[i * tstride] = _mm512_reduce_min_ps(mn);
     }
+    /* The largest range as the largest L - min: the same float as max(L) - min (rounding is
+     * monotonic), from the differences the codes need anyway. */
+    __m512 maxd = _mm512_setzero_ps();
     for (int i = 0; i < P; i++) {
         const __m512 vlo = _mm512_set1_ps(lo[i]);
         for (int v = 0; v + 4 <= NV; v += 4) {
-            const __m512i a = quant16_reg(acc[i][v], vlo, vinv), b = quant16_reg(acc[i][v + 1], vlo, vinv);
-            const __m512i c = quant16_reg(acc[i][v + 2], vlo, vinv), d = quant16_reg(acc[i][v + 3], vlo, vinv);
-            const __m512i w = _mm512_packus_epi16(_mm512_packs_epi32(a, b), _mm512_packs_epi32(c, d));
-            _mm512_storeu_si512(lq + i * lqstride + 16 * v, _mm512_permutexvar_epi32(perm, w));
+            __m512i c4[4];
+            for (int u = 0; u < 4; u++) {
+                const __m512 d = _mm512_sub_ps(acc[i][v + u], vlo);
+                maxd = _mm512_max_ps(d, maxd);
+                c4[u] = codes16(d, vinv);
+            }
+            _mm512_storeu_si512(lq + i * lqstride + 16 * v, gather_low_bytes(c4, sel_ab, sel_cd));
         }
     }
-    return maxr;
+    return _mm512_reduce_max_ps(maxd);
 }
 
 /* Every table of an h x w input: Lf[h*w][G][M][Kp], minima tmin[h*w][G][M]; returns the largest
@@ -285,33 +306,26 @@ T512 float qlut_build_avx512(const qcnn_qconv_prepared *q, const float *x, int h
     BUILD_SWITCH(build_all, q, x, h, w, Lf, tmin)
 }
 
-/* 16 entries of Lf whose table has minimum mn (see quant16_reg). */
-INLINE T512 __m512i quant16(const float *L, float mn, __m512 vinv) {
-    return quant16_reg(_mm512_load_ps(L), _mm512_set1_ps(mn), vinv);
-}
-
 T512 void qlut_quant_avx512(const qcnn_qconv_prepared *q, const float *Lf, const float *tmin,
                            size_t ntab, float inv, uint8_t *lq) {
     /* Tables are consecutive in Lf and lq and Kp is a power of 2 >= 16: walk the entries 64 at
-     * a time (4 vectors, maybe of different tables), packing 4 x 16 int32 into one zmm. */
+     * a time (4 vectors, maybe of different tables). */
     const int sh = __builtin_ctz((unsigned)q->Kp);
     const size_t n = ntab << sh;
     const __m512 vinv = _mm512_set1_ps(inv);
-    const __m512i perm = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    const __m512i sel_ab = _mm512_loadu_si512(LOW_BYTES_AB), sel_cd = _mm512_loadu_si512(LOW_BYTES_CD);
     size_t e = 0;
     for (; e + 64 <= n; e += 64) {
-        const __m512i a = quant16(Lf + e, tmin[e >> sh], vinv);
-        const __m512i b = quant16(Lf + e + 16, tmin[(e + 16) >> sh], vinv);
-        const __m512i c = quant16(Lf + e + 32, tmin[(e + 32) >> sh], vinv);
-        const __m512i d = quant16(Lf + e + 48, tmin[(e + 48) >> sh], vinv);
-        /* packs work per 128-bit lane: lane l ends as a[4l..], b[4l..], c[4l..], d[4l..] */
-        const __m512i v = _mm512_packus_epi16(_mm512_packs_epi32(a, b), _mm512_packs_epi32(c, d));
-        _mm512_storeu_si512(lq + e, _mm512_permutexvar_epi32(perm, v));
+        __m512i c[4];
+        for (int u = 0; u < 4; u++) {
+            const size_t eu = e + 16 * u;
+            c[u] = codes16(_mm512_sub_ps(_mm512_load_ps(Lf + eu), _mm512_set1_ps(tmin[eu >> sh])), vinv);
+        }
+        _mm512_storeu_si512(lq + e, gather_low_bytes(c, sel_ab, sel_cd));
     }
-    for (; e < n; e += 16) {
-        const __m512i a = quant16(Lf + e, tmin[e >> sh], vinv);
-        const __m512i v = _mm512_packus_epi16(_mm512_packs_epi32(a, a), _mm512_packs_epi32(a, a));
-        _mm_storeu_si128((__m128i *)(lq + e), _mm512_castsi512_si128(_mm512_permutexvar_epi32(perm, v)));
+    for (; e < n; e += 16) { /* vpmovdb keeps each dword's low byte */
+        const __m512 d = _mm512_sub_ps(_mm512_load_ps(Lf + e), _mm512_set1_ps(tmin[e >> sh]));
+        _mm_storeu_si128((__m128i *)(lq + e), _mm512_cvtepi32_epi8(codes16(d, vinv)));
     }
 }
 

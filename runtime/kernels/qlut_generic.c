@@ -1,6 +1,7 @@
 /* Prepared LUT conv / fc: layer preparation, the per-image driver, and the portable C kernels
  * (float and int8 tables). The x86 kernels in qlut_avx2.c / qlut_avx512.c plug into the same
  * driver through the hooks declared in qlut_internal.h. */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -349,10 +350,16 @@ float qlut_build_generic(const qcnn_qconv_prepared *q, const float *x, int h, in
     return maxr;
 }
 
-static inline uint8_t quant1(float v) {
-    if (!(v >= 0.0f)) return 0; /* also catches NaN */
-    if (v >= 255.0f) return 255;
-    return (uint8_t)(v + 0.5f); /* v >= 0: truncation after +0.5 rounds to nearest */
+/* A table entry's code: d * inv (d = L - min >= 0) rounded to the nearest integer, ties to even,
+ * with the product unrounded: the FMA onto 1.5 * 2^23 rounds once, in the float's low mantissa
+ * bits. The SIMD kernels do exactly this (codes16 in qlut_avx512.c), so every ISA gets the same
+ * bytes. Clamped to 0..255 (NaN -> 0), which callers' steps never need. */
+static inline uint8_t quant1(float d, float inv) {
+    const float magic = 12582912.0f; /* 1.5 * 2^23 */
+    const float f = fmaf(d, inv, magic);
+    if (!(f >= magic)) return 0; /* also catches NaN */
+    if (f >= magic + 255.0f) return 255;
+    return (uint8_t)(f - magic); /* exact: an integer 0..254 */
 }
 
 void qlut_quant_generic(const qcnn_qconv_prepared *q, const float *Lf, const float *tmin,
@@ -360,7 +367,7 @@ void qlut_quant_generic(const qcnn_qconv_prepared *q, const float *Lf, const flo
     const int Kp = q->Kp;
     for (size_t t = 0; t < ntab; t++)
         for (int k = 0; k < Kp; k++)
-            lq[t * Kp + k] = quant1((Lf[t * Kp + k] - tmin[t]) * inv);
+            lq[t * Kp + k] = quant1(Lf[t * Kp + k] - tmin[t], inv);
 }
 
 /* The epilogue formulas every int8 kernel uses (QLUT_EPI_*, qlut_internal.h). */

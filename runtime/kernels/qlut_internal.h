@@ -64,15 +64,16 @@ static inline const uint8_t *qlut_row(const qlut_run *r, int py) {
  * max-min range over all tables. */
 typedef float (*qlut_build_fn)(const qcnn_qconv_prepared *q, const float *x, int h, int w,
                                float *Lf, float *tmin);
-/* Quantizes ntab consecutive tables: lq = trunc((Lf - tmin) * inv + 0.5), clamped to 0..255,
- * written in the ISA's table layout. */
+/* Quantizes ntab consecutive tables: lq = (Lf - tmin) * inv rounded to the nearest integer (ties
+ * to even, the product unrounded: quant1() in qlut_generic.c), written in the ISA's table layout.
+ * inv must be at most 255 / (the largest Lf - tmin): the SIMD kernels do not clamp. */
 typedef void (*qlut_quant_fn)(const qcnn_qconv_prepared *q, const float *Lf, const float *tmin,
                               size_t ntab, float inv, uint8_t *lq);
 typedef void (*qlut_conv_fn)(const qlut_run *r);
 /* Optional (NULL where an ISA lacks it): builds the tables of an h x w input (conv layers) and
  * quantizes them at once at a step known beforehand (inv = 1/step) into byte tables
  * lq[h*w][G][M][Kp] in the ISA's layout, minima into tmin; returns the largest range (entries
- * beyond 255 steps were clamped: the caller must check the range against its step). */
+ * beyond 255 steps hold garbage: the caller must check the range against its step). */
 typedef float (*qlut_build_quant_fn)(const qcnn_qconv_prepared *q, const float *x, int h, int w, float inv,
                                      float *tmin, uint8_t *lq);
 
