@@ -423,7 +423,7 @@ class Model:
             results = [np.empty((n,) + s, dtype=np.float32) for s in self._output_shapes]
             ws = self._buffers()
             for i in range(n):
-                self._run_one(x[i], ws)
+                self._run_one(x[i], ws, index=i)
                 for r, out, shape in zip(results, ws["outputs"], self._output_shapes):
                     r[i] = out.transpose(2, 0, 1) if len(shape) == 3 else out
         finally:
@@ -448,11 +448,15 @@ class Model:
             out.append({"name": step.op.name, "op": step.kind, "ms": ms})
         return out
 
-    def _run_one(self, image_chw, ws, times=None):
+    def _run_one(self, image_chw, ws, times=None, index=0):
         if image_chw.flags.c_contiguous and image_chw.flags.aligned:  # C reads floats: needs alignment
-            _core.nchw_to_nhwc(image_chw, ws["input"])
+            bad = _core.nchw_to_nhwc(image_chw, ws["input"])
         else:
             np.copyto(ws["input"], image_chw.transpose(1, 2, 0))
+            bad = int(np.count_nonzero(~np.isfinite(ws["input"])))
+        if bad:
+            # int8 quantization would turn them into finite numbers: an output that looks valid
+            raise ValueError(f"input image {index} has {bad} NaN or infinite value(s)")
         scratch = ws["scratch"]
         clock = time.perf_counter
         for step, ins, out, offset in ws["steps"]:

@@ -538,7 +538,13 @@ def test_nchw_to_nhwc_is_the_inverse_transpose(shape):
 
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     y = np.empty((shape[1], shape[2], shape[0]), np.float32)
-    _core.nchw_to_nhwc(x, y)
+    assert _core.nchw_to_nhwc(x, y) == 0  # no NaN or infinite value
+    np.testing.assert_array_equal(y, x.transpose(1, 2, 0))
+    x.flat[::5] = np.nan
+    x.flat[1::7] = np.inf
+    x.flat[2::11] = -np.inf
+    x.flat[3::13] = np.finfo(np.float32).max  # large but finite
+    assert _core.nchw_to_nhwc(x, y) == np.count_nonzero(~np.isfinite(x)) > 0
     np.testing.assert_array_equal(y, x.transpose(1, 2, 0))
     back = np.empty(shape, np.float32)
     _core.nhwc_to_nchw(y, back)

@@ -65,10 +65,26 @@ void qcnn_nhwc_to_nchw(const float *x, int h, int w, int c, float *y)
     }
 }
 
-void qcnn_nchw_to_nhwc(const float *x, int c, int h, int w, float *y)
+/* How many of x[0..n) are NaN or infinite (exponent bits all ones). Integer compares on the
+ * raw bits, which gcc vectorizes (the transposes below do not vectorize, and counting inside
+ * them doubled their time). */
+static size_t count_nonfinite(const float *x, size_t n)
+{
+    size_t bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, x + i, sizeof u); /* the bits, without breaking strict aliasing */
+        bad += (u & 0x7F800000u) == 0x7F800000u;
+    }
+    return bad;
+}
+
+size_t qcnn_nchw_to_nhwc(const float *x, int c, int h, int w, float *y)
 {
     /* the inverse of qcnn_nhwc_to_nchw: the graph input arrives NCHW, the kernels want NHWC.
-     * For c = 3 (images) this is a gather of three planes per pixel. */
+     * For c = 3 (images) this is a gather of three planes per pixel. Returns how many values are
+     * NaN or infinite: the int8 kernels would turn them into finite numbers, and the caller
+     * refuses such an input instead of answering with a plausible-looking output. */
     const size_t hw = (size_t)h * w;
     if (c == 3) {
         const float *r = x, *g = x + hw, *b = x + 2 * hw;
@@ -77,7 +93,7 @@ void qcnn_nchw_to_nhwc(const float *x, int c, int h, int w, float *y)
             y[3 * p + 1] = g[p];
             y[3 * p + 2] = b[p];
         }
-        return;
+        return count_nonfinite(x, 3 * hw);
     }
     enum { B = 32 };
     for (size_t p0 = 0; p0 < hw; p0 += B) {
@@ -89,4 +105,5 @@ void qcnn_nchw_to_nhwc(const float *x, int c, int h, int w, float *y)
                     y[p * c + ch] = x[(size_t)ch * hw + p];
         }
     }
+    return count_nonfinite(x, (size_t)c * hw);
 }
