@@ -79,7 +79,7 @@ cdef extern from "ops.h" nogil:
     void qcnn_softmax(const float *x, float *y, int rows, int n)
     void qcnn_copy_channels(const float *x, size_t npix, int cx, float *y, int cy, int c_offset)
     void qcnn_nhwc_to_nchw(const float *x, int h, int w, int c, float *y)
-    size_t qcnn_nchw_to_nhwc(const float *x, int c, int h, int w, float *y)
+    size_t qcnn_nchw_to_nhwc(const float *x, int c, int h, int w, float *y, int isa)
     void qcnn_lrn_ref(const float *x, float *y, size_t npix, int c, int size, float alpha,
                       float beta, float bias)
     void qcnn_lrn(const float *x, float *y, size_t npix, int c, int size, float alpha,
@@ -780,7 +780,7 @@ def nhwc_to_nchw(x, y):
     return y
 
 
-def nchw_to_nhwc(x, y):
+def nchw_to_nhwc(x, y, isa="auto"):
     """x [C][H][W] -> y [H][W][C] (the graph input, into the kernels' channels-last layout).
     Returns how many of x's values are NaN or infinite (counted during the copy)."""
     x = _ops_check(x, "x", 3)
@@ -794,7 +794,8 @@ def nchw_to_nhwc(x, y):
     cdef const float *xp = _ops_ptr(x)
     cdef float *yp = _ops_ptr(y)
     cdef int ic = c, ih = h, iw = w
+    cdef int code = _ops_isa(isa, False)
     cdef size_t bad
     with nogil:
-        bad = qcnn_nchw_to_nhwc(xp, ic, ih, iw, yp)
+        bad = qcnn_nchw_to_nhwc(xp, ic, ih, iw, yp, code)
     return bad

@@ -532,19 +532,20 @@ def test_squeezenet_end_to_end_matches_onnxruntime(isa):
     assert_close(got, want, rtol=1e-3, atol=1e-4)
 
 
-@pytest.mark.parametrize("shape", [(3, 5, 7), (1, 4, 4), (40, 3, 9), (3, 1, 1)])
-def test_nchw_to_nhwc_is_the_inverse_transpose(shape):
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("shape", [(3, 5, 7), (1, 4, 4), (40, 3, 9), (3, 1, 1), (3, 16, 1), (3, 224, 224), (3, 7, 5)])
+def test_nchw_to_nhwc_is_the_inverse_transpose(shape, isa):
     from qcnn.runtime import _core
 
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     y = np.empty((shape[1], shape[2], shape[0]), np.float32)
-    assert _core.nchw_to_nhwc(x, y) == 0  # no NaN or infinite value
+    assert _core.nchw_to_nhwc(x, y, isa=isa) == 0  # no NaN or infinite value
     np.testing.assert_array_equal(y, x.transpose(1, 2, 0))
     x.flat[::5] = np.nan
     x.flat[1::7] = np.inf
     x.flat[2::11] = -np.inf
     x.flat[3::13] = np.finfo(np.float32).max  # large but finite
-    assert _core.nchw_to_nhwc(x, y) == np.count_nonzero(~np.isfinite(x)) > 0
+    assert _core.nchw_to_nhwc(x, y, isa=isa) == np.count_nonzero(~np.isfinite(x)) > 0
     np.testing.assert_array_equal(y, x.transpose(1, 2, 0))
     back = np.empty(shape, np.float32)
     _core.nhwc_to_nchw(y, back)

@@ -135,8 +135,9 @@ void qcnn_softmax(const float *x, float *y, int rows, int n);
 void qcnn_copy_channels(const float *x, size_t npix, int cx, float *y, int cy, int c_offset);
 /* [h][w][c] -> [c][h][w] (what ONNX Flatten sees). */
 void qcnn_nhwc_to_nchw(const float *x, int h, int w, int c, float *y);
-/* [c][h][w] -> [h][w][c] (the graph input); returns the number of NaN or infinite values. */
-size_t qcnn_nchw_to_nhwc(const float *x, int c, int h, int w, float *y);
+/* [c][h][w] -> [h][w][c] (the graph input); returns the number of NaN or infinite values.
+ * isa: 2 = AVX-512 for c = 3 (images), else portable C. */
+size_t qcnn_nchw_to_nhwc(const float *x, int c, int h, int w, float *y, int isa);
 
 /* ------------------------------------------------------------------ LRN */
 /* ONNX LRN across channels: sq[c] = sum of x[c']^2 over c' in [c - floor((size-1)/2),

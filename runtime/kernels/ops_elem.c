@@ -68,18 +68,72 @@ void qcnn_nhwc_to_nchw(const float *x, int h, int w, int c, float *y)
 /* How many of x[0..n) are NaN or infinite (exponent bits all ones). Integer compares on the
  * raw bits, which gcc vectorizes (the transposes below do not vectorize, and counting inside
  * them doubled their time). */
+static inline size_t nonfinite_bits(float v)
+{
+    uint32_t u;
+    memcpy(&u, &v, sizeof u); /* the bits, without breaking strict aliasing */
+    return (u & 0x7F800000u) == 0x7F800000u;
+}
+
 static size_t count_nonfinite(const float *x, size_t n)
 {
     size_t bad = 0;
-    for (size_t i = 0; i < n; i++) {
-        uint32_t u;
-        memcpy(&u, x + i, sizeof u); /* the bits, without breaking strict aliasing */
-        bad += (u & 0x7F800000u) == 0x7F800000u;
-    }
+    for (size_t i = 0; i < n; i++)
+        bad += nonfinite_bits(x[i]);
     return bad;
 }
 
-size_t qcnn_nchw_to_nhwc(const float *x, int c, int h, int w, float *y)
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define T512F __attribute__((target("avx512f")))
+
+/* The 3-plane gather 16 pixels at a time: each output vector of 16 interleaved floats is one
+ * two-source permute of the r and g vectors, then b's lanes merged in by a masked permute; the
+ * non-finite count comes from the same vectors (exponent bits all ones), so it costs 2 ops per
+ * 16 values. 224 x 224 x 3 on Zen 4: 17 us, against 43-50 us for the scalar gather without the
+ * count (66 us with it). */
+static T512F size_t nchw3_avx512(const float *r, const float *g, const float *b, size_t hw, float *y)
+{
+    int32_t rg_idx[3][16], b_idx[3][16];
+    __mmask16 b_lanes[3];
+    for (int k = 0; k < 3; k++) { /* output vector k holds interleaved values 16k .. 16k + 15 */
+        b_lanes[k] = 0;
+        for (int j = 0; j < 16; j++) {
+            const int q = 16 * k + j, pix = q / 3, ch = q % 3;
+            rg_idx[k][j] = ch == 1 ? 16 + pix : pix; /* r is the first source, g the second */
+            b_idx[k][j] = pix;
+            if (ch == 2) b_lanes[k] |= (__mmask16)(1u << j);
+        }
+    }
+    __m512i rgi[3], bi[3];
+    for (int k = 0; k < 3; k++) {
+        rgi[k] = _mm512_loadu_si512(rg_idx[k]);
+        bi[k] = _mm512_loadu_si512(b_idx[k]);
+    }
+    const __m512i expo = _mm512_set1_epi32(0x7F800000);
+    size_t bad = 0, p = 0;
+    for (; p + 16 <= hw; p += 16) {
+        const __m512 vr = _mm512_loadu_ps(r + p), vg = _mm512_loadu_ps(g + p), vb = _mm512_loadu_ps(b + p);
+        for (int k = 0; k < 3; k++)
+            _mm512_storeu_ps(y + 3 * p + 16 * k,
+                             _mm512_mask_permutexvar_ps(_mm512_permutex2var_ps(vr, rgi[k], vg), b_lanes[k], bi[k], vb));
+        const __m512 v[3] = {vr, vg, vb};
+        for (int k = 0; k < 3; k++) {
+            const __m512i e = _mm512_and_si512(_mm512_castps_si512(v[k]), expo);
+            bad += (size_t)__builtin_popcount(_mm512_cmpeq_epi32_mask(e, expo));
+        }
+    }
+    for (; p < hw; p++) {
+        y[3 * p] = r[p];
+        y[3 * p + 1] = g[p];
+        y[3 * p + 2] = b[p];
+        bad += nonfinite_bits(r[p]) + nonfinite_bits(g[p]) + nonfinite_bits(b[p]);
+    }
+    return bad;
+}
+#endif
+
+size_t qcnn_nchw_to_nhwc(const float *x, int c, int h, int w, float *y, int isa)
 {
     /* the inverse of qcnn_nhwc_to_nchw: the graph input arrives NCHW, the kernels want NHWC.
      * For c = 3 (images) this is a gather of three planes per pixel. Returns how many values are
@@ -88,6 +142,12 @@ size_t qcnn_nchw_to_nhwc(const float *x, int c, int h, int w, float *y)
     const size_t hw = (size_t)h * w;
     if (c == 3) {
         const float *r = x, *g = x + hw, *b = x + 2 * hw;
+#if defined(__x86_64__) && defined(__GNUC__)
+        if (isa == 2)
+            return nchw3_avx512(r, g, b, hw, y);
+#else
+        (void)isa;
+#endif
         for (size_t p = 0; p < hw; p++) {
             y[3 * p] = r[p];
             y[3 * p + 1] = g[p];
