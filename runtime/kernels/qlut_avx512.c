@@ -131,20 +131,24 @@ INLINE T512 float build_fc(const qcnn_qconv_prepared *q, const float *x, float *
     return _mm512_reduce_max_ps(maxr);
 }
 
-/* Stores P tables (pixel i's at L + i * Lstride) and their minima (tmin[i * tstride]); returns
- * the largest of their ranges. */
-/* A table's minimum (returned) and its max - min range (*range); t: its NV vectors. */
+/* A table's minimum; t: its NV vectors. */
+INLINE T512 float table_min(const __m512 *t, const int NV) {
+    __m512 mn = t[0];
+    for (int v = 1; v < NV; v++) mn = _mm512_min_ps(mn, t[v]);
+    return _mm512_reduce_min_ps(mn);
+}
+
+/* A table's minimum (returned) and its max - min range (*range). */
 INLINE T512 float table_min_range(const __m512 *t, const int NV, float *range) {
-    __m512 mn = t[0], mx = t[0];
-    for (int v = 1; v < NV; v++) {
-        mn = _mm512_min_ps(mn, t[v]);
-        mx = _mm512_max_ps(mx, t[v]);
-    }
-    const float lo = _mm512_reduce_min_ps(mn);
+    __m512 mx = t[0];
+    for (int v = 1; v < NV; v++) mx = _mm512_max_ps(mx, t[v]);
+    const float lo = table_min(t, NV);
     *range = _mm512_reduce_max_ps(mx) - lo;
     return lo;
 }
 
+/* Stores P tables (pixel i's at L + i * Lstride) and their minima (tmin[i * tstride]); returns
+ * the largest of their ranges. */
 INLINE T512 float store_tables(__m512 acc[4][16], float *L, size_t Lstride, float *tmin, size_t tstride,
                                const int NV, const int P) {
     float maxr = 0.0f;
@@ -194,11 +198,8 @@ INLINE T512 float quant_tables(__m512 acc[4][16], uint8_t *lq, size_t lqstride, 
     const __m512 vinv = _mm512_set1_ps(inv);
     const __m512i sel_ab = _mm512_loadu_si512(LOW_BYTES_AB), sel_cd = _mm512_loadu_si512(LOW_BYTES_CD);
     float lo[4];
-    for (int i = 0; i < P; i++) { /* all minima first: their reductions overlap */
-        __m512 mn = acc[i][0];
-        for (int v = 1; v < NV; v++) mn = _mm512_min_ps(mn, acc[i][v]);
-        lo[i] = tmin[i * tstride] = _mm512_reduce_min_ps(mn);
-    }
+    for (int i = 0; i < P; i++) /* all minima first: their reductions overlap */
+        lo[i] = tmin[i * tstride] = table_min(acc[i], NV);
     /* The largest range as the largest L - min: the same float as max(L) - min (rounding is
      * monotonic), from the differences the codes need anyway. */
     __m512 maxd = _mm512_setzero_ps();
