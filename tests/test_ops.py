@@ -354,6 +354,8 @@ def test_lrn_spec_helper_matches_onnxruntime():
     (3, 0.5, 0.6, 1.5, 8),       # general beta (powf path), strong normalisation
     (1, 1.0, 1.0, 1.0, 5),
     (7, 1e-2, 0.75, 1.0, 130),   # window crossing the 64-channel block boundary
+    (33, 1e-3, 0.75, 1.0, 40),   # the widest window the AVX-512 kernel keeps in registers
+    (35, 1e-3, 0.75, 1.0, 70),   # wider: the AVX-512 kernel's row of squares
 ])
 def test_lrn_matches_onnxruntime(size, alpha, beta, bias, c):
     xs = [rand(6, 5, c) * 3 for _ in range(2)]
