@@ -1,15 +1,39 @@
 /* Prepared LUT conv / fc: layer preparation, the per-image driver, and the portable C kernels
  * (float and int8 tables). The x86 kernels in qlut_avx2.c / qlut_avx512.c plug into the same
  * driver through the hooks declared in qlut_internal.h. */
+#if defined(__linux__) && !defined(_GNU_SOURCE)
+#define _GNU_SOURCE /* posix_memalign, madvise(MADV_HUGEPAGE) under -std=c11 */
+#endif
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 #include "qlut_internal.h"
 
 #define ALIGN64(n) (((size_t)(n) + 63) & ~(size_t)63)
 
 static void *align_ptr(void *p) { return (void *)(((uintptr_t)p + 63) & ~(uintptr_t)63); }
+
+/* A layer's codebooks and indices (released with free()). Those of 2 MB or more are read once
+ * per image from DRAM (AlexNet's fc6 indices: 5.9 MB); on Linux they get transparent huge pages
+ * where the system allows them, so the stream costs a TLB miss per 2 MB instead of per 4 KB:
+ * with the caches flushed before each run (Zen 4), fc6 0.25-0.30 -> 0.22-0.24 ms and fc7
+ * 0.135-0.14 -> 0.115-0.125 ms. */
+static void *alloc_layer_memory(size_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    const size_t huge = (size_t)2 << 20;
+    if (bytes >= huge) {
+        void *m = NULL;
+        if (posix_memalign(&m, huge, bytes) != 0) return NULL;
+        madvise(m, bytes, MADV_HUGEPAGE); /* advice only: its failure changes nothing */
+        return m;
+    }
+#endif
+    return malloc(bytes);
+}
 
 /* ------------------------------------------------------------------ preparation */
 
@@ -111,7 +135,7 @@ static qcnn_qconv_prepared *prepare(const qcnn_qconv_params *p, qcnn_isa isa, qc
                            !(fc && Kp <= 32 && M >= 16);
     const size_t cbh_bytes = bf16_build ? ALIGN64((size_t)G * M * pairs * Kp * 2 * sizeof(uint16_t))
                                  : 0;
-    q->mem = malloc(cb_bytes + ALIGN64(idx_bytes) + cbh_bytes + 64);
+    q->mem = alloc_layer_memory(cb_bytes + ALIGN64(idx_bytes) + cbh_bytes + 64);
     if (!q->mem) goto oom;
     q->cbt = align_ptr(q->mem);
     for (int g = 0; g < G; g++)
