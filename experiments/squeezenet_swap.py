@@ -61,9 +61,9 @@ def main(argv=None):
     onnx_path = common.shared() / "models" / "squeezenet1.1.onnx"
     x_even, y_even, x_odd, y_odd = common.imagenet_split()
     sess = common.ort_session(onnx_path)
-    tmp = Path(tempfile.mkdtemp(prefix="qcnn-swap-"))
-    rows = [one_way("even-calibrated", x_even, x_odd, y_odd, sess, onnx_path, args.target, args.calib_count, tmp),
-            one_way("odd-calibrated", x_odd, x_even, y_even, sess, onnx_path, args.target, args.calib_count, tmp)]
+    with tempfile.TemporaryDirectory(prefix="qcnn-swap-") as tmp:
+        rows = [one_way(f"{cal}-calibrated", xc, xe, ye, sess, onnx_path, args.target, args.calib_count, Path(tmp))
+                for cal, xc, xe, ye in (("even", x_even, x_odd, y_odd), ("odd", x_odd, x_even, y_even))]
     y_all = np.concatenate([y_odd, y_even])
     pooled = {label: common.topk(np.concatenate([r["logits"][label] for r in rows]), y_all)
               for label in ["onnxruntime"] + list(VARIANTS)}
