@@ -43,17 +43,24 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--size", type=int, help="resize the shorter side to this many pixels")
     g.add_argument("--crop", help="centre crop H,W (must match the model input)")
     g.add_argument("--bgr", action="store_true", help="feed channels in BGR order")
-    g = p.add_argument_group("quantization (C/K = sub-vector length C's / codewords K)")
-    g.add_argument("--conv", default="8/128", help="conv layers (default 8/128)")
-    g.add_argument("--fc", default="4/32", help="fully connected layers (default 4/32)")
-    g.add_argument("--last-fc", default="1/16", help="the last fully connected layer (default 1/16)")
+    g = p.add_argument_group(
+        "quantization (C/K = sub-vector length C's / codewords K)",
+        "Without settings, qcnn-convert plans every layer itself (--plan auto): the fastest choice of C/K or "
+        "dense per layer, timed on this CPU, whose layers' summed output error stays within 1%%. Giving "
+        "--conv, --fc, --last-fc, --layer or --dense-where-faster (or --plan uniform) applies fixed settings "
+        "instead, by default the paper's.")
+    g.add_argument("--conv", help="conv layers (default 8/128, the paper's AlexNet setting)")
+    g.add_argument("--fc", help="fully connected layers (default 4/32)")
+    g.add_argument("--last-fc", help="the last fully connected layer (default 1/16)")
     g.add_argument("--layer", action="append", default=[], metavar="NAME=C/K",
                    help="per-layer setting (forces quantization); repeatable")
-    g.add_argument("--plan", metavar="speed=S|size=X|ms=T",
-                   help="choose C/K or dense per layer automatically for this measured conv/fc speed-up "
-                        "(add ,cost=flops for Table 1 FLOPs), compression, or time budget, or a speed/time and a "
-                        "size target together (speed=1,size=1.5: no slower than dense, 1.5x smaller); "
-                        "overrides --conv/--fc/--layer")
+    g.add_argument("--plan", metavar="auto|uniform|error=E|speed=S|size=X|ms=T",
+                   help="auto (the default without settings; = error=0.01): the fastest plan whose summed output "
+                        "error is at most E; uniform: the --conv/--fc/--last-fc settings everywhere; speed=S, "
+                        "size=X, ms=T: the least error for this measured conv/fc speed-up (add ,cost=flops for "
+                        "Table 1 FLOPs), compression or time budget, or a speed/time and a size target together "
+                        "(speed=1,size=1.5: no slower than dense, 1.5x smaller). auto needs calibration data "
+                        "(without it: uniform)")
     g.add_argument("--plan-lut", choices=["int8", "float"], default="int8",
                    help="runtime table type the --plan timings are measured with (default int8)")
     g.add_argument("--plan-error", choices=["output", "response"], default="output",
@@ -117,7 +124,7 @@ def _write_text_atomic(path, text):
 
 
 def run(argv=None) -> int:
-    from .convert import convert, format_report, parse_ck
+    from .convert import DEFAULT_CONV, DEFAULT_FC, DEFAULT_LAST_FC, convert, format_report, parse_ck
 
     args = build_parser().parse_args(argv)
     if args.decode:
@@ -131,6 +138,15 @@ def run(argv=None) -> int:
     _check_out_dir(args.output, "-o")
     if args.json:
         _check_out_dir(args.json, "--json")
+    fixed_settings = [flag for flag, given in (("--conv", args.conv), ("--fc", args.fc), ("--last-fc", args.last_fc),
+                                               ("--layer", args.layer), ("--dense-where-faster", args.dense_where_faster))
+                      if given]
+    plan = args.plan
+    if plan is None:
+        plan = "uniform" if fixed_settings else "auto"
+    if plan != "uniform" and fixed_settings:
+        raise ConversionError(f"{fixed_settings[0]} sets fixed settings and --plan {plan} chooses them per layer: "
+                              f"give one")
     layers = {}
     for item in args.layer:
         if "=" not in item:
@@ -159,13 +175,14 @@ def run(argv=None) -> int:
         args.model, None, calib=args.calib, calib_count=args.calib_count, seed=args.seed,
         preprocess=args.preprocess, mean=_floats(args.mean, "--mean") if args.mean else None,
         std=_floats(args.std, "--std") if args.std else None, scale=args.scale, size=args.size, crop=crop,
-        bgr=args.bgr, conv=parse_ck(args.conv, "--conv"), fc=parse_ck(args.fc, "--fc"),
-        last_fc=parse_ck(args.last_fc, "--last-fc"), layers=layers, skip=args.skip,
+        bgr=args.bgr, conv=parse_ck(args.conv, "--conv") if args.conv else DEFAULT_CONV,
+        fc=parse_ck(args.fc, "--fc") if args.fc else DEFAULT_FC,
+        last_fc=parse_ck(args.last_fc, "--last-fc") if args.last_fc else DEFAULT_LAST_FC, layers=layers, skip=args.skip,
         pad_subspaces=args.pad_subspaces, ec=not args.no_ec, ec_iters=args.ec_iters, ec_ridge=args.ec_ridge,
         ec_ridge_few=args.ec_ridge_few, ec_tol=args.ec_tol,
         multilayer=not args.no_multilayer, kmeans_iters=args.kmeans_iters, labels=args.labels,
         report_plain=args.report_plain, input_shape=shape, progress=verbose and sys.stderr.isatty(), log=log,
-        threads=args.threads if args.threads > 0 else None, plan=args.plan, plan_lut=args.plan_lut,
+        threads=args.threads if args.threads > 0 else None, plan=None if plan == "uniform" else plan, plan_lut=args.plan_lut,
         plan_error=args.plan_error, dense_where_faster=args.dense_where_faster)
     from .convert import write
 

@@ -99,7 +99,7 @@ def layer_costs(op, geom: quantize.LayerGeom, in_shape, out_shape) -> Tuple[int,
 
 def plan_layers(model: ir.Model, conv=DEFAULT_CONV, fc=DEFAULT_FC, last_fc=DEFAULT_LAST_FC,
                 overrides: Optional[Dict[str, Tuple[int, int]]] = None, skip: Sequence[str] = (),
-                pad_subspaces: bool = False) -> List[LayerPlan]:
+                pad_subspaces: bool = False, skip_reason: str = "--skip") -> List[LayerPlan]:
     overrides = dict(overrides or {})
     skip = set(skip)
     layers = [op for op in model.operators if isinstance(op, (ir.Conv, ir.Gemm))]
@@ -118,7 +118,9 @@ def plan_layers(model: ir.Model, conv=DEFAULT_CONV, fc=DEFAULT_FC, last_fc=DEFAU
         plan = LayerPlan(op.name, kind, c, k, True, explicit=explicit)
         plans.append(plan)
         if op.name in skip:
-            plan.quantize, plan.reason = False, "--skip"
+            plan.quantize, plan.reason = False, skip_reason
+            plan.flops_dense, _, plan.bytes_dense, _ = layer_costs(op, quantize.geometry(op, 1, 2),
+                                                                   shapes[op.inputs[0]], shapes[op.outputs[0]])
             continue
         cin_g = op.cin // op.groups if kind == "conv" else op.in_features
         if c > cin_g:
@@ -355,6 +357,14 @@ def _convert(model_path, output, calib, calib_count, seed, preprocess, mean, std
     log = log or (lambda msg: None)
     if dense_where_faster and plan is not None:
         raise ConversionError("--dense-where-faster and --plan: give one (a plan already weighs time)")
+    if plan is not None and layers:
+        raise ConversionError(f"--layer {next(iter(layers))} and --plan: give one (a plan chooses every layer)")
+    if plan == "auto" and calib is None:
+        # the auto plan measures each choice's output error on calibration data; without it, plain
+        # k-means on the weights with the fixed settings (the paper's, unless given)
+        log("note: no calibration data, so no automatic plan: the fixed settings "
+            f"(conv {conv[0]}/{conv[1]}, fc {fc[0]}/{fc[1]}, last fc {last_fc[0]}/{last_fc[1]})")
+        plan = None
     for what, (c, k) in (("--conv", conv), ("--fc", fc), ("--last-fc", last_fc)):
         check_ck(c, k, what)
     for name, (c, k) in (layers or {}).items():
@@ -394,9 +404,14 @@ def _convert(model_path, output, calib, calib_count, seed, preprocess, mean, std
     if plan is not None:  # --plan speed=S / size=X: per-layer C's/K or dense, see plan.py
         from .plan import make_plan
 
-        auto_plan = make_plan(model, x, plan, lut=plan_lut, seed=seed, error=plan_error, log=log)
-        layers, skip = auto_plan.overrides()
-        plans = plan_layers(model, conv, fc, last_fc, layers, skip, pad_subspaces)
+        log(f"planning ({plan}): timing and scoring every layer's choices")
+        auto_plan = make_plan(model, x, plan, lut=plan_lut, seed=seed, error=plan_error, log=log, keep_dense=skip)
+        layers, plan_dense = auto_plan.overrides()
+        plans = plan_layers(model, conv, fc, last_fc, layers, plan_dense, pad_subspaces,
+                            skip_reason=f"plan {auto_plan.target}")
+        for p in plans:
+            if p.name in skip:
+                p.reason = "--skip"
         log(auto_plan.format())
     if dense_where_faster:
         from .plan import keep_dense_where_faster
@@ -437,7 +452,8 @@ def _convert(model_path, output, calib, calib_count, seed, preprocess, mean, std
                      "layers": {k: f"{c}/{kk}" for k, (c, kk) in (layers or {}).items()}, "skip": sorted(skip),
                      "pad_subspaces": pad_subspaces, "ec_iters": ec_iters if ec else 0, "ec_ridge": ec_ridge if ec else 0,
                      "ec_ridge_few": ec_ridge_few if ec else 0, "ec_tol": ec_tol,
-                     "multilayer": multilayer, "seed": seed, "kmeans_iters": kmeans_iters},
+                     "multilayer": multilayer, "seed": seed, "kmeans_iters": kmeans_iters,
+                     "plan": "uniform" if auto_plan is None else str(auto_plan.target)},
         "calibration": calib_desc,
         "layers": rows,
         "total": {"flops_dense": fd, "flops_quant": fq, "bytes_dense": bd, "bytes_quant": bq,

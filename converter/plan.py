@@ -4,6 +4,8 @@
     qcnn-convert MODEL.onnx -o OUT.qcnn --calib DATA --plan size=10
     qcnn-convert MODEL.onnx -o OUT.qcnn --calib DATA --plan ms=1.0        (conv/fc time budget)
     qcnn-convert MODEL.onnx -o OUT.qcnn --calib DATA --plan speed=1,size=1.5  (both at once)
+    qcnn-convert MODEL.onnx -o OUT.qcnn --calib DATA --plan error=0.01   (fastest within an error budget)
+    qcnn-convert MODEL.onnx -o OUT.qcnn --calib DATA                     (= --plan auto = error=0.01)
 
 A uniform setting such as 8/128 everywhere is a poor fit for nets like SqueezeNet: in a 1x1
 convolution with 16 input channels a 128-entry table per sub-vector costs more than the
@@ -16,7 +18,15 @@ convolution itself. So for every layer we list candidates (dense and a few (C's,
     the network amplifies it: SqueezeNet's `speed=1,size=1.3` plan lost 26 top-1 points picked by
     it, 17 by output error); the chosen layers are later quantized with error correction, which
     only lowers it,
-and pick one candidate per layer minimising the summed error under the cost budget.
+and pick one candidate per layer minimising the summed error under the cost budget - or, for
+`error=E`, minimising the time with the summed error at most E.
+
+`auto` (qcnn-convert's default when no C's/K settings are given) is `error=0.01`: the fastest plan
+whose layers' summed plain output error is at most 1% of the output's energy. On SqueezeNet 1.1
+(real weights) plans scored at 0.01 lost 0.4 top-1 / -0.4 top-5 points with float tables; one at
+0.03 lost 1.2 / 2.4, one at 0.29 lost 14 / 6 (experiments/results/squeezenet.md). Where no table is
+faster than the layer's dense kernel within the budget, the layer stays dense (SqueezeNet: all of
+them, which runs it at 2.3x onnxruntime through the int8 dense convs alone).
 
 Selection is an exact multiple-choice knapsack (dynamic programming over savings rounded down to a
 fine grid; a few dozen layers x a dozen candidates x 20000 cells is instant), which beats a greedy or
@@ -53,6 +63,11 @@ OUTPUT_KEEP_BYTES = 512 << 20  # ... fewer (at least 2) if all their activations
 # each of 2304 subspaces, 11 candidates) took over 10 minutes with all of them.
 PLAN_FIT_PER_CODE = 16
 PLAN_KMEANS_WORK = 2e9  # ... and runs at most this many (subspace x point x codeword) distance terms
+AUTO_ERROR = 0.01  # `--plan auto`: the summed plain output error budget (see the module docstring)
+# error=E plans take a table only where it saves at least this fraction of the layer's dense time:
+# kernel timings vary by a few percent, and a table that only ties with dense adds error for nothing.
+ERROR_PLAN_MIN_SAVING = 0.03
+ERROR_GRID = 1e-5  # error=E plans sum errors on this grid (fixed, so a looser E never gives a slower plan)
 
 
 def _plan_kmeans(Wb, geom, rng, kmeans_iters):
@@ -87,11 +102,12 @@ class LayerOptions:
     kind: str
     candidates: List[Candidate]
     chosen: int = 0  # index into candidates (0 is dense)
+    allowed: Optional[List[int]] = None  # indices the plan may choose (None: all); [0] = kept dense (--skip)
 
 
 @dataclass
 class Target:
-    what: str  # speed, size or ms
+    what: str  # speed, size, ms or error
     value: float
     cost: str  # time, flops or bytes
     size: Optional[float] = None  # with speed/ms: also at least this compression (bytes)
@@ -165,7 +181,10 @@ def totals(layers: Sequence[LayerOptions], choice: Sequence[int]) -> Dict[str, f
 # --------------------------------------------------------------------------- target
 def parse_target(text: str) -> Target:
     """'speed=2', 'size=10', 'ms=1.2', optionally ',cost=flops' (speed only); 'speed=S,size=X' or
-    'ms=T,size=X' asks for both a time (or FLOPs) and a size target."""
+    'ms=T,size=X' asks for both a time (or FLOPs) and a size target. 'error=E' (optionally
+    ',cost=flops'): the fastest plan with summed error <= E; 'auto' is error=AUTO_ERROR."""
+    if str(text).strip() == "auto":
+        return Target("error", AUTO_ERROR, "time")
     parts = [p.strip() for p in str(text).split(",") if p.strip()]
     kv = {}
     for p in parts:
@@ -173,11 +192,11 @@ def parse_target(text: str) -> Target:
             raise ConversionError(f"--plan: expected speed=S, size=X or ms=T (optionally ,cost=time|flops), got {text!r}")
         k, v = p.split("=", 1)
         kv[k.strip()] = v.strip()
-    goals = [k for k in ("speed", "size", "ms") if k in kv]
-    unknown = set(kv) - {"speed", "size", "ms", "cost"}
-    if unknown or not goals or ("speed" in kv and "ms" in kv):
-        raise ConversionError(f"--plan: give one of speed=, size=, ms= (and optionally cost=), or size= with "
-                              f"speed= or ms=, got {text!r}")
+    goals = [k for k in ("speed", "size", "ms", "error") if k in kv]
+    unknown = set(kv) - {"speed", "size", "ms", "error", "cost"}
+    if unknown or not goals or ("speed" in kv and "ms" in kv) or ("error" in kv and len(goals) > 1):
+        raise ConversionError(f"--plan: give auto, or one of speed=, size=, ms=, error= (and optionally cost=), or "
+                              f"size= with speed= or ms=, got {text!r}")
     values = {}
     for what in goals:
         try:
@@ -186,7 +205,7 @@ def parse_target(text: str) -> Target:
             raise ConversionError(f"--plan {what}: expected a number, got {kv[what]!r}") from None
         # speed below 1 (slower than dense) only makes sense as the price of a size target
         at_least_1 = what == "size" or (what == "speed" and len(goals) == 1)
-        if not values[what] > 0 or (at_least_1 and values[what] < 1):
+        if not np.isfinite(values[what]) or not values[what] > 0 or (at_least_1 and values[what] < 1):
             raise ConversionError(f"--plan {what}={kv[what]}: must be {'>= 1' if at_least_1 else '> 0'}")
     what = goals[0] if len(goals) == 1 else next(g for g in goals if g != "size")
     value = values[what]
@@ -364,7 +383,7 @@ class OutputProbe:
 def score(model: ir.Model, x: Optional[np.ndarray], *, lut: str = "int8", candidates=DEFAULT_CANDIDATES,
           calib_count: int = PLAN_CALIB, seed: int = 0, kmeans_iters: int = 15, repeats: int = 15,
           time_kernels: bool = True, error: str = "output", output_count: int = OUTPUT_CALIB,
-          log=None) -> List[LayerOptions]:
+          log=None, keep_dense: Sequence[str] = ()) -> List[LayerOptions]:
     """All candidates of every Conv/Gemm layer with cost and error.
 
     error "output" (default): the network output's relative error with only this layer quantized
@@ -387,7 +406,7 @@ def score(model: ir.Model, x: Optional[np.ndarray], *, lut: str = "int8", candid
     out = []
     for op in _layers(model):
         kind = "conv" if isinstance(op, ir.Conv) else "fc"
-        settings = candidate_settings(op, candidates)
+        settings = [] if op.name in keep_dense else candidate_settings(op, candidates)
         fd, _, bd, _ = _costs(op, shapes, 1, 2)
         cands = [Candidate(0, 0, fd, bd)]
         for c, k in settings:
@@ -441,9 +460,62 @@ def budget(layers: Sequence[LayerOptions], target: Target) -> float:
 
 
 def select(layers: List[LayerOptions], target: Target, resolution: int = 20000) -> List[int]:
+    if target.what == "error":
+        return _select_within_error(layers, target)
     if target.size is not None:
         return _select_two(layers, target)
     return _select_one(layers, target, resolution)
+
+
+def _allowed(lo: LayerOptions, j: int) -> bool:
+    return lo.allowed is None or j in lo.allowed
+
+
+def _select_within_error(layers: List[LayerOptions], target: Target) -> List[int]:
+    """Indices of the chosen candidate per layer: least total cost with summed error <= target.value.
+
+    Multiple-choice knapsack the other way round: dynamic programming over the summed error, each
+    candidate's error rounded *up* to a fixed grid (ERROR_GRID, coarser only for budgets above
+    0.2), so the plan keeps the budget in true errors and a looser budget never costs more. Dense
+    (error 0) is always feasible; a table is a candidate only where it saves at least
+    ERROR_PLAN_MIN_SAVING of the layer's dense cost. Equal costs go to the smaller file."""
+    E = target.value
+    unit = max(ERROR_GRID, E / 20000)
+    cells_budget = int(np.floor(E / unit + 1e-9))
+    best = np.zeros(cells_budget + 1)  # best[e]: least cost of the layers so far with error <= e cells
+    bytes_total = max(sum(lo.candidates[0].nbytes for lo in layers), 1)
+    back = []
+    for lo in layers:
+        costs = np.array([_cost_of(c, target) for c in lo.candidates])
+        if not np.isfinite(costs).all():
+            raise ConversionError("--plan: some candidate has no cost (kernel timing failed)")
+        # ties (equal cost) break toward fewer bytes: a term far below any timing difference
+        keys = costs + 1e-9 * costs[0] * np.array([c.nbytes for c in lo.candidates]) / bytes_total
+        new = np.full(cells_budget + 1, np.inf)
+        arg = np.zeros(cells_budget + 1, np.int64)
+        for j, c in enumerate(lo.candidates):
+            if not _allowed(lo, j):
+                continue
+            if j and costs[j] > (1 - ERROR_PLAN_MIN_SAVING) * costs[0]:
+                continue
+            e = int(np.ceil(c.error / unit - 1e-9)) if c.error > 0 else 0
+            if e > cells_budget:
+                continue
+            cand = np.full(cells_budget + 1, np.inf)
+            cand[e:] = best[:cells_budget + 1 - e] + keys[j]
+            better = cand < new
+            new[better] = cand[better]
+            arg[better] = j
+        best = new
+        back.append(arg)
+    e = cells_budget
+    choice = [0] * len(layers)
+    for i in range(len(layers) - 1, -1, -1):
+        j = int(back[i][e])
+        choice[i] = j
+        err = layers[i].candidates[j].error
+        e -= int(np.ceil(err / unit - 1e-9)) if err > 0 else 0
+    return choice
 
 
 def _select_one(layers: List[LayerOptions], target: Target, resolution: int = 20000) -> List[int]:
@@ -465,7 +537,7 @@ def _select_one(layers: List[LayerOptions], target: Target, resolution: int = 20
     unit = max(dense, 1e-300) / resolution
     need = max(0, int(np.ceil((dense - B) / unit - 1e-9)))  # cells of savings needed
     save = [np.floor((cs[0] - cs) / unit + 1e-9).astype(np.int64) for cs in cost]
-    if sum(int(sv.max()) for sv in save) < need:
+    if sum(max(int(sv[j]) for j in range(len(sv)) if _allowed(lo, j)) for lo, sv in zip(layers, save)) < need:
         best = sum(float(cs.min()) for cs in cost)
         raise ConversionError(f"--plan {target.what}={target.value:g} is out of reach: the cheapest choice for every "
                               f"layer gives {dense / best:.2f}x ({best:.4g} of {dense:.4g} {target.cost})")
@@ -473,12 +545,12 @@ def _select_one(layers: List[LayerOptions], target: Target, resolution: int = 20
     best[0] = 0.0
     cells = np.arange(need + 1)
     back = []
-    for sv, es in zip(save, err):
+    for lo, sv, es in zip(layers, save, err):
         new = np.full(need + 1, np.inf)
         arg = np.zeros(need + 1, np.int64)
         for j in range(len(sv)):
-            if sv[j] < 0 or (j and sv[j] == 0 and es[j] >= es[0]):
-                continue  # costs more than dense, or saves nothing
+            if not _allowed(lo, j) or sv[j] < 0 or (j and sv[j] == 0 and es[j] >= es[0]):
+                continue  # pinned elsewhere (--skip), costs more than dense, or saves nothing
             cand = best[np.maximum(cells - sv[j], 0)] + es[j]
             better = cand < new - 1e-15
             new[better] = cand[better]
@@ -512,11 +584,11 @@ def _select_two(layers: List[LayerOptions], target: Target, resolution: Tuple[in
     nt, nb = limits
     best = np.zeros((nt + 1, nb + 1))  # best[i, j]: least error of the layers so far costing <= (i, j) cells
     back = []
-    for ct, cb, es in zip(cells[0], cells[1], err):
+    for lo, ct, cb, es in zip(layers, cells[0], cells[1], err):
         new = np.full_like(best, np.inf)
         arg = np.zeros(best.shape, np.int16)
         for k in range(len(es)):
-            if ct[k] > nt or cb[k] > nb:
+            if ct[k] > nt or cb[k] > nb or not _allowed(lo, k):
                 continue
             cand = np.full_like(best, np.inf)
             cand[ct[k]:, cb[k]:] = best[:nt + 1 - ct[k], :nb + 1 - cb[k]] + es[k]
@@ -539,14 +611,18 @@ def _select_two(layers: List[LayerOptions], target: Target, resolution: Tuple[in
 
 def make_plan(model: ir.Model, x: Optional[np.ndarray], target, *, lut: str = "int8", seed: int = 0,
               candidates=DEFAULT_CANDIDATES, calib_count: int = PLAN_CALIB, error: str = "output", log=None,
-              scored: Optional[List[LayerOptions]] = None) -> Plan:
-    """Score the candidates (unless `scored` is given) and choose one per layer for `target`."""
+              scored: Optional[List[LayerOptions]] = None, keep_dense: Sequence[str] = ()) -> Plan:
+    """Score the candidates (unless `scored` is given) and choose one per layer for `target`;
+    the layers named in `keep_dense` (--skip) stay dense."""
     t0 = time.time()
     target = parse_target(target) if isinstance(target, str) else target
+    keep_dense = set(keep_dense)
     layers = scored if scored is not None else score(
         model, x, lut=lut, candidates=candidates, calib_count=calib_count, seed=seed,
-        time_kernels=target.cost == "time", error=error, log=log)
-    layers = [LayerOptions(lo.name, lo.kind, lo.candidates) for lo in layers]  # fresh choices
+        time_kernels=target.cost == "time", error=error, log=log, keep_dense=keep_dense)
+    # fresh choices
+    layers = [LayerOptions(lo.name, lo.kind, lo.candidates, allowed=[0] if lo.name in keep_dense else None)
+              for lo in layers]
     for lo, j in zip(layers, select(layers, target)):
         lo.chosen = j
     plan = Plan(target, layers, lut, time.time() - t0)

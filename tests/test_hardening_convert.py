@@ -210,7 +210,7 @@ def test_sigint_during_conversion_leaves_no_file(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     proc = subprocess.Popen([sys.executable, "-u", "-m", "qcnn.converter.cli", src, "-o", str(out / "med.qcnn"),
-                             "--calib", str(tmp_path / "calib.npy"), "--calib-count", "64"],
+                             "--calib", str(tmp_path / "calib.npy"), "--calib-count", "64", "--plan", "uniform"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             # A shell's background job starts with SIGINT ignored, and Python then
                             # keeps it ignored; the child must see Ctrl-C as a terminal user would.

@@ -163,6 +163,105 @@ def test_out_of_reach_and_bad_targets(scored):
     assert str(qplan.parse_target("size=2,speed=1.25")) == "speed=1.25,size=2"
 
 
+def _random_layers(seed, n=4, ncand=4):
+    rng = np.random.default_rng(seed)
+    layers = []
+    for i in range(n):
+        cands = [qplan.Candidate(0, 0, 1000, 4000, ms=1.0)]
+        for j in range(ncand):
+            cands.append(qplan.Candidate(4, 16 * (j + 1), 500, int(rng.integers(200, 2000)),
+                                         ms=float(rng.uniform(0.3, 1.3)), error=float(rng.uniform(0, 0.02))))
+        layers.append(qplan.LayerOptions(f"l{i}", "conv", cands))
+    return layers
+
+
+def test_error_budget_plan_is_the_fastest_within_the_budget():
+    """error=E: least time with summed error <= E, tables only where they save >= 3% of the dense time."""
+    assert qplan.parse_target("auto") == qplan.Target("error", qplan.AUTO_ERROR, "time")
+    assert qplan.parse_target("error=0.02,cost=flops") == qplan.Target("error", 0.02, "flops")
+    for bad in ("error=0.01,size=2", "error=-1", "error=nan", "error=0", "speed=2,error=0.1"):
+        with pytest.raises(ConversionError):
+            qplan.parse_target(bad)
+    for seed in range(4):
+        layers = _random_layers(seed)
+        times = []
+        for E in (0.0, 0.005, 0.01, 0.02, 0.04, 0.1):
+            choice = qplan.select(layers, qplan.Target("error", E, "time")) if E else [0] * 4
+            pick = [lo.candidates[j] for lo, j in zip(layers, choice)]
+            assert sum(c.error for c in pick) <= E + 1e-12
+            assert all(c.dense or c.ms <= 0.97 * lo.candidates[0].ms for c, lo in zip(pick, layers))
+            fits = [ch for ch in itertools.product(range(5), repeat=4)  # a margin of one grid cell per layer
+                    if sum(lo.candidates[j].error for lo, j in zip(layers, ch)) <= max(E - 4 * qplan.ERROR_GRID, 0)
+                    and all(j == 0 or lo.candidates[j].ms <= 0.97 for lo, j in zip(layers, ch))]
+            best = min(sum(lo.candidates[j].ms for lo, j in zip(layers, ch)) for ch in fits)
+            assert sum(c.ms for c in pick) <= best + 1e-6
+            times.append(sum(c.ms for c in pick))
+        assert all(a >= b - 1e-12 for a, b in zip(times, times[1:]))  # a looser budget is never slower
+        assert times[-1] < times[0]  # the budget buys speed on these layers
+
+
+def test_plans_keep_the_skipped_layers_dense(scored):
+    model, x, layers = scored
+    checked = 0
+    for target in ("speed=1.3,cost=flops", "size=1.2", "error=0.5", "speed=1,size=1.2", "size=1.5"):
+        try:
+            free = qplan.make_plan(model, x, target, scored=layers)
+        except ConversionError as e:  # timed targets depend on this CPU's kernel times
+            assert "out of reach" in str(e)
+            continue
+        quantized = [lo.name for lo in free.layers if lo.chosen]
+        if not quantized:
+            continue
+        try:
+            pinned = qplan.make_plan(model, x, target, scored=layers, keep_dense=quantized[:1])
+        except ConversionError as e:  # keeping that layer dense can put the target out of reach
+            assert "out of reach" in str(e)
+            continue
+        assert {lo.name: lo.chosen for lo in pinned.layers}[quantized[0]] == 0
+        assert pinned.overrides()[1].count(quantized[0]) == 1
+        checked += 1
+    assert checked >= 2
+
+
+def test_cli_plans_by_default_and_fixed_settings_switch_it_off(tmp_path, capsys):
+    """Without C's/K settings qcnn-convert plans (auto = error=0.01); --conv etc. mean fixed settings."""
+    src = tmp_path / "small.onnx"
+    onnx.save(small_onnx(), src)
+    calib = tmp_path / "calib.npy"
+    np.save(calib, np.random.default_rng(2).standard_normal((16, 8, 16, 16)).astype(np.float32))
+
+    def report(path):
+        f = open_qcnn(path)
+        rep = json.loads(f.model.metadata["qcnn.report"])
+        f.close()
+        return rep
+
+    out = tmp_path / "auto.qcnn"
+    assert cli_main([str(src), "-o", str(out), "--calib", str(calib), "--skip", "c2", "-q"]) == 0
+    rep = report(out)
+    assert rep["settings"]["plan"] == "error=0.01" and rep["plan"]["target"]["what"] == "error"
+    assert rep["plan"]["totals"]["error"] <= qplan.AUTO_ERROR
+    rows = {r["name"]: r for r in rep["layers"]}
+    assert not rows["c2"]["quantized"] and rows["c2"]["reason"] == "--skip"
+    assert rows["c2"]["bytes_dense"] > 0  # a dense layer's cost is still counted
+    for lay in rep["plan"]["layers"]:
+        assert rows[lay["name"]]["quantized"] == (lay["choice"] != "dense")
+    fixed = tmp_path / "fixed.qcnn"
+    assert cli_main([str(src), "-o", str(fixed), "--calib", str(calib), "--conv", "8/16", "-q"]) == 0
+    rep = report(fixed)
+    assert rep["settings"]["plan"] == "uniform" and "plan" not in rep
+    assert {r["name"]: r.get("subvec") for r in rep["layers"]}["c2"] == 8
+    # no calibration data: nothing to measure errors on, so the fixed (paper) settings, said so
+    assert cli_main([str(src), "-o", str(tmp_path / "nocal.qcnn"), "--no-ec"]) == 0
+    assert "no automatic plan" in capsys.readouterr().err
+    assert report(tmp_path / "nocal.qcnn")["settings"]["plan"] == "uniform"
+    for bad, words in ((["--conv", "8/16", "--plan", "auto"], "--conv"), (["--layer", "c2=8/16", "--plan", "size=2"], "--layer"),
+                       (["--dense-where-faster", "--plan", "error=0.1"], "--dense-where-faster")):
+        assert cli_main([str(src), "-o", str(tmp_path / "bad.qcnn"), "--calib", str(calib)] + bad) == 2
+        err = capsys.readouterr().err
+        assert words in err and "give one" in err and not (tmp_path / "bad.qcnn").exists()
+
+
 def test_two_targets_are_met_together_and_optimally():
     rng = np.random.default_rng(11)
     layers = []

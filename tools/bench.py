@@ -459,7 +459,7 @@ def main(argv=None) -> int:
     p.add_argument("--fc", default="4/32", help="fully-connected C's/K (default 4/32)")
     p.add_argument("--last-fc", default="1/16", help="last fully-connected layer C's/K (default 1/16)")
     p.add_argument("--no-ec", action="store_true", help="plain k-means instead of error correction")
-    p.add_argument("--plan", metavar="speed=S|size=X|ms=T",
+    p.add_argument("--plan", metavar="auto|error=E|speed=S|size=X|ms=T",
                    help="per-layer plan as qcnn-convert --plan (dense or C's/K per layer, timed on this CPU)")
     p.add_argument("--skip", metavar="NAME,...",
                    help="comma-separated Conv/Gemm layers to keep dense (as qcnn-convert --skip)")
