@@ -252,15 +252,14 @@ def kernel_ms(op, in_shape, subvec: int, ncode: int, lut: str = "int8", repeats:
     """Median time (ms) of the runtime kernel for this layer: dense if subvec == 0, else Q-CNN with
     random codebooks/indices of the right shape (the kernels' speed does not depend on the values)."""
     from qcnn.runtime import _core
+    from qcnn.runtime.model import dense_precision
 
     rng = rng or np.random.default_rng(0)
     bias = op.bias.astype(np.float32) if op.bias is not None else None
     if isinstance(op, ir.Conv):
         c, h, w = in_shape
         x = rng.standard_normal((h, w, c)).astype(np.float32)
-        if subvec == 0:  # in the precision the runtime will use for it (runtime.model.dense_precision)
-            from qcnn.runtime.model import dense_precision
-
+        if subvec == 0:  # in the precision the runtime will use for it
             k = _core.DenseConvKernel(op.weights, bias, strides=op.strides, pads=op.pads, groups=op.groups,
                                       relu=bool(op.relu), isa={"avx512vbmi": "avx512"}.get(_core.isa_selected(), "auto"),
                                       precision=dense_precision(lut, conv=op))
@@ -277,7 +276,8 @@ def kernel_ms(op, in_shape, subvec: int, ncode: int, lut: str = "int8", repeats:
         y = np.empty(op.out_features, np.float32)
         if subvec == 0:
             k = _core.DenseFcKernel(op.weights, bias, relu=bool(op.relu),
-                                    isa={"avx512vbmi": "avx512"}.get(_core.isa_selected(), "auto"))
+                                    isa={"avx512vbmi": "avx512"}.get(_core.isa_selected(), "auto"),
+                                    precision=dense_precision(lut, conv=op))
         else:
             geom = quantize.geometry(op, subvec, ncode)
             cb = rng.standard_normal((geom.nsub, ncode, subvec)).astype(np.float32)

@@ -56,7 +56,7 @@ class _Step:
         # MaxPool (or LRN) run by the conv before it
 
 
-_DENSE_CONV = (_core.DenseConvKernel, _core.ConvMaxPoolKernel)
+_DENSE = (_core.DenseConvKernel, _core.ConvMaxPoolKernel, _core.DenseFcKernel)  # layers kept dense
 
 
 def _hwc(shape):
@@ -65,7 +65,8 @@ def _hwc(shape):
 
 
 def dense_precision(lut: str = "int8", isa: str = "auto", dense: str = "auto", conv=None) -> str:
-    """What Model(lut=, isa=, dense=) runs a dense conv in: "int8" or "fp32".
+    """What Model(lut=, isa=, dense=) runs a layer kept dense (conv or fully connected) in:
+    "int8" or "fp32".
 
     "auto" picks int8 only where it is faster, and only with int8 tables (lut="float" keeps every
     layer in floats). With AVX-512 VNNI (vpdpbusd: 64 MACs per instruction) int8 wins on every
@@ -74,13 +75,18 @@ def dense_precision(lut: str = "int8", isa: str = "auto", dense: str = "auto", c
     so it pays only on convs doing many MACs per input value and little zero padding of the
     4-channel quads (measured, benchmarks/bench_qkernels.py: AlexNet conv1 1.27x, SqueezeNet
     3x3 expands 1.2-1.6x, conv10 1.4x, VGG conv3_2 1.55x; SqueezeNet 1x1 squeeze/expand and
-    3-channel conv0 0.6x). `conv` is the ir.Conv (None: the answer for a typical layer).
+    3-channel conv0 0.6x). `conv` is the ir.Conv or ir.Gemm (None: the answer for a typical conv).
     """
     if dense != "auto":
         return dense
     if lut != "int8":
         return "fp32"
     resolved = _core.isa_selected() if isa == "auto" else isa
+    if isinstance(conv, ir.Gemm):
+        # A dense FC streams its weights once per image: int8 ones are a quarter of the bytes
+        # (AVX2: half, widened to 16 bits), measured on Zen 4 for AlexNet's fc6 5.65 ms fp32 ->
+        # 0.93 ms VNNI, 2.6 ms AVX2; portable C int8 is slower than fp32 (7.7 ms).
+        return "int8" if resolved in ("avx2", "avx512vbmi") else "fp32"
     if resolved == "avx512vbmi" and _core.int8_conv_fast_available():
         return "int8"
     if resolved in ("avx2", "avx512vbmi") and conv is not None and _avx2_int8_pays(conv):
@@ -113,8 +119,8 @@ class Model:
             raise ValueError(f"dense must be 'auto', 'fp32' or 'int8', got {dense!r}")
         self.path = str(path)
         self.lut = lut
-        # Convs kept dense (not quantized in the file): "int8" runs them in 8-bit integers
-        # (uint8 input per image, int8 weights per channel; ops.h qcnn_iconv_params), "fp32" in
+        # Convs and FC layers kept dense (not quantized in the file): "int8" runs them in 8-bit
+        # integers (uint8 input per image, int8 weights per channel; ops.h qcnn_iconv_params), "fp32" in
         # floats; "auto": per layer, see dense_precision(). self.dense then says what ran.
         self._dense_setting = dense
         self._file = open_qcnn(path)
@@ -134,9 +140,10 @@ class Model:
     # ------------------------------------------------------------------ what the file says
     @property
     def dense(self) -> str:
-        """What the convs kept dense run in: "int8", "fp32", or "int8+fp32" when the choice
-        differs per layer (dense="auto" on AVX2; `layers` gives each conv's precision)."""
-        used = sorted({st.kernel.precision for st in self._steps if isinstance(st.kernel, _DENSE_CONV)},
+        """What the layers kept dense (convs and fully connected) run in: "int8", "fp32", or
+        "int8+fp32" when the choice differs per layer (dense="auto" on AVX2; `layers` gives each
+        layer's precision)."""
+        used = sorted({st.kernel.precision for st in self._steps if isinstance(st.kernel, _DENSE)},
                       reverse=True)
         return "+".join(used) if used else dense_precision(self.lut, self.isa, self._dense_setting)
 
@@ -180,7 +187,7 @@ class Model:
                 d.update(quantized=True, subvec=w.subvec, nsub=w.nsub, ncode=w.ncode, index_bits=w.index_bits)
             elif w is not None:
                 d.update(quantized=False)
-                if isinstance(step.kernel, _DENSE_CONV):
+                if isinstance(step.kernel, _DENSE):
                     d.update(precision=step.kernel.precision)
                     if step.kernel.precision == "int8":  # amx, avx512vnni, avx2 or generic
                         d.update(int8_kernel=step.kernel.int8_isa)
@@ -287,7 +294,10 @@ class Model:
                     op.in_features, op.out_features, w.subvec, w.nsub, w.ncode,
                     _private(w.codebooks[0]), _unpacked_indices(w, what).reshape(w.nsub, op.out_features),
                     _private(op.bias), bool(op.relu), isa=isa, lut=self.lut)
-            return _core.DenseFcKernel(_private(w), _private(op.bias), relu=bool(op.relu), isa=dense_isa)
+            precision = dense_precision(self.lut, isa, self._dense_setting, op)
+            # int8: the kernel keeps only its int8 copy, read from the mapping once here
+            return _core.DenseFcKernel(w if precision == "int8" else _private(w), _private(op.bias),
+                                       relu=bool(op.relu), isa=dense_isa, precision=precision)
         return None
 
     def _plan_buffers(self, model: ir.Model):

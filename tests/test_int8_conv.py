@@ -1,4 +1,4 @@
-"""The int8 dense conv (DenseConvKernel(precision="int8"), ops_iconv*.c).
+"""The int8 dense conv (DenseConvKernel(precision="int8"), ops_iconv*.c) and the int8 dense FC built on it.
 
 Checked three ways: against a numpy re-statement of its arithmetic (uint8 input per image, int8
 weights per channel, exact integer sums: the same floats bit for bit), each SIMD kernel (AVX-512
@@ -258,3 +258,58 @@ def test_int8_conv_validation():
     with pytest.raises(ValueError, match="scratch"):
         kern.run(np.ones((5, 5, 2), np.float32), np.empty((3, 3, 4), np.float32))
     assert _core.DenseConvKernel(w).int8_isa is None
+
+
+# ---------------------------------------------------------------- dense fully connected in int8
+def run_fc(kern, x):
+    y = np.full(kern.out_features, np.nan, np.float32)
+    kern.run(x, y, np.empty(max(1, kern.scratch_nbytes()), np.uint8))
+    return y
+
+
+FC_SHAPES = [(9216, 136), (4096, 1000), (37, 19), (1, 5), (300, 17), (64, 16), (65, 33)]
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_int8_fc_is_the_int8_conv_on_a_one_pixel_image(isa):
+    """DenseFcKernel(precision="int8") computes exactly what the 1x1 int8 conv does (checked above
+    against its numpy statement), on every ISA, for sizes not a multiple of 4, 16 or 64."""
+    rng = np.random.default_rng(21)
+    for n_in, n_out in FC_SHAPES:
+        w = rng.standard_normal((n_out, n_in)).astype(np.float32)
+        b = rng.standard_normal(n_out).astype(np.float32) if n_out % 2 else None
+        x = rng.standard_normal(n_in).astype(np.float32) + np.float32(rng.choice([0.0, 3.0, -3.0]))
+        relu = bool(n_in % 2)
+        fc = _core.DenseFcKernel(w, b, relu=relu, precision="int8", **VARIANTS[isa][0])
+        assert fc.int8_isa == VARIANTS[isa][1] and fc.weight is None  # no fp32 copy kept
+        want = int8_conv_numpy(x.reshape(1, 1, n_in), w.reshape(n_out, n_in, 1, 1), b, (1, 1), (0, 0, 0, 0), 1, relu)
+        np.testing.assert_array_equal(run_fc(fc, x), want.ravel(), err_msg=f"{n_in}x{n_out}")
+        # and the error the two roundings add against fp32 stays small
+        ref = run_fc(_core.DenseFcKernel(w, b, relu=relu, isa="ref"), x)
+        assert np.linalg.norm(run_fc(fc, x) - ref) <= 0.02 * np.linalg.norm(ref) + 1e-6
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_int8_fc_non_finite_input_gives_nan(isa):
+    w = np.ones((7, 40), np.float32)
+    fc = _core.DenseFcKernel(w, np.zeros(7, np.float32), precision="int8", **VARIANTS[isa][0])
+    for bad in (np.nan, np.inf, -np.inf):
+        x = np.ones(40, np.float32)
+        x[3] = bad
+        assert np.isnan(run_fc(fc, x)).all()
+    assert np.isfinite(run_fc(fc, np.ones(40, np.float32))).all()
+
+
+def test_int8_fc_validation():
+    w = np.ones((4, 6), np.float32)
+    with pytest.raises(ValueError, match="precision"):
+        _core.DenseFcKernel(w, precision="int4")
+    with pytest.raises(ValueError, match="ref"):
+        _core.DenseFcKernel(w, precision="int8", isa="ref")
+    fc = _core.DenseFcKernel(w, precision="int8", isa="generic")
+    assert fc.scratch_nbytes() > 0 and _core.DenseFcKernel(w).scratch_nbytes() == 0
+    with pytest.raises(ValueError, match="scratch"):
+        fc.run(np.ones(6, np.float32), np.empty(4, np.float32))
+    with pytest.raises(ValueError, match="scratch"):
+        fc.run(np.ones(6, np.float32), np.empty(4, np.float32), np.empty(1, np.uint8))
+    assert _core.DenseFcKernel(w).int8_isa is None and _core.DenseFcKernel(w).precision == "fp32"

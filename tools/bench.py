@@ -289,7 +289,7 @@ def bench_model(name: str, path: Optional[str], args, out_dir: Path, log) -> dic
 
     log(f"{name}: timing {args.runs} runs per engine, round-robin")
     model = Model(qpath, lut=args.lut, isa=args.isa, dense=args.dense)
-    res["qcnn_dense_precision"] = model.dense  # what its dense convs ran in (int8, fp32, or int8+fp32 when chosen per layer)
+    res["qcnn_dense_precision"] = model.dense  # what its dense layers ran in (int8, fp32, or int8+fp32 when chosen per layer)
     res["qcnn_int8_kernels"] = sorted({d["int8_kernel"] for d in model.layers if "int8_kernel" in d})
     try:
         runners = {
@@ -356,7 +356,7 @@ def format_markdown(report: dict) -> str:
            f"fc {s['fc']}, last fc {s['last_fc']}"
            f"{', plan ' + s['plan'] if s.get('plan') else ''}"
            f"{', kept dense: ' + ', '.join(s['skip']) if s.get('skip') else ''}"
-           f"{', layers faster dense on this CPU kept dense' if s.get('dense_where_faster') else ''}. Convs kept dense ran in "
+           f"{', layers faster dense on this CPU kept dense' if s.get('dense_where_faster') else ''}. Layers kept dense ran in "
            f"{', '.join(sorted({_precision_text(m.get('qcnn_dense_precision', 'fp32')) for m in report['models'] if 'error' not in m})) or 'fp32'}"
            f"{_kernels_text(report)}.", ""]
     rows = []
