@@ -51,6 +51,7 @@ cdef extern from "qcnn_kernels.h" nogil:
     _qk_prepared *_qk_fc_prepare "qcnn_qfc_prepare"(const _qk_fc_params *p, _qk_isa isa,
                                                      _qk_lut_mode mode, const char **err)
     _qk_isa _qk_prepared_isa "qcnn_qconv_isa"(const _qk_prepared *q)
+    size_t _qk_memory "qcnn_qconv_memory"(const _qk_prepared *q, const void **base)
     size_t _qk_conv_scratch "qcnn_qconv_scratch_bytes"(const _qk_prepared *q, int h, int w)
     int _qk_pointwise_chunk "qcnn_qconv_pointwise_chunk"(const _qk_prepared *q)
     void _qk_set_table_budget "qcnn_qconv_set_table_budget"(_qk_prepared *q, size_t nbytes)
@@ -59,6 +60,8 @@ cdef extern from "qcnn_kernels.h" nogil:
     size_t _qk_row_step_limit "qcnn_qconv_row_step_limit"(const _qk_prepared *q)
     void _qk_set_row_guess_limit "qcnn_qconv_set_row_guess_limit"(_qk_prepared *q, size_t nbytes)
     size_t _qk_row_guess_limit "qcnn_qconv_row_guess_limit"(const _qk_prepared *q)
+    void _qk_set_row_step_share "qcnn_qconv_set_row_step_share"(_qk_prepared *q, float share)
+    float _qk_row_step_share "qcnn_qconv_row_step_share"(const _qk_prepared *q)
     int _qk_set_bf16_build "qcnn_qconv_set_bf16_build"(_qk_prepared *q, int on)
     int _qk_bf16_build "qcnn_qconv_bf16_build"(const _qk_prepared *q)
     int _qk_cpu_has_bf16 "qcnn_cpu_has_avx512bf16"()
@@ -146,6 +149,12 @@ cdef class _QkBase:
             _qk_conv_free(self._q)
             self._q = NULL
 
+    def memory_range(self):
+        """(address, bytes) of the layer memory a run reads: codebooks and indices."""
+        cdef const void *base = NULL
+        n = _qk_memory(self._q, &base)
+        return (<size_t>base, n)
+
     @property
     def isa(self):
         """The ISA the prepared kernel actually runs ('generic' for lut='ref'/'float')."""
@@ -188,6 +197,17 @@ cdef class _QkBase:
     @row_guess_limit.setter
     def row_guess_limit(self, size_t nbytes):
         _qk_set_row_guess_limit(self._q, nbytes)
+
+    @property
+    def row_step_share(self):
+        """Row-step layers: a row keeps the step s of the row built before it when its largest
+        range r fits it with r >= row_step_share * 255 * s (0: each row its own step); kernel
+        rows of one step are summed in one call. Changes the values."""
+        return _qk_row_step_share(self._q)
+
+    @row_step_share.setter
+    def row_step_share(self, float share):
+        _qk_set_row_step_share(self._q, share)
 
     @property
     def bf16_build(self):

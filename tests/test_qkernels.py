@@ -235,19 +235,30 @@ def test_pointwise_conv_runs_in_chunks_with_their_own_step(isa, lut):
         assert np.all(err <= bound), f"chunk at pixel {p0}: error {err.max()} over its own step's bound"
 
 
-def np_row_steps(x, cb, G, guess_rows=None):
-    """Per input row: the largest table range in the row / 255 (the row-step mode's steps).
-    guess_rows: the image rows the kernel builds, in order, when rows guess their step
-    (row_guess_limit): a row whose largest range r lies in [guess / 2, guess] takes guess / 255,
-    where guess = 1.125 x the largest range of the row built before it."""
-    ranges = np_table_ranges(x, cb, G).reshape(x.shape[0], -1).max(1)
-    steps = ranges / 255.0
-    if guess_rows is not None:
-        guess = 0.0
-        for iy in guess_rows:
-            if guess > 0 and guess / 2 <= ranges[iy] <= guess:
-                steps[iy] = guess / 255.0
-            guess = float(np.float32(ranges[iy]) * np.float32(1.125))
+def np_row_steps(x, cb, G, rows=None, guessing=False, share=0.0):
+    """Per input row: its step in the row-step mode, the rows built in the order `rows`.
+    Each row's own step is its largest table range r / 255. With share > 0 (row_step_share) a
+    row whose r fits the step s of the row built before it with r >= share * 255 * s takes s.
+    guessing (row_guess_limit): a row whose r lies in [guess / 2, guess] takes guess / 255, where
+    guess = 1.125 x the largest range of the row built before it - or, with share > 0, of the
+    row that set the guess, while the rows fit it with r >= share * guess. Float32 as the kernel."""
+    f32 = np.float32
+    ranges = np_table_ranges(x, cb, G).reshape(x.shape[0], -1).max(1).astype(f32)
+    steps = (ranges / f32(255)).astype(np.float64)
+    guess, prev = f32(0), f32(0)
+    for iy in (rows if rows is not None else []):
+        r = ranges[iy]
+        if guessing and guess > 0 and guess / f32(2) <= r <= guess:
+            step = guess / f32(255)
+            if not (share > 0 and r >= f32(share) * guess):
+                guess = r * f32(1.125)
+        else:
+            step = r / f32(255)
+            if share > 0 and prev > 0 and r <= f32(255) * prev and r >= f32(share) * f32(255) * prev:
+                step = prev
+            guess = r * f32(1.125)
+        steps[iy] = step
+        prev = f32(step)
     return steps
 
 
@@ -263,25 +274,31 @@ def _pointwise(case):
 @pytest.mark.parametrize("case", [c for c in CONV_CASES if not _pointwise(c)],
                          ids=[f"conv{i}" for i, c in enumerate(CONV_CASES) if not _pointwise(c)])
 @pytest.mark.parametrize("isa", INT8_ISAS)
-@pytest.mark.parametrize("rows", ["own", "guess-fails", "guess-fits"])
+@pytest.mark.parametrize("rows", ["own", "share", "guess-fails", "guess-fits"])
 def test_row_steps_quantize_each_input_row_with_its_own_step(case, isa, rows):
     """Over row_step_limit, each input row's tables get their own step and every output is within
-    the bound of the steps of the rows it reads (not just the image's largest step). With
-    row_guess_limit 0 each row guesses its step from the row above: rows growing 1.8x a row never
-    fit the guess and are redone with their own step; rows of similar scale keep the guess."""
+    the bound of the steps of the rows it reads (not just the image's largest step). Rows of
+    similar scale share a step (row_step_share), and an output's kernel rows of one step are summed
+    in one call. With row_guess_limit 0 each row guesses its step from the row above: rows growing
+    1.8x a row never fit the guess and are redone with their own step; rows of similar scale keep
+    the guess."""
     cin, cout, G, kh, kw, strides, pads, Cs, K, H, W, relu, has_bias = case
     rng = np.random.default_rng(hash(case) % 2**32)
     cb, idx, M = make_conv(rng, cin, cout, G, kh, kw, Cs, K)
     bias = rng.standard_normal(cout).astype(np.float32) if has_bias else None
     # rows of very different scale, so one step per image would be far coarser for most rows
-    scale = np.geomspace(0.01, 10, H) if rows != "guess-fits" else np.ones(H)
+    # (or of similar scale, a little smaller each row, so the guess or the step above fits)
+    scale = {"guess-fits": np.ones(H), "share": np.geomspace(1, 0.5, H)}.get(rows, np.geomspace(0.01, 10, H))
     x = (rng.standard_normal((H, W, cin)) * scale[:, None, None]).astype(np.float32)
     k = set_build(_core.QConvKernel(cin, cout, G, kh, kw, strides, pads, Cs, M, K, cb, idx, bias, relu,
                                     isa=kernel_isa(isa), lut="int8"), isa)
     assert k.row_step_limit == 0  # the default, the same on every CPU: it changes the values
     assert k.row_guess_limit == 512 << 10
-    if rows != "own":
+    assert k.row_step_share == pytest.approx(0.8)  # the default, the same on every CPU
+    if rows.startswith("guess"):
         k.row_guess_limit = 0
+    if rows == "share":  # share a step even 3x a row's own (rows of few tables vary a lot in range)
+        k.row_step_share = 0.3
     k.row_step_limit = 1 << 40
     whole = k.scratch_nbytes(H, W)  # one step per image: tables of every row
     k.row_step_limit = 0
@@ -290,16 +307,18 @@ def test_row_steps_quantize_each_input_row_with_its_own_step(case, isa, rows):
     y = np.full(k.out_shape(H, W), np.nan, np.float32)
     step = k.run(x, y, np.empty(k.scratch_nbytes(H, W), np.uint8))
     x, cb = built_from(k, x, cb)
-    guess_rows = built_rows(H, kh, strides[0], pads[0], y.shape[0]) if rows != "own" else None
-    steps = np_row_steps(x, cb, G, guess_rows)
+    built = built_rows(H, kh, strides[0], pads[0], y.shape[0])
+    steps = np_row_steps(x, cb, G, built, guessing=rows.startswith("guess"), share=k.row_step_share)
     # the largest step of the rows some output reads is reported (rows between windows are skipped)
-    if rows == "own":
+    assert step == pytest.approx(max(steps[built]), rel=1e-4)
+    if rows == "own":  # rows 1.2-1000x apart in scale never share: each has its own step
         assert step == pytest.approx(np_table_step(x, cb, G, kh, strides[0], pads[0], y.shape[0]), rel=1e-4)
-    else:
-        assert step == pytest.approx(max(steps[guess_rows]), rel=1e-4)
-    if rows == "guess-fits" and len(guess_rows) > 1:  # guesses were taken (rows of few tables vary more)
-        own = np_row_steps(x, cb, G)
-        assert np.any(steps[guess_rows[1:]] > own[guess_rows[1:]] * 1.0001)
+    own = np_row_steps(x, cb, G)
+    if rows in ("guess-fits", "share") and len(built) > 1:  # steps were shared or guessed (rows of few tables vary more)
+        assert np.any(steps[built[1:]] > own[built[1:]] * 1.0001)
+    assert np.all(steps[built] >= own[built] * (1 - 1e-6))  # never finer than a row's own step ...
+    coarsest = max(2.0, 1 / k.row_step_share)  # ... nor coarser than the guess or sharing allow
+    assert np.all(steps[built] <= own[built] * coarsest * (1 + 1e-5))
     y64, absterms, _ = np_qconv(x, cb, idx, bias, G, strides, pads, relu)
     # bound: M look-ups per (kernel tap on an image row), each off by at most half its row's step
     sh = strides[0]
@@ -316,7 +335,7 @@ def test_row_steps_quantize_each_input_row_with_its_own_step(case, isa, rows):
     bound = bound * (1 + 1e-3) + 1e-5 * absterms + 1e-6
     err = np.abs(y.astype(np.float64) - y64)
     assert np.all(err <= bound), f"error {err.max()} over the row steps' bound"
-    if H >= 4 and rows != "guess-fits":  # rows 1000x apart in scale: far more accurate than one step for the image
+    if H >= 4 and rows in ("own", "guess-fails"):  # rows 1000x apart in scale: far more accurate than one step for the image
         k.row_step_limit = 1 << 40
         y1 = np.full(k.out_shape(H, W), np.nan, np.float32)
         k.run(x, y1, np.empty(k.scratch_nbytes(H, W), np.uint8))

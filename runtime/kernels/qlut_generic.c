@@ -102,6 +102,7 @@ static qcnn_qconv_prepared *prepare(const qcnn_qconv_params *p, qcnn_isa isa, qc
     q->table_budget = QCNN_TABLE_BUDGET_DEFAULT;
     q->row_step_limit = QCNN_ROW_STEP_LIMIT_DEFAULT;
     q->row_guess_limit = QCNN_ROW_GUESS_LIMIT_DEFAULT;
+    q->row_step_share = QCNN_ROW_STEP_SHARE_DEFAULT;
     q->p = *p;
     q->fc = fc;
     q->mode = mode;
@@ -135,7 +136,8 @@ static qcnn_qconv_prepared *prepare(const qcnn_qconv_params *p, qcnn_isa isa, qc
                            !(fc && Kp <= 32 && M >= 16);
     const size_t cbh_bytes = bf16_build ? ALIGN64((size_t)G * M * pairs * Kp * 2 * sizeof(uint16_t))
                                  : 0;
-    q->mem = alloc_layer_memory(cb_bytes + ALIGN64(idx_bytes) + cbh_bytes + 64);
+    q->mem_bytes = cb_bytes + ALIGN64(idx_bytes) + cbh_bytes + 64;
+    q->mem = alloc_layer_memory(q->mem_bytes);
     if (!q->mem) goto oom;
     q->cbt = align_ptr(q->mem);
     for (int g = 0; g < G; g++)
@@ -244,6 +246,11 @@ void qcnn_qconv_free(qcnn_qconv_prepared *q) {
 
 qcnn_isa qcnn_qconv_isa(const qcnn_qconv_prepared *q) { return q->isa; }
 
+size_t qcnn_qconv_memory(const qcnn_qconv_prepared *q, const void **base) {
+    *base = q->mem;
+    return q->mem_bytes;
+}
+
 int qcnn_qconv_set_bf16_build(qcnn_qconv_prepared *q, int on) {
     q->bf16 = on && q->cbh;
     return q->bf16;
@@ -302,6 +309,8 @@ void qcnn_qconv_set_row_step_limit(qcnn_qconv_prepared *q, size_t bytes) { q->ro
 size_t qcnn_qconv_row_step_limit(const qcnn_qconv_prepared *q) { return q->row_step_limit; }
 void qcnn_qconv_set_row_guess_limit(qcnn_qconv_prepared *q, size_t bytes) { q->row_guess_limit = bytes; }
 size_t qcnn_qconv_row_guess_limit(const qcnn_qconv_prepared *q) { return q->row_guess_limit; }
+void qcnn_qconv_set_row_step_share(qcnn_qconv_prepared *q, float share) { q->row_step_share = share; }
+float qcnn_qconv_row_step_share(const qcnn_qconv_prepared *q) { return q->row_step_share; }
 
 /* Scratch layout of one run (each part 64-byte aligned). */
 typedef struct {
@@ -604,7 +613,9 @@ static float build_row_guessed(const qcnn_qconv_prepared *q, const float *xr, in
 }
 
 /* One step per input row (row_step_tables): rows are built, quantized and looked up as the
- * output rows need them. r is set up by run_tables. Returns the largest step. */
+ * output rows need them. A row may keep the step of the row built before it (row_step_share,
+ * qcnn_kernels.h), and the kernel rows of an output row that share a step are summed in one
+ * call. r is set up by run_tables. Returns the largest step. */
 static float run_row_steps(const qcnn_qconv_prepared *q, const float *x, int h, int w, qlut_run *r,
                            float *Lf, float *tmin, uint8_t *ring, float *tsum, float *off,
                            float *row_step, qlut_fns f) {
@@ -613,7 +624,7 @@ static float run_row_steps(const qcnn_qconv_prepared *q, const float *x, int h, 
     const size_t row_bytes = (size_t)r->PW * G * M * q->Kp;
     r->lq = ring;
     r->ring = kh;
-    float maxstep = 0.0f, guess = 0.0f;
+    float maxstep = 0.0f, guess = 0.0f, prev_step = 0.0f;
     int oy = 0;
     for (int py = 0; oy < r->oh; py++) {
         /* Row py overwrites py - kh: every output row reading that one is done (see below). */
@@ -637,12 +648,19 @@ static float run_row_steps(const qcnn_qconv_prepared *q, const float *x, int h, 
             if (range >= 0.0f) {
                 step = step_for_range(guess);
                 finish_padded_row(q, w, r->PW, tmin, row, trow);
+                /* while rows fit the guess well, keep it (their steps are then equal) */
+                if (!(q->row_step_share > 0.0f && range >= q->row_step_share * guess))
+                    guess = range * STEP_MARGIN;
             } else { /* no guess, or the row did not fit it */
                 range = f.build(q, xr, 1, w, Lf, tmin);
                 step = step_for_range(range);
+                if (q->row_step_share > 0.0f && prev_step > 0.0f && range <= 255.0f * prev_step &&
+                    range >= q->row_step_share * 255.0f * prev_step)
+                    step = prev_step;
                 write_padded_row(q, f.quant, w, r->PW, Lf, tmin, 1.0f / step, row, trow);
+                guess = range * STEP_MARGIN;
             }
-            guess = range * STEP_MARGIN;
+            prev_step = step;
             row_step[py] = step;
             maxstep = step > maxstep ? step : maxstep;
         }
@@ -662,15 +680,20 @@ static float run_row_steps(const qcnn_qconv_prepared *q, const float *x, int h, 
             if (first < 0) first = last = 0;
             r->oy0 = oy;
             r->oy1 = oy + 1;
-            for (int ky = first; ky <= last; ky++) {
+            /* kernel rows of one step are summed in one call */
+            for (int ky = first; ky <= last;) {
+                const float s = row_step[oy * p->stride_h + ky];
+                int ky1 = ky + 1;
+                while (ky1 <= last && row_step[oy * p->stride_h + ky1] == s) ky1++;
                 r->ky0 = ky;
-                r->ky1 = ky + 1;
-                r->step = row_step[oy * p->stride_h + ky];
-                r->epi = first == last ? QLUT_EPI_FULL
-                         : ky == first ? QLUT_EPI_FIRST
-                         : ky == last  ? QLUT_EPI_LAST
-                                       : QLUT_EPI_ADD;
+                r->ky1 = ky1;
+                r->step = s;
+                r->epi = ky == first && ky1 > last ? QLUT_EPI_FULL
+                         : ky == first             ? QLUT_EPI_FIRST
+                         : ky1 > last              ? QLUT_EPI_LAST
+                                                   : QLUT_EPI_ADD;
                 f.conv(r);
+                ky = ky1;
             }
         }
     }
