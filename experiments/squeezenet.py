@@ -32,7 +32,7 @@ from qcnn.schema import ir  # noqa: E402
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--targets", default="1.1;1.2;size=1.5;size=2;size=3;speed=1,size=1.3;speed=1,size=1.5",
+    ap.add_argument("--targets", default="auto;error=0.03;1.1;1.2;size=1.5;size=2;size=3;speed=1,size=1.3;speed=1,size=1.5",
                     help="';'-separated plans: measured conv speed-ups over the dense runtime kernels (a bare "
                          "number), or any qcnn-convert --plan target (size=X, speed=S,size=X, ...)")
     ap.add_argument("--main", default="size=1.5", help="the plan whose per-layer times and EC/plain errors are reported")
@@ -89,7 +89,7 @@ def main(argv=None):
     targets = [t.strip() for t in args.targets.split(";") if t.strip()]
     models = {}
     for t in targets:
-        if "=" in t:  # a --plan target
+        if "=" in t or t == "auto":  # a --plan target (auto: qcnn-convert's default)
             target = qplan.parse_target(t)
         else:  # a bare number: measured conv speed-up over the dense kernels
             speed = max_speed * 0.995 if t == "max" else float(t)
@@ -175,7 +175,7 @@ def asdict_target(t) -> dict:
 
 
 def _label(target: str) -> str:
-    return target if "=" in target else f"speed={target}"
+    return target if "=" in target else "auto (qcnn-convert's default)" if target == "auto" else f"speed={target}"
 
 
 def markdown(r) -> str:
