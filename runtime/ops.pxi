@@ -200,6 +200,54 @@ def int8_conv_amx_available():
     return bool(qcnn_iconv_amx_available())
 
 
+cdef class _Int8Weights:
+    """The int8 weights of a dense conv or FC layer (qcnn_iconv_pack: int8 per output channel,
+    their scales and sums) plus the copy the chosen kernel reads: AMX tiles' layout, or 16-bit
+    values for AVX2. pack() fills the pointers of a qcnn_iconv_params set up by qcnn_iconv_init."""
+    cdef readonly object wq, wq16, wq_amx, wscale, wsum
+    cdef readonly bint fast  # a SIMD kernel runs (else portable C)
+
+    cdef void pack(self, qcnn_iconv_params *ip, const qcnn_dconv_params *geom, const float *weight,
+                   int isa_code, object amx) except *:
+        cdef signed char[::1] wq_v, wq_amx_v
+        cdef short[::1] wq16_v
+        cdef int[::1] wsum_v
+        self.wq16 = self.wq_amx = None
+        self.wq = _ops_np.empty(qcnn_iconv_init(ip, geom), dtype=_ops_np.int8)
+        nch = qcnn_iconv_channels(ip)
+        self.wscale = _ops_np.empty(nch, dtype=_ops_np.float32)
+        self.wsum = _ops_np.empty(nch, dtype=_ops_np.int32)
+        wq_v = self.wq
+        wsum_v = self.wsum
+        qcnn_iconv_pack(ip, weight, &wq_v[0], _ops_ptr(self.wscale), &wsum_v[0])
+        ip.wq = &wq_v[0]
+        ip.wscale = _ops_ptr(self.wscale)
+        ip.wsum = &wsum_v[0]
+        self.fast = isa_code == 2 and qcnn_iconv_fast_available()
+        if (self.fast and amx is not False and qcnn_iconv_amx_available()
+                and (amx is True or qcnn_iconv_amx_pays(ip))):
+            self.wq_amx = _ops_np.empty(qcnn_iconv_pack_amx(ip, NULL), dtype=_ops_np.int8)
+            wq_amx_v = self.wq_amx
+            qcnn_iconv_pack_amx(ip, &wq_amx_v[0])
+            ip.wq_amx = &wq_amx_v[0]
+        if not self.fast and isa_code >= 1 and qcnn_iconv_avx2_available():
+            # the AVX2 kernel multiplies 16-bit copies of the weights (vpmaddwd)
+            self.wq16 = _ops_np.empty(self.wq.shape[0], dtype=_ops_np.int16)
+            wq16_v = self.wq16
+            qcnn_iconv_widen(ip, &wq16_v[0])
+            ip.wq16 = &wq16_v[0]
+            self.fast = True
+
+    @property
+    def isa(self):
+        """Which int8 kernel runs: 'amx', 'avx512vnni', 'avx2' or 'generic'."""
+        if not self.fast:
+            return "generic"
+        if self.wq_amx is not None:
+            return "amx"
+        return "avx2" if self.wq16 is not None else "avx512vnni"
+
+
 cdef class DenseConvKernel:
     """Dense ONNX Conv (dilation 1) over one NHWC image, weights packed once at construction.
 
@@ -219,7 +267,8 @@ cdef class DenseConvKernel:
     cdef qcnn_iconv_params ip
     cdef int isa_code
     cdef bint int8_fast
-    cdef readonly object weight, packed, bias, wq, wq16, wq_amx, wscale, wsum
+    cdef readonly object weight, packed, bias
+    cdef readonly _Int8Weights int8  # precision "int8": its weights; else None
     cdef readonly str isa, precision
 
     def __init__(self, weight, bias=None, strides=(1, 1), pads=(0, 0, 0, 0), int groups=1,
@@ -261,48 +310,18 @@ cdef class DenseConvKernel:
         qcnn_dconv_pack(&self.p, self.p.weight, _ops_ptr(self.packed))
         self.p.packed = _ops_ptr(self.packed)
         self.precision = precision
-        self.wq = self.wq16 = self.wq_amx = self.wscale = self.wsum = None
-        cdef signed char[::1] wq_v, wq_amx_v
-        cdef short[::1] wq16_v
-        cdef int[::1] wsum_v
+        self.int8 = None
         if precision == "int8":
             if self.isa_code == -2:
                 raise ValueError("precision 'int8' has no 'ref' isa (its reference is isa='generic')")
-            self.wq = _ops_np.empty(qcnn_iconv_init(&self.ip, &self.p), dtype=_ops_np.int8)
-            nch = qcnn_iconv_channels(&self.ip)
-            self.wscale = _ops_np.empty(nch, dtype=_ops_np.float32)
-            self.wsum = _ops_np.empty(nch, dtype=_ops_np.int32)
-            wq_v = self.wq
-            wsum_v = self.wsum
-            qcnn_iconv_pack(&self.ip, self.p.weight, &wq_v[0], _ops_ptr(self.wscale), &wsum_v[0])
-            self.ip.wq = &wq_v[0]
-            self.ip.wscale = _ops_ptr(self.wscale)
-            self.ip.wsum = &wsum_v[0]
-            self.int8_fast = self.isa_code == 2 and qcnn_iconv_fast_available()
-            if (self.int8_fast and amx is not False and qcnn_iconv_amx_available()
-                    and (amx is True or qcnn_iconv_amx_pays(&self.ip))):
-                self.wq_amx = _ops_np.empty(qcnn_iconv_pack_amx(&self.ip, NULL), dtype=_ops_np.int8)
-                wq_amx_v = self.wq_amx
-                qcnn_iconv_pack_amx(&self.ip, &wq_amx_v[0])
-                self.ip.wq_amx = &wq_amx_v[0]
-            if not self.int8_fast and self.isa_code >= 1 and qcnn_iconv_avx2_available():
-                # the AVX2 kernel multiplies 16-bit copies of the weights (vpmaddwd)
-                self.wq16 = _ops_np.empty(self.wq.shape[0], dtype=_ops_np.int16)
-                wq16_v = self.wq16
-                qcnn_iconv_widen(&self.ip, &wq16_v[0])
-                self.ip.wq16 = &wq16_v[0]
-                self.int8_fast = True
+            self.int8 = _Int8Weights()
+            self.int8.pack(&self.ip, &self.p, self.p.weight, self.isa_code, amx)
+            self.int8_fast = self.int8.fast
 
     @property
     def int8_isa(self):
         """Which int8 kernel runs: 'amx', 'avx512vnni', 'avx2', 'generic', or None for precision fp32."""
-        if self.precision != "int8":
-            return None
-        if not self.int8_fast:
-            return "generic"
-        if self.wq_amx is not None:
-            return "amx"
-        return "avx2" if self.wq16 is not None else "avx512vnni"
+        return None if self.int8 is None else self.int8.isa
 
     @property
     def cin(self):
@@ -521,7 +540,8 @@ cdef class DenseFcKernel:
     cdef qcnn_iconv_params ip
     cdef int isa_code
     cdef bint int8_fast
-    cdef readonly object weight, bias, wq, wq16, wq_amx, wscale, wsum
+    cdef readonly object weight, bias
+    cdef readonly _Int8Weights int8  # precision "int8": its weights; else None
     cdef readonly str isa, precision
 
     def __init__(self, weight, bias=None, bint relu=False, isa="auto", precision="fp32", amx=None):
@@ -542,7 +562,7 @@ cdef class DenseFcKernel:
         else:
             self.bias = None
             self.p.bias = NULL
-        self.wq = self.wq16 = self.wq_amx = self.wscale = self.wsum = None
+        self.int8 = None
         if precision == "fp32":
             self.weight = w
             self.p.weight = _ops_ptr(w)
@@ -557,43 +577,14 @@ cdef class DenseFcKernel:
         self.gp.kh = self.gp.kw = self.gp.stride_h = self.gp.stride_w = 1
         self.gp.relu = relu
         self.gp.bias = self.p.bias
-        cdef signed char[::1] wq_v, wq_amx_v
-        cdef short[::1] wq16_v
-        cdef int[::1] wsum_v
-        self.wq = _ops_np.empty(qcnn_iconv_init(&self.ip, &self.gp), dtype=_ops_np.int8)
-        nch = qcnn_iconv_channels(&self.ip)
-        self.wscale = _ops_np.empty(nch, dtype=_ops_np.float32)
-        self.wsum = _ops_np.empty(nch, dtype=_ops_np.int32)
-        wq_v = self.wq
-        wsum_v = self.wsum
-        qcnn_iconv_pack(&self.ip, _ops_ptr(w), &wq_v[0], _ops_ptr(self.wscale), &wsum_v[0])
-        self.ip.wq = &wq_v[0]
-        self.ip.wscale = _ops_ptr(self.wscale)
-        self.ip.wsum = &wsum_v[0]
-        self.int8_fast = self.isa_code == 2 and qcnn_iconv_fast_available()
-        if (self.int8_fast and amx is not False and qcnn_iconv_amx_available()
-                and (amx is True or qcnn_iconv_amx_pays(&self.ip))):
-            self.wq_amx = _ops_np.empty(qcnn_iconv_pack_amx(&self.ip, NULL), dtype=_ops_np.int8)
-            wq_amx_v = self.wq_amx
-            qcnn_iconv_pack_amx(&self.ip, &wq_amx_v[0])
-            self.ip.wq_amx = &wq_amx_v[0]
-        if not self.int8_fast and self.isa_code >= 1 and qcnn_iconv_avx2_available():
-            self.wq16 = _ops_np.empty(self.wq.shape[0], dtype=_ops_np.int16)
-            wq16_v = self.wq16
-            qcnn_iconv_widen(&self.ip, &wq16_v[0])
-            self.ip.wq16 = &wq16_v[0]
-            self.int8_fast = True
+        self.int8 = _Int8Weights()
+        self.int8.pack(&self.ip, &self.gp, _ops_ptr(w), self.isa_code, amx)
+        self.int8_fast = self.int8.fast
 
     @property
     def int8_isa(self):
         """Which int8 kernel runs: 'amx', 'avx512vnni', 'avx2', 'generic', or None for precision fp32."""
-        if self.precision != "int8":
-            return None
-        if not self.int8_fast:
-            return "generic"
-        if self.wq_amx is not None:
-            return "amx"
-        return "avx2" if self.wq16 is not None else "avx512vnni"
+        return None if self.int8 is None else self.int8.isa
 
     @property
     def in_features(self):
