@@ -413,6 +413,8 @@ def _convert(model_path, output, calib, calib_count, seed, preprocess, mean, std
             if p.name in skip:
                 p.reason = "--skip"
         log(auto_plan.format())
+        if auto_plan.note():
+            log(auto_plan.note())
     if dense_where_faster:
         from .plan import keep_dense_where_faster
 

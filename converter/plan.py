@@ -152,6 +152,19 @@ class Plan:
                                                      "bytes": c.nbytes} for c in lo.candidates}}
                            for lo in self.layers]}
 
+    def note(self) -> Optional[str]:
+        """A hint when an error-budget plan quantizes nothing although tables would be faster."""
+        if self.target.what != "error" or any(lo.chosen for lo in self.layers):
+            return None
+        faster = [(c.error, lo.name, c.label) for lo in self.layers for c in lo.candidates[1:]]
+        if not faster:
+            return None
+        err, name, label = min(faster)
+        return (f"note: every faster choice alone exceeds the error budget {self.target.value:g} (the least: {name} "
+                f"as {label}, {err:.3g}), so every layer stays dense: the output is sensitive to every layer's "
+                f"quantization (compact nets such as SqueezeNet; seeded or random weights, which have nothing for k-means "
+                f"to find). A looser --plan error=E, a size target, or --plan uniform (the paper's settings) quantizes.")
+
     def format(self) -> str:
         head = f"{'layer':<16} {'choice':>7} {'ms':>7} {'dense ms':>8} {'MFLOPs':>8} {'plain err':>9}"
         lines = [head, "-" * len(head)]
@@ -383,12 +396,14 @@ class OutputProbe:
 def score(model: ir.Model, x: Optional[np.ndarray], *, lut: str = "int8", candidates=DEFAULT_CANDIDATES,
           calib_count: int = PLAN_CALIB, seed: int = 0, kmeans_iters: int = 15, repeats: int = 15,
           time_kernels: bool = True, error: str = "output", output_count: int = OUTPUT_CALIB,
-          log=None, keep_dense: Sequence[str] = ()) -> List[LayerOptions]:
+          log=None, keep_dense: Sequence[str] = (), min_saving: Optional[float] = None) -> List[LayerOptions]:
     """All candidates of every Conv/Gemm layer with cost and error.
 
     error "output" (default): the network output's relative error with only this layer quantized
     (plain k-means, on `output_count` calibration images): it sees how much the rest of the network
-    amplifies or forgets a layer's error, which the layer's own response error cannot. "response":
+    amplifies or forgets a layer's error, which the layer's own response error cannot. min_saving
+    (with time_kernels): candidates that do not save this fraction of the dense time are dropped
+    before their error is measured (an error=E plan never takes them). "response":
     the layer's relative response error on its original input (cheaper). Without calibration data
     (x None) the error is the relative weight error ||W - W_hat||^2/||W||^2.
     """
@@ -415,6 +430,9 @@ def score(model: ir.Model, x: Optional[np.ndarray], *, lut: str = "int8", candid
         if time_kernels:
             for cand in cands:
                 cand.ms = kernel_ms(op, shapes[op.inputs[0]], cand.subvec, cand.ncode, lut, repeats)
+            if min_saving is not None:
+                cands = [c for c in cands if c.dense or c.ms <= (1 - min_saving) * cands[0].ms]
+                settings = [(c.subvec, c.ncode) for c in cands[1:]]
         if x is not None:
             dense_w = {} if probe is not None else None
             errs = plain_errors(op, inputs.pop(op.inputs[0]) if _last_reader(model, op) else inputs[op.inputs[0]],
@@ -619,7 +637,8 @@ def make_plan(model: ir.Model, x: Optional[np.ndarray], target, *, lut: str = "i
     keep_dense = set(keep_dense)
     layers = scored if scored is not None else score(
         model, x, lut=lut, candidates=candidates, calib_count=calib_count, seed=seed,
-        time_kernels=target.cost == "time", error=error, log=log, keep_dense=keep_dense)
+        time_kernels=target.cost == "time", error=error, log=log, keep_dense=keep_dense,
+        min_saving=ERROR_PLAN_MIN_SAVING if target.what == "error" and target.cost == "time" else None)
     # fresh choices
     layers = [LayerOptions(lo.name, lo.kind, lo.candidates, allowed=[0] if lo.name in keep_dense else None)
               for lo in layers]

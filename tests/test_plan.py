@@ -200,6 +200,31 @@ def test_error_budget_plan_is_the_fastest_within_the_budget():
         assert times[-1] < times[0]  # the budget buys speed on these layers
 
 
+def test_error_plans_score_only_candidates_that_save_time():
+    """An error=E plan never takes a table that saves under 3% of the dense time, so the auto plan
+    does not measure those candidates' errors (k-means and output probes are most of its cost)."""
+    model = import_onnx(small_onnx())
+    x = np.random.default_rng(1).standard_normal((8, 8, 16, 16)).astype(np.float32)
+    layers = qplan.score(model, x, repeats=3, kmeans_iters=4, min_saving=qplan.ERROR_PLAN_MIN_SAVING)
+    for lo in layers:
+        assert lo.candidates[0].dense
+        assert all(c.ms <= (1 - qplan.ERROR_PLAN_MIN_SAVING) * lo.candidates[0].ms for c in lo.candidates[1:])
+
+
+def test_an_error_plan_that_keeps_everything_dense_says_why():
+    layers = _random_layers(3)
+    for lo in layers:
+        for c in lo.candidates[1:]:
+            c.error = 0.5 + c.ncode / 1000
+    plan = qplan.Plan(qplan.Target("error", 0.01, "time"), layers)
+    for lo, j in zip(layers, qplan.select(layers, plan.target)):
+        lo.chosen = j
+    assert not any(lo.chosen for lo in layers)
+    assert "l0 as 4/16, 0.516" in plan.note() and "--plan uniform" in plan.note()
+    layers[1].chosen = 1
+    assert plan.note() is None
+
+
 def test_plans_keep_the_skipped_layers_dense(scored):
     model, x, layers = scored
     checked = 0
