@@ -502,8 +502,10 @@ def _select_within_error(layers: List[LayerOptions], target: Target) -> List[int
     cells_budget = int(np.floor(E / unit + 1e-9))
     best = np.zeros(cells_budget + 1)  # best[e]: least cost of the layers so far with error <= e cells
     bytes_total = max(sum(lo.candidates[0].nbytes for lo in layers), 1)
+    # each candidate's error in grid cells, rounded up
+    cells = [[int(np.ceil(c.error / unit - 1e-9)) if c.error > 0 else 0 for c in lo.candidates] for lo in layers]
     back = []
-    for lo in layers:
+    for lo, ecells in zip(layers, cells):
         costs = np.array([_cost_of(c, target) for c in lo.candidates])
         if not np.isfinite(costs).all():
             raise ConversionError("--plan: some candidate has no cost (kernel timing failed)")
@@ -516,7 +518,7 @@ def _select_within_error(layers: List[LayerOptions], target: Target) -> List[int
                 continue
             if j and costs[j] > (1 - ERROR_PLAN_MIN_SAVING) * costs[0]:
                 continue
-            e = int(np.ceil(c.error / unit - 1e-9)) if c.error > 0 else 0
+            e = ecells[j]
             if e > cells_budget:
                 continue
             cand = np.full(cells_budget + 1, np.inf)
@@ -531,8 +533,7 @@ def _select_within_error(layers: List[LayerOptions], target: Target) -> List[int
     for i in range(len(layers) - 1, -1, -1):
         j = int(back[i][e])
         choice[i] = j
-        err = layers[i].candidates[j].error
-        e -= int(np.ceil(err / unit - 1e-9)) if err > 0 else 0
+        e -= cells[i][j]
     return choice
 
 
