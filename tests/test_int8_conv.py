@@ -313,3 +313,28 @@ def test_int8_fc_validation():
     with pytest.raises(ValueError, match="scratch"):
         fc.run(np.ones(6, np.float32), np.empty(4, np.float32), np.empty(1, np.uint8))
     assert _core.DenseFcKernel(w).int8_isa is None and _core.DenseFcKernel(w).precision == "fp32"
+
+
+def test_model_runs_a_dense_fc_in_int8_where_it_pays(tmp_path, tiny_model_factory):
+    """A Gemm the file keeps dense: int8 on AVX2 / AVX-512 with int8 tables, fp32 otherwise."""
+    from qcnn.runtime import Model
+    from qcnn.schema import writer
+
+    model = tiny_model_factory()
+    fc = next(op for op in model.operators if op.name == "fc")
+    fc.weights = np.random.default_rng(3).standard_normal((10, 24)).astype(np.float32)
+    writer.write_model(model, tmp_path / "dense_fc.qcnn")
+    x = np.random.default_rng(4).standard_normal((3, 3, 8, 8)).astype(np.float32)
+    with Model(tmp_path / "dense_fc.qcnn", lut="float") as ref_model:
+        ref = ref_model.run(x)
+        assert {d["name"]: d for d in ref_model.layers}["fc"]["precision"] == "fp32"
+    for isa in ISAS:
+        code = {"avx512": "avx512vbmi"}.get(isa, isa)
+        if isa == "amx":
+            continue
+        with Model(tmp_path / "dense_fc.qcnn", isa=code) as m:
+            layer = {d["name"]: d for d in m.layers}["fc"]
+            want = "fp32" if code == "generic" else "int8"
+            assert layer["precision"] == want, (isa, layer)
+            y = m.run(x)
+        np.testing.assert_allclose(y, ref, atol=0.02)  # softmax outputs
