@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group(
         "quantization (C/K = sub-vector length C's / codewords K)",
         "Without settings, qcnn-convert plans every layer itself (--plan auto): the fastest choice of C/K or "
-        "dense per layer, timed on this CPU, whose layers' summed output error stays within 1%%. Giving "
+        "dense per layer, timed on this CPU, whose layers' summed output error stays within 1%. Giving "
         "--conv, --fc, --last-fc, --layer or --dense-where-faster (or --plan uniform) applies fixed settings "
         "instead, by default the paper's.")
     g.add_argument("--conv", help="conv layers (default 8/128, the paper's AlexNet setting)")
