@@ -51,7 +51,6 @@ cdef extern from "qcnn_kernels.h" nogil:
     _qk_prepared *_qk_fc_prepare "qcnn_qfc_prepare"(const _qk_fc_params *p, _qk_isa isa,
                                                      _qk_lut_mode mode, const char **err)
     _qk_isa _qk_prepared_isa "qcnn_qconv_isa"(const _qk_prepared *q)
-    size_t _qk_memory "qcnn_qconv_memory"(const _qk_prepared *q, const void **base)
     size_t _qk_conv_scratch "qcnn_qconv_scratch_bytes"(const _qk_prepared *q, int h, int w)
     int _qk_pointwise_chunk "qcnn_qconv_pointwise_chunk"(const _qk_prepared *q)
     void _qk_set_table_budget "qcnn_qconv_set_table_budget"(_qk_prepared *q, size_t nbytes)
@@ -148,12 +147,6 @@ cdef class _QkBase:
         if self._q != NULL:
             _qk_conv_free(self._q)
             self._q = NULL
-
-    def memory_range(self):
-        """(address, bytes) of the layer memory a run reads: codebooks and indices."""
-        cdef const void *base = NULL
-        n = _qk_memory(self._q, &base)
-        return (<size_t>base, n)
 
     @property
     def isa(self):

@@ -106,8 +106,6 @@ typedef struct qcnn_qconv_prepared qcnn_qfc_prepared;
 qcnn_qconv_prepared *qcnn_qconv_prepare(const qcnn_qconv_params *p, qcnn_isa isa,
                                         qcnn_lut_mode mode, const char **err);
 qcnn_isa qcnn_qconv_isa(const qcnn_qconv_prepared *q);
-/* The layer memory a run reads (codebooks, indices): its start in *base; returns its bytes. */
-size_t qcnn_qconv_memory(const qcnn_qconv_prepared *q, const void **base);
 /* Scratch bytes for an h x w input (includes slack so any scratch pointer alignment works). */
 size_t qcnn_qconv_scratch_bytes(const qcnn_qconv_prepared *q, int h, int w);
 /* y: [oh][ow][cout]. lut_step (may be NULL) receives the int8 step s used for this image

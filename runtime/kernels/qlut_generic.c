@@ -136,8 +136,7 @@ static qcnn_qconv_prepared *prepare(const qcnn_qconv_params *p, qcnn_isa isa, qc
                            !(fc && Kp <= 32 && M >= 16);
     const size_t cbh_bytes = bf16_build ? ALIGN64((size_t)G * M * pairs * Kp * 2 * sizeof(uint16_t))
                                  : 0;
-    q->mem_bytes = cb_bytes + ALIGN64(idx_bytes) + cbh_bytes + 64;
-    q->mem = alloc_layer_memory(q->mem_bytes);
+    q->mem = alloc_layer_memory(cb_bytes + ALIGN64(idx_bytes) + cbh_bytes + 64);
     if (!q->mem) goto oom;
     q->cbt = align_ptr(q->mem);
     for (int g = 0; g < G; g++)
@@ -245,11 +244,6 @@ void qcnn_qconv_free(qcnn_qconv_prepared *q) {
 }
 
 qcnn_isa qcnn_qconv_isa(const qcnn_qconv_prepared *q) { return q->isa; }
-
-size_t qcnn_qconv_memory(const qcnn_qconv_prepared *q, const void **base) {
-    *base = q->mem;
-    return q->mem_bytes;
-}
 
 int qcnn_qconv_set_bf16_build(qcnn_qconv_prepared *q, int on) {
     q->bf16 = on && q->cbh;

@@ -27,7 +27,6 @@ struct qcnn_qconv_prepared {
                        * bits, per chunk of FCQ_NB 64-channel blocks [M/4][blocks][4][16 ch x 4
                        * subspaces]; see qlut_avx512.c fcq_chunk. 0: the fcnb layout. */
     void *mem;        /* owned allocation behind cbt (and idx when it is a copy) */
-    size_t mem_bytes; /* its size */
     size_t table_budget; /* bytes of float tables of a pointwise chunk (see qlut_generic.c) */
     size_t row_step_limit; /* larger whole-image tables get one step per input row (qlut_generic.c) */
     size_t row_guess_limit; /* rows of at least this many bytes of float tables guess their step */
