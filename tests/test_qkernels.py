@@ -235,20 +235,27 @@ def test_pointwise_conv_runs_in_chunks_with_their_own_step(isa, lut):
         assert np.all(err <= bound), f"chunk at pixel {p0}: error {err.max()} over its own step's bound"
 
 
-def np_row_steps(x, cb, G, rows=None, guessing=False, share=0.0):
+def np_row_steps(x, cb, G, rows=None, guessing=False, share=0.0, stats=None):
     """Per input row: its step in the row-step mode, the rows built in the order `rows`.
     Each row's own step is its largest table range r / 255. With share > 0 (row_step_share) a
     row whose r fits the step s of the row built before it with r >= share * 255 * s takes s.
     guessing (row_guess_limit): a row whose r lies in [guess / 2, guess] takes guess / 255, where
     guess = 1.125 x the largest range of the row built before it - or, with share > 0, of the
-    row that set the guess, while the rows fit it with r >= share * guess. Float32 as the kernel."""
+    row that set the guess, while the rows fit it with r >= share * guess. A row outgrowing its
+    guess (r > guess) is retried at 1.25 x guess, which it then keeps if r fits it. Float32 as
+    the kernel. stats (a dict) gets "retried": how many rows were retried and fit."""
     f32 = np.float32
+    retried = 0
     ranges = np_table_ranges(x, cb, G).reshape(x.shape[0], -1).max(1).astype(f32)
     steps = (ranges / f32(255)).astype(np.float64)
     guess, prev = f32(0), f32(0)
     for iy in (rows if rows is not None else []):
         r = ranges[iy]
+        retry = guessing and guess > 0 and r > guess
+        if retry:
+            guess = guess * f32(1.25)
         if guessing and guess > 0 and guess / f32(2) <= r <= guess:
+            retried += retry
             step = guess / f32(255)
             if not (share > 0 and r >= f32(share) * guess):
                 guess = r * f32(1.125)
@@ -259,6 +266,8 @@ def np_row_steps(x, cb, G, rows=None, guessing=False, share=0.0):
             guess = r * f32(1.125)
         steps[iy] = step
         prev = f32(step)
+    if stats is not None:
+        stats["retried"] = retried
     return steps
 
 
@@ -274,21 +283,22 @@ def _pointwise(case):
 @pytest.mark.parametrize("case", [c for c in CONV_CASES if not _pointwise(c)],
                          ids=[f"conv{i}" for i, c in enumerate(CONV_CASES) if not _pointwise(c)])
 @pytest.mark.parametrize("isa", INT8_ISAS)
-@pytest.mark.parametrize("rows", ["own", "share", "guess-fails", "guess-fits"])
+@pytest.mark.parametrize("rows", ["own", "share", "guess-fails", "guess-fits", "guess-retries"])
 def test_row_steps_quantize_each_input_row_with_its_own_step(case, isa, rows):
     """Over row_step_limit, each input row's tables get their own step and every output is within
     the bound of the steps of the rows it reads (not just the image's largest step). Rows of
     similar scale share a step (row_step_share), and an output's kernel rows of one step are summed
     in one call. With row_guess_limit 0 each row guesses its step from the row above: rows growing
     1.8x a row never fit the guess and are redone with their own step; rows of similar scale keep
-    the guess."""
+    the guess; rows growing 1.2x a row outgrow it and are retried at 1.25x the guess."""
     cin, cout, G, kh, kw, strides, pads, Cs, K, H, W, relu, has_bias = case
     rng = np.random.default_rng(hash(case) % 2**32)
     cb, idx, M = make_conv(rng, cin, cout, G, kh, kw, Cs, K)
     bias = rng.standard_normal(cout).astype(np.float32) if has_bias else None
     # rows of very different scale, so one step per image would be far coarser for most rows
     # (or of similar scale, a little smaller each row, so the guess or the step above fits)
-    scale = {"guess-fits": np.ones(H), "share": np.geomspace(1, 0.5, H)}.get(rows, np.geomspace(0.01, 10, H))
+    scale = {"guess-fits": np.ones(H), "share": np.geomspace(1, 0.5, H),
+             "guess-retries": 1.2 ** np.arange(H)}.get(rows, np.geomspace(0.01, 10, H))
     x = (rng.standard_normal((H, W, cin)) * scale[:, None, None]).astype(np.float32)
     k = set_build(_core.QConvKernel(cin, cout, G, kh, kw, strides, pads, Cs, M, K, cb, idx, bias, relu,
                                     isa=kernel_isa(isa), lut="int8"), isa)
@@ -308,7 +318,11 @@ def test_row_steps_quantize_each_input_row_with_its_own_step(case, isa, rows):
     step = k.run(x, y, np.empty(k.scratch_nbytes(H, W), np.uint8))
     x, cb = built_from(k, x, cb)
     built = built_rows(H, kh, strides[0], pads[0], y.shape[0])
-    steps = np_row_steps(x, cb, G, built, guessing=rows.startswith("guess"), share=k.row_step_share)
+    stats = {}
+    steps = np_row_steps(x, cb, G, built, guessing=rows.startswith("guess"), share=k.row_step_share,
+                         stats=stats)
+    if rows == "guess-retries" and len(built) > 2 and strides[0] == 1:
+        assert stats["retried"] > 0  # the case exercises the retry (built rows 1.2x apart)
     # the largest step of the rows some output reads is reported (rows between windows are skipped)
     assert step == pytest.approx(max(steps[built]), rel=1e-4)
     if rows == "own":  # rows 1.2-1000x apart in scale never share: each has its own step

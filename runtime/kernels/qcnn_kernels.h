@@ -131,8 +131,9 @@ size_t qcnn_qconv_table_budget(const qcnn_qconv_prepared *q);
 void qcnn_qconv_set_row_step_limit(qcnn_qconv_prepared *q, size_t bytes);
 size_t qcnn_qconv_row_step_limit(const qcnn_qconv_prepared *q);
 /* Row-step layers whose float tables of one input row reach this many bytes guess each row's
- * step from the row above and build + quantize the row in cache-sized segments, redoing a row
- * that does not fit the guess (qlut_generic.c, build_row_guessed). 512 KB: on Zen 4 (1 MB L2)
+ * step from the row above and build + quantize the row in cache-sized segments; a row that
+ * outgrows the guess is retried once at 1.25x it, then built exactly (qlut_generic.c,
+ * build_row_guessed). 512 KB: on Zen 4 (1 MB L2)
  * VGG-16's 0.9 MB rows ran 5-20% faster (layer by layer); AlexNet's 0.2 MB rows gained nothing. Changes the
  * values (a step up to 2x the row's own), so the default is the same on every CPU. */
 #define QCNN_ROW_GUESS_LIMIT_DEFAULT ((size_t)512 << 10)
