@@ -24,9 +24,16 @@ core = Extension(
     libraries=[],
 )
 
+# The converter's k-means inner loops (converter only: the runtime never imports it).
+kmeans = Extension(
+    "qcnn.converter._kmeans",
+    sources=["converter/_kmeans.pyx"],
+    extra_compile_args=extra_compile_args,
+)
+
 setup(
     ext_modules=cythonize(
-        [core],
+        [core, kmeans],
         language_level=3,
         compiler_directives={"boundscheck": False, "wraparound": False, "cdivision": True},
     )

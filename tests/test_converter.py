@@ -248,6 +248,49 @@ def test_kmeans_reproducible_and_reconstruction_layout():
     assert ((What - W) ** 2).sum() < 0.6 * (W ** 2).sum()
 
 
+@pytest.mark.parametrize("d", range(1, 10))
+def test_compiled_kmeans_loops_give_the_numpy_values(d):
+    """converter/_kmeans.pyx against the numpy expressions it replaces, bit for bit: labels (ties
+    to the first centre, a NaN distance first), the k-means++ distance update (numpy's summation
+    order for d <= 8; longer sub-vectors stay in numpy) and the pick."""
+    from qcnn.converter import _kmeans
+    rng = np.random.default_rng(d)
+    S, N, K = 5, 203, 19
+    X = rng.standard_normal((S, N, d))
+    C = rng.standard_normal((S, K, d))
+    C[:, 7] = C[:, 3]  # a tie: the first of two equal centres wins
+    X[1, 4, 0] = np.nan  # every distance of this point is NaN: centre 0, as np.argmin
+    X32 = X.astype(np.float32)
+    np.testing.assert_array_equal(Q._labels(X32, C), Q._labels_numpy(X32, C))
+    assert Q._labels(X32, C)[1, 4] == 0
+    if d <= 8:
+        mind = rng.random((S, N)) * 3
+        mind[0, :5] = 0.0
+        want = np.minimum(mind, ((X - C[:, 2:3]) ** 2).sum(-1))
+        got = _kmeans.update_min_sqdist(X, np.ascontiguousarray(C[:, 2]), mind.copy())
+        assert np.array_equal(want.view(np.int64)[~np.isnan(want)], got.view(np.int64)[~np.isnan(got)])
+        assert np.array_equal(np.isnan(want), np.isnan(got))
+        u = rng.random(S) * mind.sum(1)
+        u[2] = 0.0  # no running sum is below 0: pick 0
+        np.testing.assert_array_equal(_kmeans.cumsum_reaching(mind, u),
+                                      (np.cumsum(mind, axis=1) < u[:, None]).sum(axis=1))
+    else:
+        with pytest.raises(ValueError, match="not in 1..8"):
+            _kmeans.update_min_sqdist(X, np.ascontiguousarray(C[:, 2]), np.zeros((S, N)))
+    X = np.nan_to_num(X)
+    seeds = [Q._kmeanspp(X, 16, np.random.default_rng(5), compiled=c) for c in (True, False)]
+    np.testing.assert_array_equal(seeds[0], seeds[1])
+
+
+def test_compiled_kmeans_rejects_mismatched_shapes():
+    from qcnn.converter import _kmeans
+    X = np.zeros((2, 5, 3), np.float32)
+    with pytest.raises(ValueError, match="do not match"):
+        _kmeans.labels(X, np.zeros((2, 4, 7), np.float32), np.zeros((2, 7), np.float32))
+    with pytest.raises(ValueError, match="no centres"):
+        _kmeans.labels(X, np.zeros((2, 3, 0), np.float32), np.zeros((2, 0), np.float32))
+
+
 # --------------------------------------------------------------------------- conversion
 @pytest.fixture(scope="module")
 def small_converted(small_onnx, small_data):
