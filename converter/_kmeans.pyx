@@ -4,7 +4,8 @@
 # Each function computes exactly what the numpy expression it replaces computes, in the same
 # floating-point order, so a conversion gives the same file with or without it (tests compare
 # them bit for bit). What it saves is memory traffic: numpy materialises (S, N, K) distance arrays
-# and walks them once per dimension; these loops keep one point's K distances in a small buffer (L1).
+# and walks them once per dimension; these loops keep one point's K distances in a small
+# buffer (L1).
 # AlexNet's fc6 is 2304 k-means problems of 4096 points.
 
 from libc.math cimport isnan

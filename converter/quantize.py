@@ -188,9 +188,9 @@ def _kmeanspp(X: np.ndarray, K: int, rng: np.random.Generator, compiled: bool = 
 def _labels(X32: np.ndarray, C: np.ndarray) -> np.ndarray:
     """Nearest centre of every point (S, N). float32 distances: only their order matters.
 
-    Compiled (_kmeans.labels): one point's K distances at a time in a small buffer, where numpy walked
-    an (S, N, K) array once per dimension (AlexNet's fc6 at 4/32: 13x faster). The same float32
-    values as _labels_numpy, the reference in tests.
+    Compiled (_kmeans.labels): one point's K distances at a time in a small buffer, where numpy
+    walked an (S, N, K) array once per dimension (AlexNet's fc6 at 4/32: 13x faster). The same
+    float32 values as _labels_numpy, the reference in tests.
     """
     C32 = C.astype(np.float32)
     return _kmeans.labels(np.ascontiguousarray(X32, dtype=np.float32),
