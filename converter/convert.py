@@ -419,7 +419,7 @@ def _convert(model_path, output, calib, calib_count, seed, preprocess, mean, std
         from .plan import keep_dense_where_faster
 
         log("timing each layer as tables and dense on this CPU (--dense-where-faster)")
-        keep_dense_where_faster(model, plans, lut=plan_lut, log=log)
+        keep_dense_where_faster(model, plans, lut=plan_lut, log=log, x=x)
 
     opts = Options(ec=ec, ec_iters=ec_iters, ec_ridge=ec_ridge, ec_ridge_few=ec_ridge_few, ec_tol=ec_tol,
                    multilayer=multilayer,

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -261,31 +261,48 @@ def _median_ms(fn, repeats: int) -> float:
 
 
 def kernel_ms(op, in_shape, subvec: int, ncode: int, lut: str = "int8", repeats: int = 15,
-              rng: Optional[np.random.Generator] = None) -> float:
+              rng: Optional[np.random.Generator] = None, x_in: Optional[np.ndarray] = None,
+              quantized: Optional[ir.QuantizedWeights] = None) -> float:
     """Median time (ms) of the runtime kernel for this layer: dense if subvec == 0, else Q-CNN with
-    random codebooks/indices of the right shape (the kernels' speed does not depend on the values)."""
+    the given codebooks and indices (`quantized`, at subvec/ncode), or random ones of the right
+    shape. x_in: the layer's input for one image (C, H, W or features), e.g. from a calibration
+    image; without it a random one. A conv's table time depends on both: rows whose int8 step the
+    runtime guesses from the row above are built again when the guess does not fit, which depends
+    on how the tables' ranges vary from row to row (VGG-16's conv2_2 as 8/128 tables: 8.6 ms on a
+    photo with random codebooks, 9.2 ms on it with the file's)."""
     from qcnn.runtime import _core
     from qcnn.runtime.model import dense_precision
 
     rng = rng or np.random.default_rng(0)
     bias = op.bias.astype(np.float32) if op.bias is not None else None
+    if x_in is not None and x_in.size != int(np.prod(in_shape)):
+        raise ValueError(f"{op.name}: timing input has {x_in.size} values, the layer takes {tuple(in_shape)}")
     if isinstance(op, ir.Conv):
         c, h, w = in_shape
-        x = rng.standard_normal((h, w, c)).astype(np.float32)
+        if x_in is not None:  # the runtime's layout: channels last
+            x = np.ascontiguousarray(np.asarray(x_in, np.float32).reshape(c, h, w).transpose(1, 2, 0))
+        else:
+            x = rng.standard_normal((h, w, c)).astype(np.float32)
         if subvec == 0:  # in the precision the runtime will use for it
             k = _core.DenseConvKernel(op.weights, bias, strides=op.strides, pads=op.pads, groups=op.groups,
                                       relu=bool(op.relu), isa={"avx512vbmi": "avx512"}.get(_core.isa_selected(), "auto"),
                                       precision=dense_precision(lut, conv=op))
         else:
             geom = quantize.geometry(op, subvec, ncode)
-            cb = rng.standard_normal((op.groups, geom.nsub, ncode, subvec)).astype(np.float32)
-            idx = rng.integers(0, ncode, (op.groups, geom.kh, geom.kw, geom.nsub, geom.cout_g)).astype(np.uint8)
+            if quantized is not None:
+                cb, idx = quantized.codebooks, quantized.indices
+            else:
+                cb = rng.standard_normal((op.groups, geom.nsub, ncode, subvec)).astype(np.float32)
+                idx = rng.integers(0, ncode, (op.groups, geom.kh, geom.kw, geom.nsub, geom.cout_g)).astype(np.uint8)
             k = _core.QConvKernel(op.cin, op.cout, op.groups, geom.kh, geom.kw, op.strides, op.pads, subvec,
                                   geom.nsub, ncode, cb, idx, bias, bool(op.relu), lut=lut)
         y = np.empty(k.out_shape(h, w), np.float32)
         scratch = np.empty(max(64, int(k.scratch_nbytes(h, w))), np.uint8)
     else:
-        x = rng.standard_normal(op.in_features).astype(np.float32)
+        if x_in is not None:
+            x = np.ascontiguousarray(np.asarray(x_in, np.float32).reshape(-1))
+        else:
+            x = rng.standard_normal(op.in_features).astype(np.float32)
         y = np.empty(op.out_features, np.float32)
         if subvec == 0:
             k = _core.DenseFcKernel(op.weights, bias, relu=bool(op.relu),
@@ -301,21 +318,34 @@ def kernel_ms(op, in_shape, subvec: int, ncode: int, lut: str = "int8", repeats:
     return _median_ms(lambda: k.run(x, y, scratch), repeats)
 
 
-def keep_dense_where_faster(model: ir.Model, plans, lut: str = "int8", log=None, timer=None) -> List[str]:
+def keep_dense_where_faster(model: ir.Model, plans, lut: str = "int8", log=None, timer=None,
+                            x: Optional[np.ndarray] = None, kmeans_iters: int = 15) -> List[str]:
     """qcnn-convert --dense-where-faster: time each layer the fixed C's/K settings would quantize,
     as tables and dense, on this CPU, and keep it dense where dense is at least as fast (on
     AVX-512 VNNI, VGG-16's convs up to conv3_3: dense int8 9-10 ms against 10-25 ms of 8/128
-    tables). Layers given explicitly (--layer) are left alone. Returns the names kept dense."""
+    tables). Layers given explicitly (--layer) are left alone. x: calibration images; the layers
+    are then timed on the first one's activations, a conv's tables with plain k-means codebooks
+    of its weights (a quick fit, as the planner's): close to what the file will hold (EC moves
+    codewords, not the scale of their products). Without x: random inputs and codebooks.
+    Returns the names kept dense."""
     timer = timer or kernel_ms
     shapes = {t.name: t.shape for t in model.tensors}
     ops = {op.name: op for op in _layers(model)}
+    todo = [p for p in plans if p.quantize and not p.explicit]
+    inputs = layer_inputs(model, x[:1], [ops[p.name].inputs[0] for p in todo]) if x is not None and todo else {}
     kept = []
-    for p in plans:
-        if not p.quantize or p.explicit:
-            continue
+    for p in todo:
         op = ops[p.name]
-        t_quant = timer(op, shapes[op.inputs[0]], p.subvec, p.ncode, lut=lut)
-        t_dense = timer(op, shapes[op.inputs[0]], 0, 0, lut=lut)
+        x_in, quantized = None, None
+        if op.inputs[0] in inputs:
+            x_in = inputs[op.inputs[0]][0]
+            if isinstance(op, ir.Conv):
+                geom = quantize.geometry(op, p.subvec, p.ncode)
+                cb, assign = _plan_kmeans(quantize.weight_blocks(op.weights, geom), geom,
+                                          np.random.default_rng(0), kmeans_iters)
+                quantized = quantize.to_quantized_weights(cb, assign, geom)
+        t_quant = timer(op, shapes[op.inputs[0]], p.subvec, p.ncode, lut=lut, x_in=x_in, quantized=quantized)
+        t_dense = timer(op, shapes[op.inputs[0]], 0, 0, lut=lut, x_in=x_in)
         if t_dense <= t_quant:
             p.quantize = False
             p.reason = f"dense is faster on this CPU ({t_dense:.3f} vs {t_quant:.3f} ms as {p.subvec}/{p.ncode})"
@@ -326,11 +356,11 @@ def keep_dense_where_faster(model: ir.Model, plans, lut: str = "int8", log=None,
     return kept
 
 
-def layer_inputs(model: ir.Model, x: np.ndarray) -> Dict[str, np.ndarray]:
-    """Every Conv/Gemm input tensor of the original network on x."""
+def layer_inputs(model: ir.Model, x: np.ndarray, names: Optional[Iterable[str]] = None) -> Dict[str, np.ndarray]:
+    """Every Conv/Gemm input tensor (or those named) of the original network on x."""
     from .forward import run_model
 
-    names = {op.inputs[0] for op in _layers(model)}
+    names = {op.inputs[0] for op in _layers(model)} if names is None else set(names)
     env = run_model(model, x, keep=names)
     return {n: env[n] for n in names}
 
@@ -427,9 +457,10 @@ def score(model: ir.Model, x: Optional[np.ndarray], *, lut: str = "int8", candid
         for c, k in settings:
             _, fq, _, bq = _costs(op, shapes, c, k)
             cands.append(Candidate(c, k, fq, bq))
-        if time_kernels:
+        if time_kernels:  # on the first calibration image's activations, when there are images
+            x_in = inputs[op.inputs[0]][0] if op.inputs[0] in inputs else None
             for cand in cands:
-                cand.ms = kernel_ms(op, shapes[op.inputs[0]], cand.subvec, cand.ncode, lut, repeats)
+                cand.ms = kernel_ms(op, shapes[op.inputs[0]], cand.subvec, cand.ncode, lut, repeats, x_in=x_in)
             if min_saving is not None:
                 cands = [c for c in cands if c.dense or c.ms <= (1 - min_saving) * cands[0].ms]
                 settings = [(c.subvec, c.ncode) for c in cands[1:]]

@@ -1,5 +1,6 @@
 """converter/plan.py: automatic per-layer (C's, K) / dense plans (`qcnn-convert --plan`)."""
 import itertools
+from dataclasses import replace
 import json
 
 import numpy as np
@@ -9,6 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from qcnn.converter import ConversionError, convert
 from qcnn.converter import plan as qplan
+from qcnn.converter import quantize
 from qcnn.converter.cli import main as cli_main
 from qcnn.converter.onnx_import import import_onnx
 from qcnn.schema.reader import open_qcnn
@@ -379,8 +381,8 @@ def test_dense_where_faster_keeps_dense_the_layers_timed_faster_dense(tmp_path):
     fake = {"c1": (1.0, 2.0), "c2": (3.0, 1.0), "c3": (0.5, 0.5), "fc": (0.2, 0.1)}  # name: (tables, dense) ms
     ops = {op.name: op for op in model.operators}
 
-    def timer(op, in_shape, subvec, ncode, lut="int8"):
-        assert ops[op.name] is op and lut == "int8"
+    def timer(op, in_shape, subvec, ncode, lut="int8", x_in=None, quantized=None):
+        assert ops[op.name] is op and lut == "int8" and x_in is None and quantized is None
         return fake[op.name][0 if subvec else 1]
 
     plans = plan_layers(model, conv=(4, 16), fc=(4, 16), last_fc=(4, 16), overrides={"fc": (4, 16)})
@@ -389,6 +391,35 @@ def test_dense_where_faster_keeps_dense_the_layers_timed_faster_dense(tmp_path):
     assert by["c1"].quantize and not by["c2"].quantize and not by["c3"].quantize
     assert by["fc"].quantize  # explicit: not timed
     assert by["c2"].reason == "dense is faster on this CPU (1.000 vs 3.000 ms as 4/16)"
+
+    # with calibration images, each layer is timed on the first image's activations
+    x = np.random.default_rng(3).standard_normal((2,) + tuple(model.input_shape)).astype(np.float32)
+    acts = qplan.layer_inputs(model, x[:1])
+    seen = {}
+
+    def timer_x(op, in_shape, subvec, ncode, lut="int8", x_in=None, quantized=None):
+        assert x_in is not None and x_in.shape == tuple(in_shape)
+        seen[op.name] = x_in
+        if subvec:  # the tables are timed with k-means codebooks of the layer's own weights
+            assert (quantized.subvec, quantized.ncode) == (subvec, ncode)
+            err = np.sum((quantize.reconstruct(replace(op, weights=quantized)) - op.weights) ** 2)
+            assert err < 0.5 * np.sum(op.weights ** 2)
+        return fake[op.name][0 if subvec else 1]
+
+    plans = plan_layers(model, conv=(4, 16), fc=(4, 16), last_fc=(4, 16))
+    assert qplan.keep_dense_where_faster(model, plans, timer=timer_x, x=x) == ["c2", "c3"]
+    for name, xi in seen.items():
+        np.testing.assert_array_equal(xi, acts[ops[name].inputs[0]][0])
+    assert set(seen) == {"c1", "c2", "c3"}  # fc is not quantized at 4/16 (neither faster nor smaller)
+    # the real timer takes such an input (channels first, as the converter holds activations)
+    op = ops["c1"]
+    assert qplan.kernel_ms(op, acts[op.inputs[0]].shape[1:], 4, 16, repeats=1, x_in=acts[op.inputs[0]][0]) > 0
+    geom = quantize.geometry(op, 4, 16)
+    cb, assign = quantize.kmeans_layer(quantize.weight_blocks(op.weights, geom), geom, np.random.default_rng(0), iters=3)
+    assert qplan.kernel_ms(op, acts[op.inputs[0]].shape[1:], 4, 16, repeats=1, x_in=acts[op.inputs[0]][0],
+                           quantized=quantize.to_quantized_weights(cb, assign, geom)) > 0
+    with pytest.raises(ValueError, match="c1: timing input has"):
+        qplan.kernel_ms(op, acts[op.inputs[0]].shape[1:], 4, 16, repeats=1, x_in=np.zeros(5, np.float32))
 
     # through convert(), with the real kernel timer: every choice is recorded in the report
     kw = dict(conv=(4, 16), fc=(4, 16), last_fc=(4, 16), ec=False)
