@@ -266,10 +266,9 @@ def kernel_ms(op, in_shape, subvec: int, ncode: int, lut: str = "int8", repeats:
     """Median time (ms) of the runtime kernel for this layer: dense if subvec == 0, else Q-CNN with
     the given codebooks and indices (`quantized`, at subvec/ncode), or random ones of the right
     shape. x_in: the layer's input for one image (C, H, W or features), e.g. from a calibration
-    image; without it a random one. A conv's table time depends on both: rows whose int8 step the
-    runtime guesses from the row above are built again when the guess does not fit, which depends
-    on how the tables' ranges vary from row to row (VGG-16's conv2_2 as 8/128 tables: 8.6 ms on a
-    photo with random codebooks, 9.2 ms on it with the file's)."""
+    image; without it a random one. A conv's table time can depend on both: rows whose int8 step
+    the runtime guesses from the row above are built again when the guess does not fit, and that
+    follows how the tables' ranges change from row to row, which noise does not imitate."""
     from qcnn.runtime import _core
     from qcnn.runtime.model import dense_precision
 
@@ -325,9 +324,8 @@ def keep_dense_where_faster(model: ir.Model, plans, lut: str = "int8", log=None,
     AVX-512 VNNI, VGG-16's convs up to conv3_3: dense int8 9-10 ms against 10-25 ms of 8/128
     tables). Layers given explicitly (--layer) are left alone. x: calibration images; the layers
     are then timed on the first one's activations, a conv's tables with plain k-means codebooks
-    of its weights (a quick fit, as the planner's): close to what the file will hold (EC moves
-    codewords, not the scale of their products). Without x: random inputs and codebooks.
-    Returns the names kept dense."""
+    of its weights (a quick fit, as the planner's) standing in for the file's. Without x: random
+    inputs and codebooks. Returns the names kept dense."""
     timer = timer or kernel_ms
     shapes = {t.name: t.shape for t in model.tensors}
     ops = {op.name: op for op in _layers(model)}
