@@ -1,7 +1,7 @@
 """converter/plan.py: automatic per-layer (C's, K) / dense plans (`qcnn-convert --plan`)."""
 import itertools
-from dataclasses import replace
 import json
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -356,8 +356,6 @@ def test_convert_stores_plan_and_cli_prints_it(tmp_path, capsys):
 
 
 def test_planning_kmeans_fits_a_subset_and_labels_every_point():
-    from qcnn.converter import quantize
-
     rng = np.random.default_rng(0)
     X = rng.standard_normal((3, 3000, 4))
     full_c, full_l = quantize.kmeans_batch(X, 16, np.random.default_rng(1), iters=15)
