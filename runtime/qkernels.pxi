@@ -63,13 +63,17 @@ cdef extern from "qcnn_kernels.h" nogil:
     float _qk_row_step_share "qcnn_qconv_row_step_share"(const _qk_prepared *q)
     int _qk_set_bf16_build "qcnn_qconv_set_bf16_build"(_qk_prepared *q, int on)
     int _qk_bf16_build "qcnn_qconv_bf16_build"(const _qk_prepared *q)
+    int _qk_set_table_build "qcnn_qconv_set_table_build"(_qk_prepared *q, int kind)
+    int _qk_table_build "qcnn_qconv_table_build"(const _qk_prepared *q)
     int _qk_cpu_has_bf16 "qcnn_cpu_has_avx512bf16"()
+    int _qk_cpu_has_vnni "qcnn_cpu_has_avx512vnni"()
     void _qk_conv_run "qcnn_qconv_run"(const _qk_prepared *q, const float *x, int h, int w,
                                        float *y, void *scratch, float *lut_step)
     void _qk_conv_free "qcnn_qconv_free"(_qk_prepared *q)
 
 
 _QK_ISA_NAMES = ("generic", "avx2", "avx512vbmi")
+_QK_TABLE_BUILDS = ("fp32", "bf16", "int8")  # qcnn_table_build's order
 _QK_LUT_MODES = {"ref": _QK_LUT_REF, "float": _QK_LUT_FLOAT, "int8": _QK_LUT_INT8}
 
 
@@ -81,6 +85,12 @@ def isa_available():
 def cpu_has_bf16():
     """True if the CPU (and OS) support AVX512_BF16, which int8 layers use to build tables."""
     return bool(_qk_cpu_has_bf16())
+
+
+def cpu_has_vnni():
+    """True if the CPU (and OS) support AVX512_VNNI, which int8 conv layers use to build tables
+    (and the int8 dense kernels to multiply)."""
+    return bool(_qk_cpu_has_vnni())
 
 
 def isa_selected():
@@ -204,10 +214,9 @@ cdef class _QkBase:
 
     @property
     def bf16_build(self):
-        """True if this int8 AVX-512 layer builds its tables with bf16 dot products (the default
-        where the CPU has AVX512_BF16, unless env QCNN_TABLE_BUILD=fp32 at prepare time); False:
-        fp32 FMAs. Setting True where bf16 is unavailable raises ValueError. Set it before sharing
-        the kernel between threads."""
+        """True if this int8 AVX-512 layer builds its tables with bf16 dot products
+        (table_build == 'bf16'). Setting False selects fp32 FMAs; True where bf16 is unavailable
+        raises ValueError. Set it before sharing the kernel between threads."""
         return bool(_qk_bf16_build(self._q))
 
     @bf16_build.setter
@@ -215,6 +224,25 @@ cdef class _QkBase:
         if _qk_set_bf16_build(self._q, on) != on:
             raise ValueError(f"bf16_build: needs lut='int8', isa='avx512vbmi' and a CPU with "
                              f"AVX512_BF16 (this layer: lut={self.lut!r}, isa={self.isa!r})")
+
+    @property
+    def table_build(self):
+        """How this layer builds its int8 tables: 'fp32' (FMAs), 'bf16' (vdpbf16ps products) or
+        'int8' (vpdpbusd products of inputs rounded to 8 bits per pixel and int8 codewords; see
+        qcnn_kernels.h). The default is the fastest the CPU has for the layer; env
+        QCNN_TABLE_BUILD at prepare time picks another. Setting one the layer or CPU cannot run
+        raises ValueError. Set it before sharing the kernel between threads."""
+        return _QK_TABLE_BUILDS[_qk_table_build(self._q)]
+
+    @table_build.setter
+    def table_build(self, kind):
+        if kind not in _QK_TABLE_BUILDS:
+            raise ValueError(f"table_build: one of {_QK_TABLE_BUILDS}, not {kind!r}")
+        want = _QK_TABLE_BUILDS.index(kind)
+        if _qk_set_table_build(self._q, want) != want:
+            raise ValueError(f"table_build {kind!r}: not available for this layer (lut={self.lut!r}, "
+                             f"isa={self.isa!r}; 'bf16' needs AVX512_BF16, 'int8' AVX512_VNNI and a "
+                             f"conv layer)")
 
     @property
     def pointwise_chunk(self):

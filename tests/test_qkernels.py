@@ -15,16 +15,19 @@ _core = pytest.importorskip("qcnn.runtime._core")
 
 
 HAVE_BF16 = "avx512vbmi" in _core.isa_available() and _core.cpu_has_bf16()
+HAVE_VNNI = "avx512vbmi" in _core.isa_available() and _core.cpu_has_vnni()
 
 
 def variants():
     """(isa, lut) pairs: the float oracle, the generic float path, int8 on every ISA here.
-    'avx512vbmi' runs fp32 table builds; 'avx512vbmi+bf16' the bf16 ones (where the CPU has them:
-    then the default)."""
+    'avx512vbmi' runs fp32 table builds; 'avx512vbmi+bf16' the bf16 ones and 'avx512vbmi+int8' the
+    int8 ones (where the CPU has them; int8, then bf16, is the default)."""
     out = [("generic", "ref"), ("generic", "float")]
     out += [(isa, "int8") for isa in _core.isa_available()]
     if HAVE_BF16:
         out.append(("avx512vbmi+bf16", "int8"))
+    if HAVE_VNNI:
+        out.append(("avx512vbmi+int8", "int8"))
     return out
 
 
@@ -37,9 +40,10 @@ def kernel_isa(isa):
 
 
 def set_build(k, isa):
-    """Selects the variant's table build on k; returns k."""
-    if HAVE_BF16 and k.isa == "avx512vbmi" and k.bf16_build != isa.endswith("+bf16"):
-        k.bf16_build = isa.endswith("+bf16")
+    """Selects the variant's table build on k ('avx512vbmi': fp32, '+bf16', '+int8'; ValueError where
+    the layer cannot run it); returns k."""
+    if k.isa == "avx512vbmi" and k.lut == "int8":
+        k.table_build = isa.split("+")[1] if "+" in isa else "fp32"
     return k
 
 
@@ -50,11 +54,48 @@ def bf16_round(a):
     return u.astype(np.uint32).view(np.float32)
 
 
-def built_from(k, *arrays):
+def int8_inputs(x):
+    """What the int8 table build rounds the inputs to (qlut_avx512.c quantize_inputs), in float64:
+    each pixel (last axis: channels) to 8 bits with its own step, u8 up to its max if it has no
+    negative value, else offset int8 up to its max |x|. One fp32 FMA, then round to nearest even."""
+    x = np.asarray(x, np.float32)
+    flat = x.reshape(-1, x.shape[-1])
+    mx, mn = flat.max(1), flat.min(1)
+    signed = mn < 0
+    top = np.where(signed, np.maximum(mx, -mn), mx).astype(np.float32)
+    levels = np.where(signed, np.float32(127), np.float32(255)).astype(np.float32)
+    step = (top / levels).astype(np.float32)
+    with np.errstate(divide="ignore"):
+        inv = np.where(top > 0, levels / top, 0).astype(np.float32)
+    add = np.where(signed, 128.0, 0.0)
+    q = np.rint((flat.astype(np.float64) * inv[:, None] + add[:, None]).astype(np.float32))
+    return ((q - add[:, None]) * step[:, None].astype(np.float64)).reshape(x.shape)
+
+
+def int8_codebooks(cb, cin):
+    """The int8 build's codewords (qlut_generic.c prepare), in float64: each subspace's entries
+    rounded to int8 at its largest |entry| / 127 (channels past the group's end do not count)."""
+    G, M, K, Cs = cb.shape
+    valid = (np.arange(M)[:, None] * Cs + np.arange(Cs)[None, :]) < cin // G  # (M, Cs)
+    cbv = np.where(valid[None, :, None, :], cb, 0).astype(np.float32)
+    amax = np.abs(cbv).max(axis=(2, 3))
+    step = (amax / np.float32(127)).astype(np.float32)
+    with np.errstate(divide="ignore"):
+        inv = np.where(amax > 0, np.float32(127) / amax, 0).astype(np.float32)
+    q = np.rint((cbv * inv[:, :, None, None]).astype(np.float32))
+    return q * step[:, :, None, None].astype(np.float64)
+
+
+def built_from(k, x, cb):
     """The values k's tables are built from: bf16-rounded inputs and codewords if it builds in
-    bf16. The int8 bounds then hold against the float64 oracle on those values."""
-    bf16 = k.lut == "int8" and k.isa == "avx512vbmi" and k.bf16_build
-    return [bf16_round(a) if bf16 else a for a in arrays]
+    bf16, 8-bit ones if in int8. The int8 bounds then hold against the float64 oracle on those
+    values."""
+    if k.lut != "int8" or k.isa != "avx512vbmi" or k.table_build == "fp32":
+        return x, cb
+    if k.table_build == "bf16":
+        return bf16_round(x), bf16_round(cb)
+    # float32 like the inputs (the C reference takes float32); 1 ulp off the exact products
+    return int8_inputs(x).astype(np.float32), int8_codebooks(cb, x.shape[-1]).astype(np.float32)
 
 
 def make_conv(rng, cin, cout, G, kh, kw, Cs, K):
@@ -400,6 +441,8 @@ def test_qfc_matches_numpy(case, isa, lut):
     bias = rng.standard_normal(nout).astype(np.float32) if has_bias else None
     x = rng.standard_normal(nin).astype(np.float32)
     k = _core.QFcKernel(nin, nout, Cs, M, K, cb[0], idx[0, 0, 0], bias, relu, isa=kernel_isa(isa), lut=lut)
+    if isa.endswith("+int8"):
+        pytest.skip("FC layers build their tables in fp32 or bf16")
     if isa.endswith("+bf16") and not k.bf16_build:
         pytest.skip("FC with K <= 32 and >= 16 subspaces builds its tables in fp32")
     set_build(k, isa)
@@ -485,32 +528,95 @@ def test_isa_detection_matches_cpuinfo(monkeypatch):
     assert _core.isa_selected() == avail[-1]
 
 
-def test_bf16_table_build_is_the_default_only_where_it_runs(monkeypatch):
+def test_table_build_defaults_and_choices(monkeypatch):
+    """int8 layers on AVX-512 build their tables in int8 where the CPU has VNNI, else bf16 where it
+    has BF16, else fp32; table_build / QCNN_TABLE_BUILD pick another only where it can run."""
     rng = np.random.default_rng(3)
     cb, idx, M = make_conv(rng, 16, 70, 1, 3, 3, 4, 128)
 
-    def conv(isa, lut="int8"):
+    def conv(isa, lut="int8", cb=cb):
         return _core.QConvKernel(16, 70, 1, 3, 3, (1, 1), (1, 1, 1, 1), 4, M, 128, cb, idx, None, False,
                                  isa=isa, lut=lut)
+
+    def can(kind, isa):
+        return kind == "fp32" or (isa == "avx512vbmi" and (HAVE_BF16 if kind == "bf16" else HAVE_VNNI))
+
+    def default(isa):
+        return "int8" if can("int8", isa) else "bf16" if can("bf16", isa) else "fp32"
 
     monkeypatch.delenv("QCNN_TABLE_BUILD", raising=False)
     for isa in _core.isa_available():
         k = conv(isa)
-        assert k.bf16_build == (isa == "avx512vbmi" and HAVE_BF16)
-        if not k.bf16_build:
+        assert k.table_build == default(isa)
+        assert k.bf16_build == (default(isa) == "bf16")
+        for kind in ("bf16", "int8", "fp32"):
+            if can(kind, isa):
+                k.table_build = kind
+                assert k.table_build == kind
+            else:
+                with pytest.raises(ValueError, match=f"table_build '{kind}': not available"):
+                    k.table_build = kind
+                assert k.table_build != kind
+        assert k.table_build == "fp32" and not k.bf16_build
+        with pytest.raises(ValueError, match="one of"):
+            k.table_build = "int4"
+        if not can("bf16", isa):
             with pytest.raises(ValueError, match="bf16_build: needs"):
                 k.bf16_build = True
-        k.bf16_build = False  # fp32 is always possible
-        assert not k.bf16_build
-    assert not conv("generic", "float").bf16_build
-    monkeypatch.setenv("QCNN_TABLE_BUILD", "fp32")  # read when a layer is prepared
-    assert not conv(_core.isa_available()[-1]).bf16_build
-    if HAVE_BF16:  # FC layers with small tables keep their fp32 build
-        cbf, idxf, Mf = make_conv(rng, 64, 40, 1, 1, 1, 2, 32)
-        monkeypatch.delenv("QCNN_TABLE_BUILD")
-        assert not _core.QFcKernel(64, 40, 2, Mf, 32, cbf[0], idxf[0, 0, 0], None, False).bf16_build
-        cbf, idxf, Mf = make_conv(rng, 64, 40, 1, 1, 1, 2, 64)
-        assert _core.QFcKernel(64, 40, 2, Mf, 64, cbf[0], idxf[0, 0, 0], None, False).bf16_build
+    assert conv("generic", "float").table_build == "fp32"
+    top = _core.isa_available()[-1]
+    for kind in ("fp32", "bf16", "int8"):  # read when a layer is prepared
+        monkeypatch.setenv("QCNN_TABLE_BUILD", kind)
+        assert conv(top).table_build == (kind if can(kind, top) else default(top))
+    monkeypatch.delenv("QCNN_TABLE_BUILD")
+    bad = cb.copy()
+    bad[0, 0, 5, 1] = np.nan  # int8 codewords would turn it into a number: a float build instead
+    assert conv(top, cb=bad).table_build == ("bf16" if can("bf16", top) else "fp32")
+    # FC layers never build in int8; those with small tables keep fp32
+    cbf, idxf, Mf = make_conv(rng, 64, 40, 1, 1, 1, 2, 32)
+    fc = _core.QFcKernel(64, 40, 2, Mf, 32, cbf[0], idxf[0, 0, 0], None, False)
+    assert fc.table_build == "fp32"
+    if HAVE_VNNI:
+        with pytest.raises(ValueError, match="not available"):
+            fc.table_build = "int8"
+    cbf, idxf, Mf = make_conv(rng, 64, 40, 1, 1, 1, 2, 64)
+    fc = _core.QFcKernel(64, 40, 2, Mf, 64, cbf[0], idxf[0, 0, 0], None, False)
+    assert fc.table_build == ("bf16" if can("bf16", top) else "fp32")
+
+
+@pytest.mark.skipif(not HAVE_VNNI, reason="needs AVX-512 VBMI and VNNI")
+@pytest.mark.parametrize("Cs", [8, 6, 3])  # quads filled, padded, and a subspace layout not in quads
+def test_int8_build_rounds_each_pixel_to_8_bits(Cs):
+    """A pixel without negative values is rounded as u8 over [0, its max] (all-zero pixels stay
+    zero), others as int8 over +-max|x|; the outputs stay within the int8 bound of those values,
+    close to the fp32 build's, and a NaN input gives NaN outputs as in the other builds."""
+    cin, cout, K, H, W = 24, 70, 128, 5, 7
+    rng = np.random.default_rng(Cs)
+    cb, idx, M = make_conv(rng, cin, cout, 1, 3, 3, Cs, K)
+    x = np.abs(rng.standard_normal((H, W, cin))).astype(np.float32)
+    x[0, 0] = 0.0
+    x[1] = rng.standard_normal((W, cin))  # a row of signed pixels
+    x[2, 3, 5] = -1e-3  # one slightly negative channel: the whole pixel is signed
+    rounded = int8_inputs(x)
+    levels = rounded[0, 1:] / (x[0, 1:].max(-1, keepdims=True) / np.float32(255))
+    assert np.allclose(levels, np.rint(levels), atol=1e-3)  # u8 pixels: multiples of max/255
+    assert not rounded[0, 0].any()
+    k = _core.QConvKernel(cin, cout, 1, 3, 3, (1, 1), (1, 1, 1, 1), Cs, M, K, cb, idx, None, False)
+    assert k.table_build == "int8"
+    y = np.full(k.out_shape(H, W), np.nan, np.float32)
+    step = k.run(x, y, np.empty(k.scratch_nbytes(H, W), np.uint8))
+    xe, cbe = built_from(k, x, cb)
+    y64, absterms, nlook = np_qconv(xe, cbe, idx, None, 1, (1, 1), (1, 1, 1, 1), False)
+    check_close(y, step, "int8", y64, absterms, nlook)
+    k.table_build = "fp32"
+    y32 = np.full_like(y, np.nan)
+    k.run(x, y32, np.empty(k.scratch_nbytes(H, W), np.uint8))
+    assert np.linalg.norm(y - y32) / np.linalg.norm(y32) < 0.02
+    x[2, 2, 0] = np.nan
+    for kind in ("int8", "fp32"):
+        k.table_build = kind
+        k.run(x, y, np.empty(k.scratch_nbytes(H, W), np.uint8))
+        assert np.isnan(y).any(), kind
 
 
 def test_bad_inputs_raise_value_error():

@@ -150,14 +150,25 @@ size_t qcnn_qconv_row_guess_limit(const qcnn_qconv_prepared *q);
 void qcnn_qconv_set_row_step_share(qcnn_qconv_prepared *q, float share);
 float qcnn_qconv_row_step_share(const qcnn_qconv_prepared *q);
 
-/* Int8 tables on AVX-512: built with bf16 dot products (vdpbf16ps; inputs and codewords rounded
- * to bf16 first, so each product is off by a relative <= 2^-7) or fp32 FMAs. bf16 is the default
- * where the CPU has AVX512_BF16 (not for FC layers with K <= 32 and >= 16 subspaces, whose fp32
- * build is already fast), unless the environment variable QCNN_TABLE_BUILD=fp32 was set at
- * prepare time. On random 8/128 layers the output error grew 1.11e-2 -> 1.13e-2 (relative L2
- * against float tables), 1-2% of the int8 tables' own error. Returns 1 if the layer now builds in bf16 (0:
- * fp32; asking for bf16 where it is unavailable keeps fp32). Set it before sharing the layer
- * between threads. */
+/* How int8 tables are built on AVX-512 (other ISAs and modes: always fp32):
+ *   QCNN_TABLE_BUILD_FP32  fp32 FMAs;
+ *   QCNN_TABLE_BUILD_BF16  bf16 dot products (vdpbf16ps, AVX512_BF16; inputs and codewords rounded
+ *                          to bf16 first, so each product is off by a relative <= 2^-7). On random
+ *                          8/128 layers the output error grew 1.11e-2 -> 1.13e-2 (relative L2
+ *                          against float tables), 1-2% of the int8 tables' own error;
+ *   QCNN_TABLE_BUILD_INT8  int8 dot products (vpdpbusd, AVX512_VNNI; conv layers with <= 16
+ *                          channels per subspace): each subspace's input channels of each pixel
+ *                          rounded to 8 bits with their own step, the codewords to int8 with one
+ *                          step per subspace (qlut_avx512.c dot_int8).
+ * The default is bf16 where the CPU has AVX512_BF16 (not for FC layers with K <= 32 and >= 16
+ * subspaces, whose fp32 build is already fast), else fp32; the environment variable
+ * QCNN_TABLE_BUILD=fp32|bf16|int8 read at prepare time picks another where it can run.
+ * qcnn_qconv_set_table_build returns the kind now in effect (asking for one the layer or CPU
+ * cannot run keeps the current one). Set it before sharing the layer between threads. */
+typedef enum { QCNN_TABLE_BUILD_FP32 = 0, QCNN_TABLE_BUILD_BF16 = 1, QCNN_TABLE_BUILD_INT8 = 2 } qcnn_table_build;
+int qcnn_qconv_set_table_build(qcnn_qconv_prepared *q, int kind);
+int qcnn_qconv_table_build(const qcnn_qconv_prepared *q);
+/* 1: bf16 (the same as set_table_build(q, on ? BF16 : FP32) == BF16). */
 int qcnn_qconv_set_bf16_build(qcnn_qconv_prepared *q, int on);
 int qcnn_qconv_bf16_build(const qcnn_qconv_prepared *q);
 

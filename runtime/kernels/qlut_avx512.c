@@ -17,6 +17,7 @@
 #include <immintrin.h>
 
 #include "vnni_x86.h"
+#include <math.h>
 #include <string.h>
 
 #define T512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi")))
@@ -262,9 +263,155 @@ INLINE T512 float quant_tables(__m512 acc[4][16], uint8_t *lq, size_t lqstride, 
         return maxr;                                                                                 \
     }
 #define CB_FP32(q, t) ((q)->cbt + (t) * (q)->Cs * (q)->Kp)
+
 #define CB_BF16(q, t) ((q)->cbh + (t) * (((q)->Cs + 1) / 2) * (q)->Kp * 2)
 DEFINE_BUILD_ALL(build_all, T512, dot_fp32, float, CB_FP32)
 DEFINE_BUILD_ALL(build_all_bf16, T512BF, dot_bf16, uint16_t, CB_BF16)
+
+
+/* ------------------------------------------------------------------ int8 table builds
+ * Products u8 x s8 summed in fours into int32 (vpdpbusd: 64 multiply-adds per instruction, twice
+ * vdpbf16ps's). Each pixel's input channels are rounded to 8 bits with one step per pixel:
+ * non-negative pixels (after a ReLU) as u8 = round(x * 255 / max x), others as
+ * round(x * 127 / max |x|) + 128, the offset taken back by starting the sums at
+ * cb8_bias = -128 * the codeword's entry sum. The codewords are int8 at one step per subspace
+ * (cb8_scale). The integer sums are exact; a table is sum * (pixel step * subspace step) in
+ * fp32, then min/range/quantization as for the other builds. */
+#define T512VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi,avx512vnni")))
+
+/* Rounds n pixels of x (cin floats each) to bytes xb[n][G][M][4 * quads] (channels past a
+ * subspace's end zero), their steps to xstep[n] and whether they are offset by 128 to off[n]. */
+static T512VNNI void quantize_inputs(const qcnn_qconv_prepared *q, const float *x, int n, uint8_t *xb,
+                                     float *xstep, int *off) {
+    const int G = q->p.groups, M = q->M, Cs = q->Cs, Cg = q->Cg, cin = q->p.cin;
+    const int quads = (Cs + 3) / 4;
+    const size_t pixb = (size_t)G * M * quads * 4;
+    /* Subspaces of whole quads tile each group exactly: the bytes are the channels in order. */
+    const int contiguous = Cs % 4 == 0 && Cg % Cs == 0;
+    for (int i = 0; i < n; i++) {
+        const float *xp = x + (size_t)i * cin;
+        __m512 vmax = _mm512_set1_ps(-INFINITY), vmin = _mm512_set1_ps(INFINITY);
+        __mmask16 nan = 0;
+        for (int c = 0; c < cin; c += 16) {
+            const __mmask16 mk = cin - c >= 16 ? 0xFFFF : (__mmask16)((1u << (cin - c)) - 1);
+            const __m512 v = _mm512_maskz_loadu_ps(mk, xp + c);
+            vmax = _mm512_mask_max_ps(vmax, mk, vmax, v);
+            vmin = _mm512_mask_min_ps(vmin, mk, vmin, v);
+            nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+        }
+        const float mx = _mm512_reduce_max_ps(vmax), mn = _mm512_reduce_min_ps(vmin);
+        float inv, add;
+        if (mn >= 0.0f) { /* also all zero */
+            xstep[i] = mx / 255.0f;
+            inv = mx > 0.0f ? 255.0f / mx : 0.0f;
+            add = 0.0f;
+            off[i] = 0;
+        } else {
+            const float a = mx > -mn ? mx : -mn;
+            xstep[i] = a / 127.0f;
+            inv = 127.0f / a;
+            add = 128.0f;
+            off[i] = 1;
+        }
+        if (nan) xstep[i] = NAN; /* NaN in: NaN tables out (max/min skip it) */
+        uint8_t *d = xb + (size_t)i * pixb;
+        const __m512 vinv = _mm512_set1_ps(inv), vadd = _mm512_set1_ps(add);
+        if (contiguous) {
+            /* x * inv + add rounds to 0..255: cvtepi32_epi8 keeps the right byte. One FMA, as
+             * fmaf above, so both layouts round alike. */
+            for (int c = 0; c < cin; c += 16) {
+                const __mmask16 mk = cin - c >= 16 ? 0xFFFF : (__mmask16)((1u << (cin - c)) - 1);
+                const __m512 v = _mm512_maskz_loadu_ps(mk, xp + c);
+                _mm_mask_storeu_epi8(d + c, mk, _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(_mm512_fmadd_ps(v, vinv, vadd))));
+            }
+        } else {
+            memset(d, 0, pixb);
+            for (int g = 0; g < G; g++)
+                for (int m = 0; m < M; m++) {
+                    const int nc = Cg - m * Cs < Cs ? Cg - m * Cs : Cs;
+                    for (int c = 0; c < nc; c++)
+                        d[((size_t)g * M + m) * quads * 4 + c] =
+                            (uint8_t)(int)lrintf(fmaf(xp[g * Cg + m * Cs + c], inv, add));
+                }
+        }
+    }
+}
+
+/* P pixels' tables of subspace t: acc[i][v] as in dot_fp32. xb: pixel 0's bytes of this
+ * subspace, pixb apart; cb8: the subspace's quads [quads][Kp][4]. */
+INLINE T512VNNI void dot_int8(__m512 acc[4][16], const uint8_t *xb, size_t pixb, const float *xstep,
+                              const int *off, int quads, const int8_t *cb8, const int32_t *bias,
+                              float cstep, int Kp, const int NV, const int P, const int QUADS) {
+    if (QUADS) quads = QUADS; /* known at compile time: the loop unrolls, the sums stay in registers */
+    typedef int32_t quad_t __attribute__((may_alias, aligned(1)));
+    /* the integer sums live in acc's registers (cast), then turn into floats in place */
+    for (int i = 0; i < P; i++)
+        for (int v = 0; v < NV; v++)
+            acc[i][v] = _mm512_castsi512_ps(off[i] ? _mm512_load_si512(bias + 16 * v) : _mm512_setzero_si512());
+    for (int j = 0; j < quads; j++) {
+        const int8_t *d = cb8 + (size_t)j * Kp * 4;
+        for (int v = 0; v < NV; v++) {
+            const __m512i dv = _mm512_load_si512(d + 64 * v);
+            for (int i = 0; i < P; i++) /* a broadcast memory operand: no register per pixel */
+                acc[i][v] = _mm512_castsi512_ps(_mm512_dpbusd_epi32(
+                    _mm512_castps_si512(acc[i][v]), _mm512_set1_epi32(*(const quad_t *)(xb + i * pixb + 4 * j)), dv));
+        }
+    }
+    for (int i = 0; i < P; i++) {
+        const __m512 sc = _mm512_set1_ps(xstep[i] * cstep);
+        for (int v = 0; v < NV; v++) acc[i][v] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_castps_si512(acc[i][v])), sc);
+    }
+}
+
+/* build_all's int8 twin: the inputs are rounded a chunk of pixels at a time, then built
+ * (subspace outer, as there). */
+INLINE T512VNNI float build_all_int8(const qcnn_qconv_prepared *q, const float *x, int h, int w, float *Lf,
+                                     float *tmin, float inv, uint8_t *lq, const int NV, const int P,
+                                     const int QUANT, const int QUADS) {
+    const int G = q->p.groups, M = q->M, Kp = q->Kp, cin = q->p.cin, quads = (q->Cs + 3) / 4;
+    const size_t npix = (size_t)h * w, tstride = (size_t)G * M, pixb = tstride * quads * 4;
+    uint8_t xb[QLUT_I8_CHUNK_BYTES] __attribute__((aligned(64)));
+    float xstep[QLUT_I8_CHUNK_BYTES / 4];
+    int off[QLUT_I8_CHUNK_BYTES / 4];
+    size_t chunk = QLUT_I8_CHUNK_BYTES / pixb;
+    if (chunk < (size_t)P) chunk = P; /* pixb is checked at prepare: P pixels always fit */
+    float maxr = 0.0f;
+    for (size_t p0 = 0; p0 < npix; p0 += chunk) {
+        const int n = (int)(npix - p0 < chunk ? npix - p0 : chunk);
+        quantize_inputs(q, x + p0 * cin, n, xb, xstep, off);
+        for (size_t t0 = 0; t0 < tstride; t0++) {
+            const int8_t *cb = q->cb8 + t0 * quads * Kp * 4;
+            const int32_t *bias = q->cb8_bias + t0 * Kp;
+            const float cstep = q->cb8_scale[t0];
+            for (int i = 0; i < n;) {
+                const int b = i + P <= n ? P : P == 3 && i + 2 <= n ? 2 : 1;
+                __m512 acc[4][16];
+                float r;
+                const size_t pix = p0 + i;
+                const size_t e0 = (pix * tstride + t0) * Kp;
+                float *tm = tmin + pix * tstride + t0;
+                const uint8_t *xs = xb + (size_t)i * pixb + t0 * quads * 4;
+                if (b == P) {
+                    dot_int8(acc, xs, pixb, xstep + i, off + i, quads, cb, bias, cstep, Kp, NV, P, QUADS);
+                    r = QUANT ? quant_tables(acc, lq + e0, tstride * Kp, tm, tstride, inv, NV, P)
+                              : store_tables(acc, Lf + e0, tstride * Kp, tm, tstride, NV, P);
+                } else if (P == 3 && b == 2) {
+                    dot_int8(acc, xs, pixb, xstep + i, off + i, quads, cb, bias, cstep, Kp, NV, 2, QUADS);
+                    r = QUANT ? quant_tables(acc, lq + e0, tstride * Kp, tm, tstride, inv, NV, 2)
+                              : store_tables(acc, Lf + e0, tstride * Kp, tm, tstride, NV, 2);
+                } else {
+                    dot_int8(acc, xs, pixb, xstep + i, off + i, quads, cb, bias, cstep, Kp, NV, 1, QUADS);
+                    r = QUANT ? quant_tables(acc, lq + e0, tstride * Kp, tm, tstride, inv, NV, 1)
+                              : store_tables(acc, Lf + e0, tstride * Kp, tm, tstride, NV, 1);
+                }
+                /* NaN-safe like the scalar `r > maxr ? r : maxr` of the other builds */
+                maxr = r > maxr || r != r ? r : maxr;
+                i += b;
+            }
+        }
+    }
+    return maxr;
+}
 
 /* P pixels per block by table size: the accumulators (P x NV zmm) must stay in registers. */
 #define BUILD_SWITCH(FN, q, x, h, w, Lf, tmin)                                                      \
@@ -293,15 +440,41 @@ static T512BF float build_quant_bf16(const qcnn_qconv_prepared *q, const float *
     BUILD_QUANT_SWITCH(build_all_bf16, q, x, h, w, inv, tmin, lq)
 }
 
+/* build_all_int8 with the quads per subspace fixed where they are 1 or 2 (C's <= 8). */
+#define BUILD_ALL_INT8_1(q, x, h, w, Lf, tmin, inv, lq, NV, P, QUANT) \
+    build_all_int8(q, x, h, w, Lf, tmin, inv, lq, NV, P, QUANT, 1)
+#define BUILD_ALL_INT8_2(q, x, h, w, Lf, tmin, inv, lq, NV, P, QUANT) \
+    build_all_int8(q, x, h, w, Lf, tmin, inv, lq, NV, P, QUANT, 2)
+#define BUILD_ALL_INT8_N(q, x, h, w, Lf, tmin, inv, lq, NV, P, QUANT) \
+    build_all_int8(q, x, h, w, Lf, tmin, inv, lq, NV, P, QUANT, 0)
+
+static T512VNNI float build_int8(const qcnn_qconv_prepared *q, const float *x, int h, int w, float *Lf,
+                                 float *tmin) {
+    const int quads = (q->Cs + 3) / 4;
+    if (quads == 1) BUILD_SWITCH(BUILD_ALL_INT8_1, q, x, h, w, Lf, tmin)
+    if (quads == 2) BUILD_SWITCH(BUILD_ALL_INT8_2, q, x, h, w, Lf, tmin)
+    BUILD_SWITCH(BUILD_ALL_INT8_N, q, x, h, w, Lf, tmin)
+}
+
+static T512VNNI float build_quant_int8(const qcnn_qconv_prepared *q, const float *x, int h, int w,
+                                       float inv, float *tmin, uint8_t *lq) {
+    const int quads = (q->Cs + 3) / 4;
+    if (quads == 1) BUILD_QUANT_SWITCH(BUILD_ALL_INT8_1, q, x, h, w, inv, tmin, lq)
+    if (quads == 2) BUILD_QUANT_SWITCH(BUILD_ALL_INT8_2, q, x, h, w, inv, tmin, lq)
+    BUILD_QUANT_SWITCH(BUILD_ALL_INT8_N, q, x, h, w, inv, tmin, lq)
+}
+
 T512 float qlut_build_quant_avx512(const qcnn_qconv_prepared *q, const float *x, int h, int w, float inv,
                                    float *tmin, uint8_t *lq) {
-    if (q->bf16) return build_quant_bf16(q, x, h, w, inv, tmin, lq);
+    if (q->build == QCNN_TABLE_BUILD_INT8) return build_quant_int8(q, x, h, w, inv, tmin, lq);
+    if (q->build == QCNN_TABLE_BUILD_BF16) return build_quant_bf16(q, x, h, w, inv, tmin, lq);
     BUILD_QUANT_SWITCH(build_all, q, x, h, w, inv, tmin, lq)
 }
 
 T512 float qlut_build_avx512(const qcnn_qconv_prepared *q, const float *x, int h, int w, float *Lf,
                              float *tmin) {
-    if (q->bf16) return build_bf16(q, x, h, w, Lf, tmin);
+    if (q->build == QCNN_TABLE_BUILD_INT8) return build_int8(q, x, h, w, Lf, tmin);
+    if (q->build == QCNN_TABLE_BUILD_BF16) return build_bf16(q, x, h, w, Lf, tmin);
     if (h * w == 1 && q->p.groups == 1 && q->Kp <= 32 && q->M >= 16)
         return q->Kp == 16 ? build_fc(q, x, Lf, tmin, 1) : build_fc(q, x, Lf, tmin, 2);
     BUILD_SWITCH(build_all, q, x, h, w, Lf, tmin)

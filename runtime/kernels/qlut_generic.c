@@ -129,14 +129,20 @@ static qcnn_qconv_prepared *prepare(const qcnn_qconv_params *p, qcnn_isa isa, qc
         idx_bytes = (size_t)qlut_table_subspaces(q) * q->Ogp * bits / 8 + 64;
     }
 #endif
-    const int pairs = (Cs + 1) / 2;
+    const int pairs = (Cs + 1) / 2, quads = (Cs + 3) / 4;
     /* FC layers with small tables keep fp32: their build (qlut_avx512.c build_fc) is a few FMAs
      * per table, bound by the min/max folds, not by products. */
     const int bf16_build = isa == QCNN_ISA_AVX512VBMI && qcnn_cpu_has_avx512bf16() &&
                            !(fc && Kp <= 32 && M >= 16);
     const size_t cbh_bytes = bf16_build ? ALIGN64((size_t)G * M * pairs * Kp * 2 * sizeof(uint16_t))
                                  : 0;
-    q->mem = alloc_layer_memory(cb_bytes + ALIGN64(idx_bytes) + cbh_bytes + 64);
+    const int int8_build = isa == QCNN_ISA_AVX512VBMI && qcnn_cpu_has_avx512vnni() && !fc &&
+                           (size_t)G * M * quads * 4 * 3 <= QLUT_I8_CHUNK_BYTES;
+    const size_t cb8_bytes = int8_build ? ALIGN64((size_t)G * M * quads * Kp * 4) +
+                                              ALIGN64((size_t)G * M * Kp * sizeof(int32_t)) +
+                                              ALIGN64((size_t)G * M * sizeof(float))
+                                        : 0;
+    q->mem = alloc_layer_memory(cb_bytes + ALIGN64(idx_bytes) + cbh_bytes + cb8_bytes + 64);
     if (!q->mem) goto oom;
     q->cbt = align_ptr(q->mem);
     for (int g = 0; g < G; g++)
@@ -157,8 +163,43 @@ static qcnn_qconv_prepared *prepare(const qcnn_qconv_params *p, qcnn_isa isa, qc
                         q->cbh[((gm * pairs + c / 2) * Kp + k) * 2 + c % 2] = bf16_round(d);
                     }
             }
+        q->build = QCNN_TABLE_BUILD_BF16;
+    }
+    int codebooks_finite = 1; /* int8 codewords would turn NaN/inf into numbers: keep them float */
+    for (size_t i = 0; cb8_bytes && i < (size_t)G * M * Cs * Kp && codebooks_finite; i++)
+        codebooks_finite = isfinite(q->cbt[i]);
+    if (cb8_bytes && codebooks_finite) {
+        q->cb8 = (int8_t *)((uint8_t *)q->cbt + cb_bytes + ALIGN64(idx_bytes) + cbh_bytes);
+        q->cb8_bias = (int32_t *)((uint8_t *)q->cb8 + ALIGN64((size_t)G * M * quads * Kp * 4));
+        q->cb8_scale = (float *)((uint8_t *)q->cb8_bias + ALIGN64((size_t)G * M * Kp * sizeof(int32_t)));
+        for (size_t gm = 0; gm < (size_t)G * M; gm++) {
+            const int m = (int)(gm % M), nc = q->Cg - m * Cs < Cs ? q->Cg - m * Cs : Cs;
+            float amax = 0.0f;
+            for (int c = 0; c < nc; c++)
+                for (int k = 0; k < Kp; k++) {
+                    const float a = fabsf(q->cbt[(gm * Cs + c) * Kp + k]);
+                    amax = a > amax ? a : amax;
+                }
+            const float step = amax / 127.0f, inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+            q->cb8_scale[gm] = step;
+            for (int k = 0; k < Kp; k++) {
+                int32_t sum = 0;
+                for (int c = 0; c < 4 * quads; c++) {
+                    const float d = c < nc ? q->cbt[(gm * Cs + c) * Kp + k] : 0.0f;
+                    const int8_t v = (int8_t)lrintf(d * inv); /* |d * inv| <= 127 */
+                    q->cb8[((gm * quads + c / 4) * Kp + k) * 4 + c % 4] = v;
+                    sum += v;
+                }
+                q->cb8_bias[gm * Kp + k] = -128 * sum;
+            }
+        }
+    }
+    if (q->cb8) q->build = QCNN_TABLE_BUILD_INT8; /* the fastest, where it runs */
+    {
         const char *e = getenv("QCNN_TABLE_BUILD");
-        q->bf16 = !(e && !strcmp(e, "fp32"));
+        if (e && !strcmp(e, "fp32")) q->build = QCNN_TABLE_BUILD_FP32;
+        else if (e && !strcmp(e, "int8") && q->cb8) q->build = QCNN_TABLE_BUILD_INT8;
+        else if (e && !strcmp(e, "bf16") && q->cbh) q->build = QCNN_TABLE_BUILD_BF16;
     }
     if (isa == QCNN_ISA_GENERIC) {
         q->idx = p->indices; /* generic kernels read the file layout directly */
@@ -245,11 +286,19 @@ void qcnn_qconv_free(qcnn_qconv_prepared *q) {
 
 qcnn_isa qcnn_qconv_isa(const qcnn_qconv_prepared *q) { return q->isa; }
 
-int qcnn_qconv_set_bf16_build(qcnn_qconv_prepared *q, int on) {
-    q->bf16 = on && q->cbh;
-    return q->bf16;
+int qcnn_qconv_set_table_build(qcnn_qconv_prepared *q, int kind) {
+    if (kind == QCNN_TABLE_BUILD_FP32 || (kind == QCNN_TABLE_BUILD_BF16 && q->cbh) ||
+        (kind == QCNN_TABLE_BUILD_INT8 && q->cb8))
+        q->build = kind;
+    return q->build;
 }
-int qcnn_qconv_bf16_build(const qcnn_qconv_prepared *q) { return q->bf16; }
+int qcnn_qconv_table_build(const qcnn_qconv_prepared *q) { return q->build; }
+int qcnn_qconv_set_bf16_build(qcnn_qconv_prepared *q, int on) {
+    if (on) return qcnn_qconv_set_table_build(q, QCNN_TABLE_BUILD_BF16) == QCNN_TABLE_BUILD_BF16;
+    qcnn_qconv_set_table_build(q, QCNN_TABLE_BUILD_FP32);
+    return 0;
+}
+int qcnn_qconv_bf16_build(const qcnn_qconv_prepared *q) { return q->build == QCNN_TABLE_BUILD_BF16; }
 
 size_t qlut_work_bytes(const qcnn_qconv_prepared *q) {
     /* The generic kernels accumulate one output pixel's channels of a group here. */

@@ -19,7 +19,13 @@ struct qcnn_qconv_prepared {
     uint16_t *cbh;    /* AVX512_BF16 CPUs (int8 mode): the codebooks as bf16 pairs
                        * [G][M][ceil(Cs/2)][Kp][2] = (d[2j][k], d[2j+1][k]), channels past the
                        * subspace's end zero; NULL elsewhere */
-    int bf16;         /* 1: tables built from cbh with vdpbf16ps (qcnn_qconv_set_bf16_build) */
+    int8_t *cb8;      /* AVX-512 VNNI CPUs (int8 mode, conv, Cs <= 16): the codebooks as int8
+                       * quads [G][M][ceil(Cs/4)][Kp][4] = d[4j..4j+3][k] / cb8_scale, channels
+                       * past the subspace's end zero; NULL elsewhere */
+    int32_t *cb8_bias; /* [G][M][Kp]: -128 * the sum of codeword k's int8 entries (the accumulator's
+                        * start when the inputs are stored offset by 128, see dot_int8) */
+    float *cb8_scale; /* [G][M]: one step per subspace, its largest |codeword entry| / 127 */
+    int build;        /* how tables are built: QCNN_TABLE_BUILD_* (qcnn_qconv_set_table_build) */
     const uint8_t *idx; /* [G][KH][KW][M][Ogp]; SIMD layouts permute channels inside a block */
     int fcnb;         /* FC on SIMD: blocks per chunk; idx is then [chunk][M][blocks of chunk][cblk]
                        * so the kernel streams it sequentially, one table load per M per chunk */
@@ -32,6 +38,10 @@ struct qcnn_qconv_prepared {
     size_t row_guess_limit; /* rows of at least this many bytes of float tables guess their step */
     float row_step_share;   /* rows keep the step of the row above when their range fits it this well */
 };
+
+/* The int8 table build (qlut_avx512.c) rounds the inputs of this many bytes of pixels at a time,
+ * on the stack; layers whose 3 pixels would not fit build in bf16 or fp32. */
+#define QLUT_I8_CHUNK_BYTES 16384
 
 /* How a conv kernel call finishes each output (acc = its integer sum of look-ups):
  *   QLUT_EPI_FULL   y = acc*s + (off + bias), ReLU      (all kernel rows in one call)
