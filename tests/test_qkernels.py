@@ -585,6 +585,27 @@ def test_table_build_defaults_and_choices(monkeypatch):
 
 
 @pytest.mark.skipif(not HAVE_VNNI, reason="needs AVX-512 VBMI and VNNI")
+@pytest.mark.parametrize("cin,H,W", [(2048, 3, 11), (3, 40, 300)])
+def test_int8_build_rounds_inputs_in_chunks(cin, H, W):
+    """The int8 build rounds 16 KB of a row's input bytes at a time (2048 channels: 8 pixels, so a row
+    of 11 spans two passes) and at most 256 pixels (3 channels: a row of 300 spans two), with one
+    step per image (row_step_limit raised) or per row."""
+    rng = np.random.default_rng(cin)
+    Cs, K, cout = (8, 128, 64) if cin > 8 else (3, 64, 70)
+    cb, idx, M = make_conv(rng, cin, cout, 1, 3, 3, Cs, K)
+    x = np.abs(rng.standard_normal((H, W, cin))).astype(np.float32)
+    for limit in (0, 1 << 40):
+        k = _core.QConvKernel(cin, cout, 1, 3, 3, (1, 1), (1, 1, 1, 1), Cs, M, K, cb, idx, None, True)
+        assert k.table_build == "int8"
+        k.row_step_limit = limit
+        y = np.full(k.out_shape(H, W), np.nan, np.float32)
+        step = k.run(x, y, np.empty(k.scratch_nbytes(H, W), np.uint8))
+        xe, cbe = built_from(k, x, cb)
+        y64, absterms, nlook = np_qconv(xe, cbe, idx, None, 1, (1, 1), (1, 1, 1, 1), True)
+        check_close(y, step, "int8", y64, absterms, nlook)
+
+
+@pytest.mark.skipif(not HAVE_VNNI, reason="needs AVX-512 VBMI and VNNI")
 @pytest.mark.parametrize("Cs", [8, 6, 3])  # quads filled, padded, and a subspace layout not in quads
 def test_int8_build_rounds_each_pixel_to_8_bits(Cs):
     """A pixel without negative values is rounded as u8 over [0, its max] (all-zero pixels stay

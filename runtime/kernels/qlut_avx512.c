@@ -370,11 +370,13 @@ INLINE T512VNNI float build_all_int8(const qcnn_qconv_prepared *q, const float *
                                      const int QUANT, const int QUADS) {
     const int G = q->p.groups, M = q->M, Kp = q->Kp, cin = q->p.cin, quads = (q->Cs + 3) / 4;
     const size_t npix = (size_t)h * w, tstride = (size_t)G * M, pixb = tstride * quads * 4;
+    enum { MAX_CHUNK = 256 }; /* pixels per pass: keeps the stack use near 18 KB */
     uint8_t xb[QLUT_I8_CHUNK_BYTES] __attribute__((aligned(64)));
-    float xstep[QLUT_I8_CHUNK_BYTES / 4];
-    int off[QLUT_I8_CHUNK_BYTES / 4];
+    float xstep[MAX_CHUNK];
+    int off[MAX_CHUNK];
     size_t chunk = QLUT_I8_CHUNK_BYTES / pixb;
-    if (chunk < (size_t)P) chunk = P; /* pixb is checked at prepare: P pixels always fit */
+    chunk = chunk > MAX_CHUNK ? MAX_CHUNK : chunk < (size_t)P ? (size_t)P : chunk; /* prepare
+                                                  checked that P = 3 pixels fit */
     float maxr = 0.0f;
     for (size_t p0 = 0; p0 < npix; p0 += chunk) {
         const int n = (int)(npix - p0 < chunk ? npix - p0 : chunk);
