@@ -381,6 +381,14 @@ INLINE T512VNNI float build_all_int8(const qcnn_qconv_prepared *q, const float *
     for (size_t p0 = 0; p0 < npix; p0 += chunk) {
         const int n = (int)(npix - p0 < chunk ? npix - p0 : chunk);
         quantize_inputs(q, x + p0 * cin, n, xb, xstep, off);
+        /* The next pixels' inputs (the next chunk, or the caller's next segment, or the next
+         * row: the image is contiguous) come from L3 or DRAM: ask for them now, while this
+         * chunk's tables are built, rather than stall on them in quantize_inputs. */
+        { /* addresses past the image are harmless: a prefetch never faults */
+            const uintptr_t nx = (uintptr_t)(x + p0 * cin) + (size_t)n * cin * sizeof(float);
+            for (size_t b = 0; b < (size_t)n * cin * sizeof(float); b += 64)
+                _mm_prefetch((const char *)(nx + b), _MM_HINT_T0);
+        }
         for (size_t t0 = 0; t0 < tstride; t0++) {
             const int8_t *cb = q->cb8 + t0 * quads * Kp * 4;
             const int32_t *bias = q->cb8_bias + t0 * Kp;
