@@ -318,7 +318,7 @@ static T512VNNI void quantize_inputs(const qcnn_qconv_prepared *q, const float *
         const __m512 vinv = _mm512_set1_ps(inv), vadd = _mm512_set1_ps(add);
         if (contiguous) {
             /* x * inv + add rounds to 0..255: cvtepi32_epi8 keeps the right byte. One FMA, as
-             * fmaf above, so both layouts round alike. */
+             * the fmaf below, so both layouts round alike. */
             for (int c = 0; c < cin; c += 16) {
                 const __mmask16 mk = cin - c >= 16 ? 0xFFFF : (__mmask16)((1u << (cin - c)) - 1);
                 const __m512 v = _mm512_maskz_loadu_ps(mk, xp + c);
@@ -414,8 +414,7 @@ INLINE T512VNNI float build_all_int8(const qcnn_qconv_prepared *q, const float *
                     r = QUANT ? quant_tables(acc, lq + e0, tstride * Kp, tm, tstride, inv, NV, 1)
                               : store_tables(acc, Lf + e0, tstride * Kp, tm, tstride, NV, 1);
                 }
-                /* NaN-safe like the scalar `r > maxr ? r : maxr` of the other builds */
-                maxr = r > maxr || r != r ? r : maxr;
+                maxr = r > maxr || r != r ? r : maxr; /* a NaN range (NaN inputs) is kept */
                 i += b;
             }
         }
