@@ -75,6 +75,33 @@ static uint16_t bf16_round(float f) {
     return (uint16_t)(u >> 16);
 }
 
+/* q->cb8, cb8_bias and cb8_scale (allocated) from q->cbt: each subspace's entries rounded to int8
+ * at its largest |entry| / 127 (qlut_internal.h). */
+static void fill_int8_codebooks(qcnn_qconv_prepared *q) {
+    const int M = q->M, Cs = q->Cs, Kp = q->Kp, quads = (Cs + 3) / 4;
+    for (size_t gm = 0; gm < (size_t)q->p.groups * M; gm++) {
+        const int m = (int)(gm % M), nc = q->Cg - m * Cs < Cs ? q->Cg - m * Cs : Cs;
+        float amax = 0.0f;
+        for (int c = 0; c < nc; c++)
+            for (int k = 0; k < Kp; k++) {
+                const float a = fabsf(q->cbt[(gm * Cs + c) * Kp + k]);
+                amax = a > amax ? a : amax;
+            }
+        const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+        q->cb8_scale[gm] = amax / 127.0f;
+        for (int k = 0; k < Kp; k++) {
+            int32_t sum = 0;
+            for (int c = 0; c < 4 * quads; c++) {
+                const float d = c < nc ? q->cbt[(gm * Cs + c) * Kp + k] : 0.0f;
+                const int8_t v = (int8_t)lrintf(d * inv); /* |d * inv| <= 127 */
+                q->cb8[((gm * quads + c / 4) * Kp + k) * 4 + c % 4] = v;
+                sum += v;
+            }
+            q->cb8_bias[gm * Kp + k] = -128 * sum;
+        }
+    }
+}
+
 static qcnn_qconv_prepared *prepare(const qcnn_qconv_params *p, qcnn_isa isa, qcnn_lut_mode mode,
                                     int fc, const char **err) {
     const char *e = check_params(p);
@@ -172,27 +199,7 @@ static qcnn_qconv_prepared *prepare(const qcnn_qconv_params *p, qcnn_isa isa, qc
         q->cb8 = (int8_t *)((uint8_t *)q->cbt + cb_bytes + ALIGN64(idx_bytes) + cbh_bytes);
         q->cb8_bias = (int32_t *)((uint8_t *)q->cb8 + ALIGN64((size_t)G * M * quads * Kp * 4));
         q->cb8_scale = (float *)((uint8_t *)q->cb8_bias + ALIGN64((size_t)G * M * Kp * sizeof(int32_t)));
-        for (size_t gm = 0; gm < (size_t)G * M; gm++) {
-            const int m = (int)(gm % M), nc = q->Cg - m * Cs < Cs ? q->Cg - m * Cs : Cs;
-            float amax = 0.0f;
-            for (int c = 0; c < nc; c++)
-                for (int k = 0; k < Kp; k++) {
-                    const float a = fabsf(q->cbt[(gm * Cs + c) * Kp + k]);
-                    amax = a > amax ? a : amax;
-                }
-            const float step = amax / 127.0f, inv = amax > 0.0f ? 127.0f / amax : 0.0f;
-            q->cb8_scale[gm] = step;
-            for (int k = 0; k < Kp; k++) {
-                int32_t sum = 0;
-                for (int c = 0; c < 4 * quads; c++) {
-                    const float d = c < nc ? q->cbt[(gm * Cs + c) * Kp + k] : 0.0f;
-                    const int8_t v = (int8_t)lrintf(d * inv); /* |d * inv| <= 127 */
-                    q->cb8[((gm * quads + c / 4) * Kp + k) * 4 + c % 4] = v;
-                    sum += v;
-                }
-                q->cb8_bias[gm * Kp + k] = -128 * sum;
-            }
-        }
+        fill_int8_codebooks(q);
     }
     if (q->cb8) q->build = QCNN_TABLE_BUILD_INT8; /* the fastest, where it runs */
     {

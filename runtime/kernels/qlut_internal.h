@@ -19,7 +19,8 @@ struct qcnn_qconv_prepared {
     uint16_t *cbh;    /* AVX512_BF16 CPUs (int8 mode): the codebooks as bf16 pairs
                        * [G][M][ceil(Cs/2)][Kp][2] = (d[2j][k], d[2j+1][k]), channels past the
                        * subspace's end zero; NULL elsewhere */
-    int8_t *cb8;      /* AVX-512 VNNI CPUs (int8 mode, conv, Cs <= 16): the codebooks as int8
+    int8_t *cb8;      /* AVX-512 VNNI CPUs (int8 mode, conv layers whose 3 pixels of input bytes
+                       * fit QLUT_I8_CHUNK_BYTES, finite codebooks): the codebooks as int8
                        * quads [G][M][ceil(Cs/4)][Kp][4] = d[4j..4j+3][k] / cb8_scale, channels
                        * past the subspace's end zero; NULL elsewhere */
     int32_t *cb8_bias; /* [G][M][Kp]: -128 * the sum of codeword k's int8 entries (the accumulator's
