@@ -216,7 +216,8 @@ class Model:
         """Run an int8 dense conv and the MaxPool that alone reads its output (or an LRN between
         them, as AlexNet's conv1 -> LRN -> pool) as one step (ConvMaxPoolKernel): its rows are
         normalised and pooled while in cache instead of whole outputs being written and read back
-        (SqueezeNet's conv0, VGG's block ends, AlexNet's conv1)."""
+        (SqueezeNet's conv0, VGG-16's conv1_2, AlexNet's conv1). A table conv and the MaxPool that
+        alone reads it likewise (QConvMaxPoolKernel: VGG-16's other block ends, AlexNet's conv5)."""
         readers: Dict[str, List[_Step]] = {}
         for st in steps:
             for name in st.op.inputs:
@@ -228,6 +229,14 @@ class Model:
             return r[0] if len(r) == 1 and out not in model.outputs and r[0].op.inputs == [out] else None
 
         for st in steps:
+            if isinstance(st.kernel, _core.QConvKernel) and st.concat_into is None:
+                pool = only_reader(st)
+                if pool is not None and pool.kind == "MaxPool":
+                    st.kernel = _core.QConvMaxPoolKernel(st.kernel, pool.op.kernel, pool.op.strides, pool.op.pads,
+                                                         bool(pool.op.ceil_mode))
+                    st.pool_into = pool
+                    pool.fused = True
+                continue
             if not (isinstance(st.kernel, _core.DenseConvKernel) and st.kernel.precision == "int8"
                     and st.concat_into is None):
                 continue

@@ -66,6 +66,11 @@ cdef extern from "ops.h" nogil:
     int qcnn_iconv_run_maxpool(const qcnn_iconv_params *p, int fast, const float *x, int h, int w,
                                const qcnn_lrn_params *lrn, const qcnn_pool_params *pool, float *y, int poh,
                                int pow_, void *scratch)
+    size_t qcnn_qconv_pool_scratch_bytes(const _qk_prepared *q, const qcnn_pool_params *pool, int h,
+                                         int w, int ow, int cout)
+    int qcnn_qconv_run_maxpool(const _qk_prepared *q, const float *x, int h, int w, int oh, int ow,
+                               int cout, const qcnn_pool_params *pool, float *y, int poh, int pow_,
+                               int pool_isa, void *scratch, float *lut_step)
 
     ctypedef struct qcnn_dfc_params:
         int in_ "in"
@@ -395,6 +400,29 @@ cdef class DenseConvKernel:
         return y_hwc
 
 
+cdef int _pool_init(qcnn_pool_params *p, kernel, strides, pads) except -1:
+    """Fill p from ONNX MaxPool attributes; ValueError if they are invalid."""
+    kh, kw = (int(v) for v in kernel)
+    sh, sw = (int(v) for v in strides)
+    pt, pl, pb, pr = (int(v) for v in pads)
+    if kh < 1 or kw < 1 or sh < 1 or sw < 1 or min(pt, pl, pb, pr) < 0:
+        raise ValueError(f"pooling: expected kernel/strides >= 1 and pads >= 0, got "
+                         f"kernel ({kh}, {kw}) strides ({sh}, {sw}) pads ({pt}, {pl}, {pb}, {pr})")
+    p.kh, p.kw, p.stride_h, p.stride_w = kh, kw, sh, sw
+    p.pad_top, p.pad_left, p.pad_bottom, p.pad_right = pt, pl, pb, pr
+    p.count_include_pad = 0
+    return 0
+
+
+cdef tuple _pooled_shape(const qcnn_pool_params *q, bint ceil_mode, int oh, int ow, int c):
+    """(poh, pow, c) of pooling an oh x ow x c conv output; ValueError if it does not fit."""
+    poh = qcnn_pool_out_size(oh, q.kh, q.stride_h, q.pad_top, q.pad_bottom, ceil_mode)
+    pw = qcnn_pool_out_size(ow, q.kw, q.stride_w, q.pad_left, q.pad_right, ceil_mode)
+    if poh < 1 or pw < 1:
+        raise ValueError(f"pooling {q.kh}x{q.kw} does not fit the conv's {oh}x{ow} output")
+    return (poh, pw, c)
+
+
 cdef class ConvMaxPoolKernel:
     """A dense conv (DenseConvKernel, its ReLU included), optionally an LRN, and the MaxPool that
     reads the result, run as one step: with int8 precision the conv rows are normalised and pooled
@@ -412,16 +440,8 @@ cdef class ConvMaxPoolKernel:
 
     def __init__(self, DenseConvKernel conv, kernel, strides, pads=(0, 0, 0, 0), bint ceil_mode=False,
                  lrn=None):
-        kh, kw = (int(v) for v in kernel)
-        sh, sw = (int(v) for v in strides)
-        pt, pl, pb, pr = (int(v) for v in pads)
-        if kh < 1 or kw < 1 or sh < 1 or sw < 1 or min(pt, pl, pb, pr) < 0:
-            raise ValueError(f"pooling: expected kernel/strides >= 1 and pads >= 0, got "
-                             f"kernel ({kh}, {kw}) strides ({sh}, {sw}) pads ({pt}, {pl}, {pb}, {pr})")
+        _pool_init(&self.pool, kernel, strides, pads)
         self.conv = conv
-        self.pool.kh, self.pool.kw, self.pool.stride_h, self.pool.stride_w = kh, kw, sh, sw
-        self.pool.pad_top, self.pool.pad_left, self.pool.pad_bottom, self.pool.pad_right = pt, pl, pb, pr
-        self.pool.count_include_pad = 0
         self.ceil_mode = ceil_mode
         self.has_lrn = lrn is not None
         if self.has_lrn:
@@ -444,12 +464,7 @@ cdef class ConvMaxPoolKernel:
     def out_shape(self, int h, int w):
         """(poh, pow, cout) for an h x w input; ValueError if the conv or the pooling does not fit."""
         oh, ow, c = self.conv.out_shape(h, w)
-        cdef qcnn_pool_params *q = &self.pool
-        poh = qcnn_pool_out_size(oh, q.kh, q.stride_h, q.pad_top, q.pad_bottom, self.ceil_mode)
-        pw = qcnn_pool_out_size(ow, q.kw, q.stride_w, q.pad_left, q.pad_right, self.ceil_mode)
-        if poh < 1 or pw < 1:
-            raise ValueError(f"pooling {q.kh}x{q.kw} does not fit the conv's {oh}x{ow} output")
-        return (poh, pw, c)
+        return _pooled_shape(&self.pool, self.ceil_mode, oh, ow, c)
 
     def scratch_nbytes(self, int h, int w):
         """The conv's scratch, then room for its whole output (the unfused path)."""
@@ -523,6 +538,95 @@ cdef class ConvMaxPoolKernel:
             else:
                 qcnn_maxpool(&self.pool, tp, ioh, iow, cout, yp, poh, pw, code)
         return y_hwc
+
+
+cdef class QConvMaxPoolKernel:
+    """A product-quantized conv (QConvKernel) and the MaxPool that alone reads its output, run as
+    one step. Layers run an output row at a time (int8 tables with a step per input row, VGG's
+    block ends) hand their rows to a band of kh + stride_h rows and each pooled row is taken
+    while they are in cache (qcnn_qconv_run_maxpool), so the conv's output is never written
+    whole; others run whole into the scratch, then are pooled. Either way the values are those
+    of conv.run then maxpool.
+
+    kernel (kh, kw), strides (sh, sw), pads (t, l, b, r) and ceil_mode as the ONNX MaxPool."""
+    cdef readonly QConvKernel conv
+    cdef qcnn_pool_params pool
+    cdef readonly bint ceil_mode
+
+    def __init__(self, QConvKernel conv, kernel, strides, pads=(0, 0, 0, 0), bint ceil_mode=False):
+        _pool_init(&self.pool, kernel, strides, pads)
+        self.conv = conv
+        self.ceil_mode = ceil_mode
+
+    @property
+    def lut(self):
+        return self.conv.lut
+
+    @property
+    def isa(self):
+        return self.conv.isa
+
+    def conv_shape(self, int h, int w):
+        return self.conv.out_shape(h, w)
+
+    def out_shape(self, int h, int w):
+        """(poh, pow, cout) for an h x w input; ValueError if the conv or the pooling does not fit."""
+        oh, ow, c = self.conv.out_shape(h, w)
+        return _pooled_shape(&self.pool, self.ceil_mode, oh, ow, c)
+
+    def scratch_nbytes(self, int h, int w):
+        """The conv's scratch and a band of rows (fused), or room for its whole output (not)."""
+        oh, ow, c = self.conv.out_shape(h, w)
+        need = int(self.conv.scratch_nbytes(h, w))
+        need = (need + 63) // 64 * 64 + 4 * oh * ow * c + 64
+        return max(need, int(qcnn_qconv_pool_scratch_bytes(self.conv._q, &self.pool, h, w, ow, c)))
+
+    def run(self, x_hwc, y_hwc, scratch):
+        """y_hwc[:] = maxpool(conv(x_hwc)); returns the conv's int8 table step, as conv.run.
+        scratch: writable, >= scratch_nbytes(h, w) bytes."""
+        x = _ops_check(x_hwc, "x", 3)
+        y = _ops_check(y_hwc, "y", 3, True)
+        h, w, c = x.shape
+        if c != self.conv.cin:
+            raise ValueError(f"x: expected {self.conv.cin} channels, got shape {x.shape}")
+        oh, ow, cout = self.conv.out_shape(h, w)
+        if oh <= 0 or ow <= 0:
+            raise ValueError(f"x: input {h}x{w} is smaller than the padded kernel")
+        want = self.out_shape(h, w)
+        if tuple(y.shape) != want:
+            raise ValueError(f"y: expected shape {want}, got {tuple(y.shape)}")
+        if _ops_overlap(x, y):
+            raise ValueError("y: expected a buffer distinct from x, got an overlapping one")
+        cdef size_t need = self.scratch_nbytes(h, w)
+        if scratch is None:
+            raise ValueError(f"scratch: expected a buffer of >= {need} bytes, got None")
+        cdef unsigned char[::1] s = memoryview(scratch).cast("B")
+        if <size_t>s.shape[0] < need:
+            raise ValueError(f"scratch: expected >= {need} bytes, got {s.shape[0]}")
+        if (_ops_ranges_overlap(<size_t>&s[0], need, <size_t>_ops_ptr(x), x.nbytes) or
+                _ops_ranges_overlap(<size_t>&s[0], need, <size_t>_ops_ptr(y), y.nbytes)):
+            raise ValueError("scratch: expected a buffer separate from x and y, got an overlapping one")
+        cdef const float *xp = _ops_ptr(x)
+        cdef float *yp = _ops_ptr(y)
+        cdef int ih = h, iw = w, coh = oh, cow = ow, cc = cout, poh = want[0], pw = want[1], done = 0
+        # qcnn_maxpool's ISA codes (0 generic, 1 avx2, 2 avx512) follow the conv's qcnn_isa order
+        cdef int pool_isa = <int>_qk_prepared_isa(self.conv._q)
+        cdef float step = 0
+        with nogil:
+            done = qcnn_qconv_run_maxpool(self.conv._q, xp, ih, iw, coh, cow, cc, &self.pool, yp, poh, pw,
+                                          pool_isa, &s[0], &step)
+        if done:
+            return step
+        # not run by rows: the conv's whole output in the scratch, behind the conv's own scratch
+        cdef size_t off = (<size_t>self.conv.scratch_nbytes(h, w) + 63) // 64 * 64
+        cdef size_t base = <size_t>&s[0]
+        cdef size_t aligned = (base + off + 63) // 64 * 64
+        tmp = _ops_np.frombuffer(scratch, dtype=_ops_np.float32, count=oh * ow * cout,
+                                 offset=aligned - base).reshape(oh, ow, cout)
+        step = self.conv.run(x, tmp, scratch[:off])
+        with nogil:
+            qcnn_maxpool(&self.pool, <float *>aligned, coh, cow, cc, yp, poh, pw, pool_isa)
+        return step
 
 
 cdef class DenseFcKernel:

@@ -397,6 +397,73 @@ def test_row_steps_quantize_each_input_row_with_its_own_step(case, isa, rows):
         assert err.mean() < 0.5 * np.abs(y1.astype(np.float64) - y64).mean()
 
 
+POOLS = [((2, 2), (2, 2), (0, 0, 0, 0), False),  # VGG's
+          ((3, 3), (2, 2), (0, 0, 0, 0), False),  # AlexNet's: windows share a row
+          ((3, 3), (2, 2), (1, 1, 1, 1), True),   # padding above the first row, ceil mode
+          ((2, 3), (3, 2), (1, 0, 0, 1), True),   # rows between windows (stride above the window)
+          ((1, 1), (1, 1), (0, 0, 0, 0), False)]  # every conv row its own pooled row
+
+
+@pytest.mark.parametrize("case", [c for c in CONV_CASES if not _pointwise(c)],
+                         ids=[f"conv{i}" for i, c in enumerate(CONV_CASES) if not _pointwise(c)])
+@pytest.mark.parametrize("isa,lut", [v for v in VARIANTS if v[1] != "ref"])
+def test_qconv_maxpool_fused_equals_conv_then_maxpool(case, isa, lut):
+    """QConvMaxPoolKernel: the same floats as conv.run then maxpool, for every pooling shape,
+    with and without guessed row steps, with a NaN in the image, and for layers not run by rows
+    (float tables, or one step per image), which run whole and are pooled after."""
+    cin, cout, G, kh, kw, strides, pads, Cs, K, H, W, relu, has_bias = case
+    rng = np.random.default_rng(hash(case) % 2**32 + 7)
+    cb, idx, M = make_conv(rng, cin, cout, G, kh, kw, Cs, K)
+    bias = rng.standard_normal(cout).astype(np.float32) if has_bias else None
+    k = set_build(_core.QConvKernel(cin, cout, G, kh, kw, strides, pads, Cs, M, K, cb, idx, bias, relu,
+                                    isa=kernel_isa(isa), lut=lut), isa)
+    x = (rng.standard_normal((H, W, cin)) * np.geomspace(0.5, 2, H)[:, None, None]).astype(np.float32)
+    for trial, (kernel, pstrides, ppads, ceil) in enumerate(POOLS):
+        if lut == "int8":  # alternate exact and guessed row steps, then one step for the image
+            k.row_guess_limit = 0 if trial % 2 else 512 << 10
+            k.row_step_limit = 1 << 40 if trial == 4 else 0
+        fused = _core.QConvMaxPoolKernel(k, kernel, pstrides, ppads, ceil)
+        try:
+            shape = fused.out_shape(H, W)
+        except ValueError:
+            continue  # the window does not fit the conv's output
+        xt = x.copy()
+        if trial == 2:
+            xt[H // 2, 0, 0] = np.nan
+        y = np.full(shape, -7.0, np.float32)
+        step = fused.run(xt, y, np.empty(fused.scratch_nbytes(H, W), np.uint8))
+        conv_out = np.full(k.out_shape(H, W), np.nan, np.float32)
+        want_step = k.run(xt, conv_out, np.empty(k.scratch_nbytes(H, W), np.uint8))
+        want = _core.maxpool(conv_out, np.empty(shape, np.float32), *kernel, *pstrides, *ppads)
+        msg = str((case, kernel, pstrides, ppads, ceil, trial))
+        np.testing.assert_array_equal(y, want, err_msg=msg)
+        assert step == want_step or (np.isnan(step) and np.isnan(want_step)), msg
+
+
+def test_qconv_maxpool_validation():
+    rng = np.random.default_rng(3)
+    cb, idx, M = make_conv(rng, 4, 8, 1, 3, 3, 2, 16)
+    conv = _core.QConvKernel(4, 8, 1, 3, 3, (1, 1), (1, 1, 1, 1), 2, M, 16, cb, idx)
+    with pytest.raises(ValueError, match="pooling"):
+        _core.QConvMaxPoolKernel(conv, (2, 0), (2, 2))
+    with pytest.raises(ValueError, match="pooling"):
+        _core.QConvMaxPoolKernel(conv, (2, 2), (2, 2), (0, -1, 0, 0))
+    fused = _core.QConvMaxPoolKernel(conv, (2, 2), (2, 2))
+    assert fused.out_shape(9, 9) == (4, 4, 8) and fused.conv is conv
+    x = np.ones((9, 9, 4), np.float32)
+    scratch = np.empty(fused.scratch_nbytes(9, 9), np.uint8)
+    with pytest.raises(ValueError, match="y: expected shape"):
+        fused.run(x, np.empty((9, 9, 8), np.float32), scratch)
+    with pytest.raises(ValueError, match="channels"):
+        fused.run(np.ones((9, 9, 3), np.float32), np.empty((4, 4, 8), np.float32), scratch)
+    with pytest.raises(ValueError, match="scratch"):
+        fused.run(x, np.empty((4, 4, 8), np.float32), scratch[:100])
+    with pytest.raises(ValueError, match="scratch"):
+        fused.run(x, np.empty((4, 4, 8), np.float32), None)
+    with pytest.raises(ValueError, match="does not fit"):
+        _core.QConvMaxPoolKernel(conv, (5, 5), (1, 1)).out_shape(3, 3)
+
+
 def test_only_pointwise_layers_are_chunked():
     rng = np.random.default_rng(0)
     cb, idx, M = make_conv(rng, 16, 8, 1, 1, 1, 4, 16)

@@ -115,6 +115,21 @@ size_t qcnn_qconv_scratch_bytes(const qcnn_qconv_prepared *q, int h, int w);
 void qcnn_qconv_run(const qcnn_qconv_prepared *q, const float *x, int h, int w, float *y,
                     void *scratch, float *lut_step);
 void qcnn_qconv_free(qcnn_qconv_prepared *q);
+/* Output rows handed to the caller as they are finished (a fused max pooling: qconv_pool.c):
+ * output row oy is written at row(ctx, oy) (ow x cout floats), then done(ctx, oy) is called
+ * once it is final. Rows come in order 0, 1, ... oh - 1. */
+typedef struct {
+    float *(*row)(void *ctx, int oy);
+    void (*done)(void *ctx, int oy);
+    void *ctx;
+} qcnn_qconv_row_sink;
+/* 1 if an h x w input is run an output row at a time (int8 tables with one step per input row,
+ * qcnn_qconv_set_row_step_limit), which qcnn_qconv_run_rows needs. */
+int qcnn_qconv_runs_by_rows(const qcnn_qconv_prepared *q, int h, int w);
+/* qcnn_qconv_run with the output rows going to sink instead of y: the same values. Returns 0
+ * without running when the layer is not run by rows (qcnn_qconv_runs_by_rows). */
+int qcnn_qconv_run_rows(const qcnn_qconv_prepared *q, const float *x, int h, int w,
+                        const qcnn_qconv_row_sink *sink, void *scratch, float *lut_step);
 /* Pixels per chunk of a pointwise layer (see qcnn_qconv_run); 0 if the layer is not pointwise. */
 int qcnn_qconv_pointwise_chunk(const qcnn_qconv_prepared *q);
 /* Bytes of float tables a pointwise layer's chunk holds (results depend on it through the chunk

@@ -171,7 +171,7 @@ INLINE T2 void epilogue(const qlut_run *r, const __m256i c[4], int oy, int ox, i
     const int Og = q->Og;
     const size_t pix = (size_t)oy * r->ow + ox;
     const __m256 off = _mm256_set1_ps(r->off[pix * q->p.groups + g]), s = _mm256_set1_ps(r->step);
-    float *yp = r->y + pix * q->p.cout + (size_t)g * Og;
+    float *yp = qlut_out(r, oy, ox) + (size_t)g * Og;
     const float *bias = q->p.bias ? q->p.bias + (size_t)g * Og : NULL;
     const int add = r->epi == QLUT_EPI_ADD || r->epi == QLUT_EPI_LAST;
     const int relu = q->p.relu && (r->epi == QLUT_EPI_FULL || r->epi == QLUT_EPI_LAST);

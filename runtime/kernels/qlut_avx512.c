@@ -561,7 +561,7 @@ INLINE T512 void epilogue(const qlut_run *r, const __m512i c[4], int oy, int ox,
     const int Og = q->Og;
     const size_t pix = (size_t)oy * r->ow + ox;
     const __m512 off = _mm512_set1_ps(r->off[pix * q->p.groups + g]), s = _mm512_set1_ps(r->step);
-    float *yp = r->y + pix * q->p.cout + (size_t)g * Og;
+    float *yp = qlut_out(r, oy, ox) + (size_t)g * Og;
     const float *bias = q->p.bias ? q->p.bias + (size_t)g * Og : NULL;
     const int add = r->epi == QLUT_EPI_ADD || r->epi == QLUT_EPI_LAST;
     const int relu = q->p.relu && (r->epi == QLUT_EPI_FULL || r->epi == QLUT_EPI_LAST);

@@ -458,7 +458,7 @@ static void epilogue_generic(const qlut_run *r, const uint32_t *acc, int oy, int
     const qcnn_qconv_prepared *q = r->q;
     const int Og = q->Og;
     const float off = r->off[((size_t)oy * r->ow + ox) * q->p.groups + g];
-    float *yp = r->y + ((size_t)oy * r->ow + ox) * q->p.cout + (size_t)g * Og;
+    float *yp = qlut_out(r, oy, ox) + (size_t)g * Og;
     const float *b = q->p.bias ? q->p.bias + (size_t)g * Og : NULL;
     const int add = r->epi == QLUT_EPI_ADD || r->epi == QLUT_EPI_LAST;
     const int relu = q->p.relu && (r->epi == QLUT_EPI_FULL || r->epi == QLUT_EPI_LAST);
@@ -675,7 +675,7 @@ static float build_row_guessed(const qcnn_qconv_prepared *q, const float *xr, in
  * call. r is set up by run_tables. Returns the largest step. */
 static float run_row_steps(const qcnn_qconv_prepared *q, const float *x, int h, int w, qlut_run *r,
                            float *Lf, float *tmin, uint8_t *ring, float *tsum, float *off,
-                           float *row_step, qlut_fns f) {
+                           float *row_step, qlut_fns f, const qcnn_qconv_row_sink *sink) {
     const qcnn_qconv_params *p = &q->p;
     const int G = p->groups, M = q->M, kh = p->kh;
     const size_t row_bytes = (size_t)r->PW * G * M * q->Kp;
@@ -740,6 +740,10 @@ static float run_row_steps(const qcnn_qconv_prepared *q, const float *x, int h, 
             if (first < 0) first = last = 0;
             r->oy0 = oy;
             r->oy1 = oy + 1;
+            if (sink) {
+                r->y = sink->row(sink->ctx, oy);
+                r->y_row0 = oy;
+            }
             /* kernel rows of one step are summed in one call */
             for (int ky = first; ky <= last;) {
                 const float s = row_step[oy * p->stride_h + ky];
@@ -755,6 +759,7 @@ static float run_row_steps(const qcnn_qconv_prepared *q, const float *x, int h, 
                 f.conv(r);
                 ky = ky1;
             }
+            if (sink) sink->done(sink->ctx, oy);
         }
     }
     return maxstep;
@@ -764,7 +769,7 @@ static float run_row_steps(const qcnn_qconv_prepared *q, const float *x, int h, 
  * row) and look them up into y. s: 64-byte aligned scratch laid out by layout(q, h, w). Returns
  * the (largest) step (0: float). */
 static float run_tables(const qcnn_qconv_prepared *q, const float *x, int h, int w, float *y,
-                        uint8_t *s) {
+                        uint8_t *s, const qcnn_qconv_row_sink *sink) {
     const qcnn_qconv_params *p = &q->p;
     qlut_run r;
     memset(&r, 0, sizeof r);
@@ -787,7 +792,8 @@ static float run_tables(const qcnn_qconv_prepared *q, const float *x, int h, int
     r.off = off;
     const qlut_fns f = isa_fns(q);
     if (row_step_tables(q, h, w))
-        return run_row_steps(q, x, h, w, &r, Lf, tmin, s + sl.lq, tsum, off, (float *)(s + sl.row_step), f);
+        return run_row_steps(q, x, h, w, &r, Lf, tmin, s + sl.lq, tsum, off, (float *)(s + sl.row_step), f,
+                             sink);
 
     const float maxr = f.build(q, x, h, w, Lf, tmin);
     if (q->mode == QCNN_LUT_FLOAT) {
@@ -836,7 +842,7 @@ void qcnn_qconv_run(const qcnn_qconv_prepared *q, const float *x, int h, int w, 
     }
     const int chunk = qcnn_qconv_pointwise_chunk(q);
     if (!chunk) {
-        const float step = run_tables(q, x, h, w, y, s);
+        const float step = run_tables(q, x, h, w, y, s, NULL);
         if (lut_step) *lut_step = step;
         return;
     }
@@ -846,10 +852,22 @@ void qcnn_qconv_run(const qcnn_qconv_prepared *q, const float *x, int h, int w, 
     float maxstep = 0.0f;
     for (size_t p0 = 0; p0 < npix; p0 += (size_t)chunk) {
         const int n = npix - p0 < (size_t)chunk ? (int)(npix - p0) : chunk;
-        const float step = run_tables(q, x + p0 * p->cin, 1, n, y + p0 * p->cout, s);
+        const float step = run_tables(q, x + p0 * p->cin, 1, n, y + p0 * p->cout, s, NULL);
         maxstep = step > maxstep ? step : maxstep;
     }
     if (lut_step) *lut_step = maxstep;
+}
+
+int qcnn_qconv_runs_by_rows(const qcnn_qconv_prepared *q, int h, int w) {
+    return row_step_tables(q, h, w);
+}
+
+int qcnn_qconv_run_rows(const qcnn_qconv_prepared *q, const float *x, int h, int w,
+                        const qcnn_qconv_row_sink *sink, void *scratch, float *lut_step) {
+    if (!row_step_tables(q, h, w)) return 0;
+    const float step = run_tables(q, x, h, w, NULL, align_ptr(scratch), sink);
+    if (lut_step) *lut_step = step;
+    return 1;
 }
 
 /* ------------------------------------------------------------------ fully connected */

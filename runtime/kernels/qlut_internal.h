@@ -62,9 +62,15 @@ typedef struct {
     int ring;            /* 0: lq holds all PH padded rows; else padded row py is at slot py % ring */
     const float *off;    /* [oh][ow][G]: sum of the table minima each output pixel adds */
     float step;          /* table quantization step s */
-    float *y;            /* [oh][ow][cout] */
+    float *y;            /* [oh][ow][cout], or (row sinks) output rows y_row0.. */
+    int y_row0;          /* the output row y starts at (0 unless rows go to a sink) */
     void *work;          /* per-run work area of qlut_work_bytes() bytes, 64-byte aligned */
 } qlut_run;
+
+/* Where output pixel (oy, ox) starts in r->y. */
+static inline float *qlut_out(const qlut_run *r, int oy, int ox) {
+    return r->y + ((size_t)(oy - r->y_row0) * r->ow + ox) * r->q->p.cout;
+}
 
 /* The byte tables of padded input row py. */
 static inline const uint8_t *qlut_row(const qlut_run *r, int py) {
