@@ -423,6 +423,24 @@ cdef tuple _pooled_shape(const qcnn_pool_params *q, bint ceil_mode, int oh, int 
     return (poh, pw, c)
 
 
+cdef unsigned char[::1] _fused_pool_buffers(x, y, want, scratch, size_t need):
+    """The checks a fused conv + pool run makes of y (shape want, apart from x) and of scratch
+    (>= need bytes, apart from x and y); returns scratch as bytes."""
+    if tuple(y.shape) != want:
+        raise ValueError(f"y: expected shape {want}, got {tuple(y.shape)}")
+    if _ops_overlap(x, y):
+        raise ValueError("y: expected a buffer distinct from x, got an overlapping one")
+    if scratch is None:
+        raise ValueError(f"scratch: expected a buffer of >= {need} bytes, got None")
+    cdef unsigned char[::1] s = memoryview(scratch).cast("B")
+    if <size_t>s.shape[0] < need:
+        raise ValueError(f"scratch: expected >= {need} bytes, got {s.shape[0]}")
+    if (_ops_ranges_overlap(<size_t>&s[0], need, <size_t>_ops_ptr(x), x.nbytes) or
+            _ops_ranges_overlap(<size_t>&s[0], need, <size_t>_ops_ptr(y), y.nbytes)):
+        raise ValueError("scratch: expected a buffer separate from x and y, got an overlapping one")
+    return s
+
+
 cdef class ConvMaxPoolKernel:
     """A dense conv (DenseConvKernel, its ReLU included), optionally an LRN, and the MaxPool that
     reads the result, run as one step: with int8 precision the conv rows are normalised and pooled
@@ -485,19 +503,7 @@ cdef class ConvMaxPoolKernel:
         if c != self.conv.p.cin:
             raise ValueError(f"x: expected {self.conv.p.cin} channels, got shape {x.shape}")
         want = self.out_shape(h, w)
-        if tuple(y.shape) != want:
-            raise ValueError(f"y: expected shape {want}, got {tuple(y.shape)}")
-        if _ops_overlap(x, y):
-            raise ValueError("y: expected a buffer distinct from x, got an overlapping one")
-        cdef size_t need = self.scratch_nbytes(h, w)
-        if scratch is None:
-            raise ValueError(f"scratch: expected a buffer of >= {need} bytes, got None")
-        cdef unsigned char[::1] s = memoryview(scratch).cast("B")
-        if <size_t>s.shape[0] < need:
-            raise ValueError(f"scratch: expected >= {need} bytes, got {s.shape[0]}")
-        if (_ops_ranges_overlap(<size_t>&s[0], need, <size_t>_ops_ptr(x), x.nbytes) or
-                _ops_ranges_overlap(<size_t>&s[0], need, <size_t>_ops_ptr(y), y.nbytes)):
-            raise ValueError("scratch: expected a buffer separate from x and y, got an overlapping one")
+        cdef unsigned char[::1] s = _fused_pool_buffers(x, y, want, scratch, self.scratch_nbytes(h, w))
         cdef const float *xp = _ops_ptr(x)
         cdef float *yp = _ops_ptr(y)
         cdef int ih = h, iw = w, poh = want[0], pw = want[1], cout = want[2], done = 0
@@ -543,10 +549,10 @@ cdef class ConvMaxPoolKernel:
 cdef class QConvMaxPoolKernel:
     """A product-quantized conv (QConvKernel) and the MaxPool that alone reads its output, run as
     one step. Layers run an output row at a time (int8 tables with a step per input row, VGG's
-    block ends) hand their rows to a band of kh + stride_h rows and each pooled row is taken
-    while they are in cache (qcnn_qconv_run_maxpool), so the conv's output is never written
-    whole; others run whole into the scratch, then are pooled. Either way the values are those
-    of conv.run then maxpool.
+    block ends) hand their rows to a band of as many rows as the pool window and each pooled row
+    is taken while they are in cache (qcnn_qconv_run_maxpool), so the conv's output is never
+    written whole; others run whole into the scratch, then are pooled. Either way the values are
+    those of conv.run then maxpool.
 
     kernel (kh, kw), strides (sh, sw), pads (t, l, b, r) and ceil_mode as the ONNX MaxPool."""
     cdef readonly QConvKernel conv
@@ -575,11 +581,11 @@ cdef class QConvMaxPoolKernel:
         return _pooled_shape(&self.pool, self.ceil_mode, oh, ow, c)
 
     def scratch_nbytes(self, int h, int w):
-        """The conv's scratch and a band of rows (fused), or room for its whole output (not)."""
+        """The conv's scratch and a band of rows (run by rows), or room for its whole output."""
         oh, ow, c = self.conv.out_shape(h, w)
-        need = int(self.conv.scratch_nbytes(h, w))
-        need = (need + 63) // 64 * 64 + 4 * oh * ow * c + 64
-        return max(need, int(qcnn_qconv_pool_scratch_bytes(self.conv._q, &self.pool, h, w, ow, c)))
+        if _qk_runs_by_rows(self.conv._q, h, w):
+            return int(qcnn_qconv_pool_scratch_bytes(self.conv._q, &self.pool, h, w, ow, c))
+        return (int(self.conv.scratch_nbytes(h, w)) + 63) // 64 * 64 + 4 * oh * ow * c + 64
 
     def run(self, x_hwc, y_hwc, scratch):
         """y_hwc[:] = maxpool(conv(x_hwc)); returns the conv's int8 table step, as conv.run.
@@ -593,19 +599,7 @@ cdef class QConvMaxPoolKernel:
         if oh <= 0 or ow <= 0:
             raise ValueError(f"x: input {h}x{w} is smaller than the padded kernel")
         want = self.out_shape(h, w)
-        if tuple(y.shape) != want:
-            raise ValueError(f"y: expected shape {want}, got {tuple(y.shape)}")
-        if _ops_overlap(x, y):
-            raise ValueError("y: expected a buffer distinct from x, got an overlapping one")
-        cdef size_t need = self.scratch_nbytes(h, w)
-        if scratch is None:
-            raise ValueError(f"scratch: expected a buffer of >= {need} bytes, got None")
-        cdef unsigned char[::1] s = memoryview(scratch).cast("B")
-        if <size_t>s.shape[0] < need:
-            raise ValueError(f"scratch: expected >= {need} bytes, got {s.shape[0]}")
-        if (_ops_ranges_overlap(<size_t>&s[0], need, <size_t>_ops_ptr(x), x.nbytes) or
-                _ops_ranges_overlap(<size_t>&s[0], need, <size_t>_ops_ptr(y), y.nbytes)):
-            raise ValueError("scratch: expected a buffer separate from x and y, got an overlapping one")
+        cdef unsigned char[::1] s = _fused_pool_buffers(x, y, want, scratch, self.scratch_nbytes(h, w))
         cdef const float *xp = _ops_ptr(x)
         cdef float *yp = _ops_ptr(y)
         cdef int ih = h, iw = w, coh = oh, cow = ow, cc = cout, poh = want[0], pw = want[1], done = 0

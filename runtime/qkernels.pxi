@@ -51,6 +51,7 @@ cdef extern from "qcnn_kernels.h" nogil:
     _qk_prepared *_qk_fc_prepare "qcnn_qfc_prepare"(const _qk_fc_params *p, _qk_isa isa,
                                                      _qk_lut_mode mode, const char **err)
     _qk_isa _qk_prepared_isa "qcnn_qconv_isa"(const _qk_prepared *q)
+    int _qk_runs_by_rows "qcnn_qconv_runs_by_rows"(const _qk_prepared *q, int h, int w)
     size_t _qk_conv_scratch "qcnn_qconv_scratch_bytes"(const _qk_prepared *q, int h, int w)
     int _qk_pointwise_chunk "qcnn_qconv_pointwise_chunk"(const _qk_prepared *q)
     void _qk_set_table_budget "qcnn_qconv_set_table_budget"(_qk_prepared *q, size_t nbytes)

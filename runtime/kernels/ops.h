@@ -189,7 +189,7 @@ int qcnn_iconv_run_maxpool(const qcnn_iconv_params *p, int fast, const float *x,
                            int pow_, void *scratch);
 
 /* The same for a product-quantized conv (qcnn_kernels.h) run by rows (qcnn_qconv_runs_by_rows)
- * and the MaxPool reading it (qconv_pool.c): its rows go to a band of kh + stride_h rows in the
+ * and the MaxPool reading it (qconv_pool.c): its rows go to a band of one pool window in the
  * scratch and are pooled as their windows complete. oh, ow, cout: the conv's output. Returns 0
  * without running when the layer is not run by rows (the caller then runs conv and pool apart),
  * else 1 with the values of qcnn_qconv_run then qcnn_maxpool; lut_step as for qcnn_qconv_run. */
