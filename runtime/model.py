@@ -213,11 +213,11 @@ class Model:
 
     @staticmethod
     def _fuse_pools(model: ir.Model, steps: List[_Step]):
-        """Run an int8 dense conv and the MaxPool that alone reads its output (or an LRN between
-        them, as AlexNet's conv1 -> LRN -> pool) as one step (ConvMaxPoolKernel): its rows are
-        normalised and pooled while in cache instead of whole outputs being written and read back
-        (SqueezeNet's conv0, VGG-16's conv1_2, AlexNet's conv1). A table conv and the MaxPool that
-        alone reads it likewise (QConvMaxPoolKernel: VGG-16's other block ends, AlexNet's conv5)."""
+        """Run a conv and the MaxPool that alone reads its output (or an LRN between them, as
+        AlexNet's conv1/conv2 -> LRN -> pool) as one step: its rows are normalised and pooled
+        while in cache instead of whole outputs being written and read back. Int8 dense convs
+        (ConvMaxPoolKernel: SqueezeNet's conv0, VGG-16's conv1_2, AlexNet's conv1) and table convs
+        (QConvMaxPoolKernel: VGG-16's other block ends, AlexNet's conv2 and conv5)."""
         readers: Dict[str, List[_Step]] = {}
         for st in steps:
             for name in st.op.inputs:
@@ -229,23 +229,20 @@ class Model:
             return r[0] if len(r) == 1 and out not in model.outputs and r[0].op.inputs == [out] else None
 
         for st in steps:
-            if isinstance(st.kernel, _core.QConvKernel) and st.concat_into is None:
-                pool = only_reader(st)
-                if pool is not None and pool.kind == "MaxPool":
-                    st.kernel = _core.QConvMaxPoolKernel(st.kernel, pool.op.kernel, pool.op.strides, pool.op.pads,
-                                                         bool(pool.op.ceil_mode))
-                    st.pool_into = pool
-                    pool.fused = True
+            if isinstance(st.kernel, _core.QConvKernel):
+                fused_kernel = _core.QConvMaxPoolKernel
+            elif isinstance(st.kernel, _core.DenseConvKernel) and st.kernel.precision == "int8":
+                fused_kernel = _core.ConvMaxPoolKernel
+            else:
                 continue
-            if not (isinstance(st.kernel, _core.DenseConvKernel) and st.kernel.precision == "int8"
-                    and st.concat_into is None):
+            if st.concat_into is not None:
                 continue
             nxt = only_reader(st)
             lrn = nxt if nxt is not None and nxt.kind == "LRN" else None
             pool = only_reader(lrn) if lrn is not None else nxt
             if pool is None or pool.kind != "MaxPool":
                 continue
-            st.kernel = _core.ConvMaxPoolKernel(
+            st.kernel = fused_kernel(
                 st.kernel, pool.op.kernel, pool.op.strides, pool.op.pads, bool(pool.op.ceil_mode),
                 lrn=(lrn.op.size, lrn.op.alpha, lrn.op.beta, lrn.op.bias) if lrn is not None else None)
             st.pool_into, st.lrn_into = pool, lrn

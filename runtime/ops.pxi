@@ -69,8 +69,8 @@ cdef extern from "ops.h" nogil:
     size_t qcnn_qconv_pool_scratch_bytes(const _qk_prepared *q, const qcnn_pool_params *pool, int h,
                                          int w, int ow, int cout)
     int qcnn_qconv_run_maxpool(const _qk_prepared *q, const float *x, int h, int w, int oh, int ow,
-                               int cout, const qcnn_pool_params *pool, float *y, int poh, int pow_,
-                               int pool_isa, void *scratch, float *lut_step)
+                               int cout, const qcnn_lrn_params *lrn, const qcnn_pool_params *pool, float *y,
+                               int poh, int pow_, int isa, void *scratch, float *lut_step)
 
     ctypedef struct qcnn_dfc_params:
         int in_ "in"
@@ -414,6 +414,17 @@ cdef int _pool_init(qcnn_pool_params *p, kernel, strides, pads) except -1:
     return 0
 
 
+cdef bint _lrn_init(qcnn_lrn_params *p, lrn) except -1:
+    """Fill p from (size, alpha, beta, bias) as the ONNX LRN; False for lrn None."""
+    if lrn is None:
+        return False
+    size, alpha, beta, bias = lrn
+    if int(size) < 1:
+        raise ValueError(f"lrn: expected size >= 1, got {size}")
+    p.size, p.alpha, p.beta, p.bias = int(size), alpha, beta, bias
+    return True
+
+
 cdef tuple _pooled_shape(const qcnn_pool_params *q, bint ceil_mode, int oh, int ow, int c):
     """(poh, pow, c) of pooling an oh x ow x c conv output; ValueError if it does not fit."""
     poh = qcnn_pool_out_size(oh, q.kh, q.stride_h, q.pad_top, q.pad_bottom, ceil_mode)
@@ -461,12 +472,7 @@ cdef class ConvMaxPoolKernel:
         _pool_init(&self.pool, kernel, strides, pads)
         self.conv = conv
         self.ceil_mode = ceil_mode
-        self.has_lrn = lrn is not None
-        if self.has_lrn:
-            size, alpha, beta, bias = lrn
-            if int(size) < 1:
-                raise ValueError(f"lrn: expected size >= 1, got {size}")
-            self.lrnp.size, self.lrnp.alpha, self.lrnp.beta, self.lrnp.bias = int(size), alpha, beta, bias
+        self.has_lrn = _lrn_init(&self.lrnp, lrn)
 
     @property
     def precision(self):
@@ -547,22 +553,27 @@ cdef class ConvMaxPoolKernel:
 
 
 cdef class QConvMaxPoolKernel:
-    """A product-quantized conv (QConvKernel) and the MaxPool that alone reads its output, run as
-    one step. Layers run an output row at a time (int8 tables with a step per input row, VGG's
-    block ends) hand their rows to a band of as many rows as the pool window and each pooled row
-    is taken while they are in cache (qcnn_qconv_run_maxpool), so the conv's output is never
-    written whole; others run whole into the scratch, then are pooled. Either way the values are
-    those of conv.run then maxpool.
+    """A product-quantized conv (QConvKernel), optionally an LRN, and the MaxPool that alone reads
+    the result, run as one step. Layers run an output row at a time (int8 tables with a step per
+    input row: VGG's block ends, AlexNet's conv2 and conv5) hand their rows to a band of as many
+    rows as the pool window; each row is normalised as it arrives and each pooled row taken while
+    they are in cache (qcnn_qconv_run_maxpool), so the conv's output is never written whole.
+    Others run whole into the scratch, then the LRN, then the pooling. Either way the values are
+    those of conv.run, lrn, then maxpool.
 
-    kernel (kh, kw), strides (sh, sw), pads (t, l, b, r) and ceil_mode as the ONNX MaxPool."""
+    kernel (kh, kw), strides (sh, sw), pads (t, l, b, r) and ceil_mode as the ONNX MaxPool;
+    lrn: None or (size, alpha, beta, bias) as the ONNX LRN."""
     cdef readonly QConvKernel conv
     cdef qcnn_pool_params pool
-    cdef readonly bint ceil_mode
+    cdef qcnn_lrn_params lrnp
+    cdef readonly bint ceil_mode, has_lrn
 
-    def __init__(self, QConvKernel conv, kernel, strides, pads=(0, 0, 0, 0), bint ceil_mode=False):
+    def __init__(self, QConvKernel conv, kernel, strides, pads=(0, 0, 0, 0), bint ceil_mode=False,
+                 lrn=None):
         _pool_init(&self.pool, kernel, strides, pads)
         self.conv = conv
         self.ceil_mode = ceil_mode
+        self.has_lrn = _lrn_init(&self.lrnp, lrn)
 
     @property
     def lut(self):
@@ -581,11 +592,13 @@ cdef class QConvMaxPoolKernel:
         return _pooled_shape(&self.pool, self.ceil_mode, oh, ow, c)
 
     def scratch_nbytes(self, int h, int w):
-        """The conv's scratch and a band of rows (run by rows), or room for its whole output."""
+        """The conv's scratch and a band of rows (run by rows), or room for its whole output (and
+        the LRN's)."""
         oh, ow, c = self.conv.out_shape(h, w)
         if _qk_runs_by_rows(self.conv._q, h, w):
             return int(qcnn_qconv_pool_scratch_bytes(self.conv._q, &self.pool, h, w, ow, c))
-        return (int(self.conv.scratch_nbytes(h, w)) + 63) // 64 * 64 + 4 * oh * ow * c + 64
+        need = (int(self.conv.scratch_nbytes(h, w)) + 63) // 64 * 64 + 4 * oh * ow * c + 64
+        return need + (4 * oh * ow * c + 64 if self.has_lrn else 0)
 
     def run(self, x_hwc, y_hwc, scratch):
         """y_hwc[:] = maxpool(conv(x_hwc)); returns the conv's int8 table step, as conv.run.
@@ -603,12 +616,13 @@ cdef class QConvMaxPoolKernel:
         cdef const float *xp = _ops_ptr(x)
         cdef float *yp = _ops_ptr(y)
         cdef int ih = h, iw = w, coh = oh, cow = ow, cc = cout, poh = want[0], pw = want[1], done = 0
-        # qcnn_maxpool's ISA codes (0 generic, 1 avx2, 2 avx512) follow the conv's qcnn_isa order
-        cdef int pool_isa = <int>_qk_prepared_isa(self.conv._q)
+        # the LRN and the pooling run on the ISA the standalone lrn() and maxpool() pick ("auto"),
+        # so fused and unfused models give the same floats
+        cdef int isa = _ops_isa("auto", False)
         cdef float step = 0
         with nogil:
-            done = qcnn_qconv_run_maxpool(self.conv._q, xp, ih, iw, coh, cow, cc, &self.pool, yp, poh, pw,
-                                          pool_isa, &s[0], &step)
+            done = qcnn_qconv_run_maxpool(self.conv._q, xp, ih, iw, coh, cow, cc, &self.lrnp if self.has_lrn else NULL,
+                                          &self.pool, yp, poh, pw, isa, &s[0], &step)
         if done:
             return step
         # not run by rows: the conv's whole output in the scratch, behind the conv's own scratch
@@ -618,8 +632,16 @@ cdef class QConvMaxPoolKernel:
         tmp = _ops_np.frombuffer(scratch, dtype=_ops_np.float32, count=oh * ow * cout,
                                  offset=aligned - base).reshape(oh, ow, cout)
         step = self.conv.run(x, tmp, scratch[:off])
+        cdef float *tp = <float *>aligned
+        cdef float *lp
+        cdef size_t npix = <size_t>oh * ow
+        if self.has_lrn:  # into the next region of the scratch, pooled from there
+            lp = <float *>((aligned + 4 * npix * <size_t>cc + 63) // 64 * 64)
+            with nogil:
+                qcnn_lrn(tp, lp, npix, cc, self.lrnp.size, self.lrnp.alpha, self.lrnp.beta, self.lrnp.bias, isa)
+            tp = lp
         with nogil:
-            qcnn_maxpool(&self.pool, <float *>aligned, coh, cow, cc, yp, poh, pw, pool_isa)
+            qcnn_maxpool(&self.pool, tp, coh, cow, cc, yp, poh, pw, isa)
         return step
 
 

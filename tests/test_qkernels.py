@@ -408,9 +408,10 @@ POOLS = [((2, 2), (2, 2), (0, 0, 0, 0), False),  # VGG's
                          ids=[f"conv{i}" for i, c in enumerate(CONV_CASES) if not _pointwise(c)])
 @pytest.mark.parametrize("isa,lut", [v for v in VARIANTS if v[1] != "ref"])
 def test_qconv_maxpool_fused_equals_conv_then_maxpool(case, isa, lut):
-    """QConvMaxPoolKernel: the same floats as conv.run then maxpool, for every pooling shape,
-    with and without guessed row steps, with a NaN in the image, and for layers not run by rows
-    (float tables, or one step per image), which run whole and are pooled after."""
+    """QConvMaxPoolKernel: the same floats as conv.run (then lrn) then maxpool, for every pooling
+    shape, with and without guessed row steps and an LRN between, with a NaN in the image, and
+    for layers not run by rows (float tables, or one step per image), which run whole and are
+    pooled after."""
     cin, cout, G, kh, kw, strides, pads, Cs, K, H, W, relu, has_bias = case
     rng = np.random.default_rng(hash(case) % 2**32 + 7)
     cb, idx, M = make_conv(rng, cin, cout, G, kh, kw, Cs, K)
@@ -422,7 +423,11 @@ def test_qconv_maxpool_fused_equals_conv_then_maxpool(case, isa, lut):
         if lut == "int8":  # alternate exact and guessed row steps, then one step for the image
             k.row_guess_limit = 0 if trial % 2 else 512 << 10
             k.row_step_limit = 1 << 40 if trial == 4 else 0
-        fused = _core.QConvMaxPoolKernel(k, kernel, pstrides, ppads, ceil)
+        # every other pooling with an LRN between (AlexNet's conv2 -> LRN -> pool)
+        lrn = (int(rng.integers(1, 8)), float(rng.uniform(1e-4, 1e-2)), [0.75, 0.5][trial % 4 // 2],
+               float(rng.uniform(0.5, 2))) if trial % 2 == 0 else None
+        fused = _core.QConvMaxPoolKernel(k, kernel, pstrides, ppads, ceil, lrn=lrn)
+        assert fused.has_lrn == (lrn is not None)
         try:
             shape = fused.out_shape(H, W)
         except ValueError:
@@ -434,9 +439,11 @@ def test_qconv_maxpool_fused_equals_conv_then_maxpool(case, isa, lut):
         step = fused.run(xt, y, np.empty(fused.scratch_nbytes(H, W), np.uint8))
         conv_out = np.full(k.out_shape(H, W), np.nan, np.float32)
         want_step = k.run(xt, conv_out, np.empty(k.scratch_nbytes(H, W), np.uint8))
+        if lrn is not None:
+            conv_out = _core.lrn(conv_out, np.empty_like(conv_out), *lrn)
         want = _core.maxpool(conv_out, np.empty(shape, np.float32), *kernel, *pstrides, *ppads)
-        msg = str((case, kernel, pstrides, ppads, ceil, trial))
-        np.testing.assert_array_equal(y, want, err_msg=msg)
+        msg = str((case, kernel, pstrides, ppads, ceil, trial, lrn))
+        np.testing.assert_array_equal(y, want, err_msg=msg)  # the LRN too: the same ISA as lrn()
         assert step == want_step or (np.isnan(step) and np.isnan(want_step)), msg
 
 
@@ -448,6 +455,8 @@ def test_qconv_maxpool_validation():
         _core.QConvMaxPoolKernel(conv, (2, 0), (2, 2))
     with pytest.raises(ValueError, match="pooling"):
         _core.QConvMaxPoolKernel(conv, (2, 2), (2, 2), (0, -1, 0, 0))
+    with pytest.raises(ValueError, match="lrn"):
+        _core.QConvMaxPoolKernel(conv, (2, 2), (2, 2), lrn=(0, 1e-4, 0.75, 1.0))
     fused = _core.QConvMaxPoolKernel(conv, (2, 2), (2, 2))
     assert fused.out_shape(9, 9) == (4, 4, 8) and fused.conv is conv
     x = np.ones((9, 9, 4), np.float32)

@@ -294,30 +294,37 @@ def test_dense_expands_write_into_the_concat(tmp_path):
 
 @pytest.mark.parametrize("lut", ["int8", "float"])
 def test_table_conv_and_its_maxpool_run_fused_with_unchanged_values(tmp_path, monkeypatch, lut):
-    """A quantized conv and the MaxPool that alone reads it run as one step (QConvMaxPoolKernel),
-    with the values of the two steps; a pool whose input another op also reads is left apart."""
+    """A quantized conv, an LRN and the MaxPool that alone reads them run as one step
+    (QConvMaxPoolKernel, AlexNet's conv2), with the values of the three steps; so does a conv
+    and its pool alone; a pool whose input another op also reads is left apart."""
     rng = np.random.default_rng(9)
     ops = [
         ir.Conv("conv", ["x"], ["a"], cin=8, cout=24, kernel=(3, 3), strides=(1, 1), pads=(1, 1, 1, 1),
                 weights=_qw(rng, 1, 3, 3, 8, 24, 4, 32), bias=rng.standard_normal(24).astype(np.float32),
                 relu=True),
-        ir.MaxPool("pool", ["a"], ["p"], kernel=(3, 3), strides=(2, 2), pads=(1, 1, 1, 1)),
-        ir.Conv("conv2", ["p"], ["b"], cin=24, cout=16, kernel=(3, 3), strides=(1, 1), pads=(1, 1, 1, 1),
+        ir.LRN("norm", ["a"], ["n"], size=5, alpha=1e-2, beta=0.75, bias=1.0),
+        ir.MaxPool("pool", ["n"], ["p"], kernel=(3, 3), strides=(2, 2), pads=(1, 1, 1, 1)),
+        ir.Conv("conv1", ["p"], ["c"], cin=24, cout=24, kernel=(3, 3), strides=(1, 1), pads=(1, 1, 1, 1),
+                weights=_qw(rng, 1, 3, 3, 24, 24, 8, 64), bias=None, relu=True),
+        ir.MaxPool("pool1", ["c"], ["p1"], kernel=(2, 2), strides=(1, 1)),
+        ir.Conv("conv2", ["p1"], ["b"], cin=24, cout=16, kernel=(3, 3), strides=(1, 1), pads=(1, 1, 1, 1),
                 weights=_qw(rng, 1, 3, 3, 24, 16, 8, 64), bias=None, relu=False),
         ir.MaxPool("pool2", ["b"], ["q"], kernel=(2, 2), strides=(2, 2)),
         ir.GlobalAveragePool("gap", ["b"], ["g"]),
     ]
-    shapes = {"x": (8, 23, 19), "a": (24, 23, 19), "p": (24, 12, 10), "b": (16, 12, 10), "q": (16, 6, 5),
-              "g": (16, 1, 1)}
+    shapes = {"x": (8, 23, 19), "a": (24, 23, 19), "n": (24, 23, 19), "p": (24, 12, 10), "c": (24, 12, 10),
+              "p1": (24, 11, 9), "b": (16, 11, 9), "q": (16, 5, 4), "g": (16, 1, 1)}
     model = ir.Model("x", shapes["x"], [ir.TensorInfo(n, s) for n, s in shapes.items()], ops, ["g", "q"])
     path = tmp_path / "qpool.qcnn"
     writer.write_model(model, path)
     x = rng.standard_normal((2, 8, 23, 19)).astype(np.float32)
     fused = Model(path, lut=lut)
     layers = {d["name"]: d for d in fused.layers}
-    assert layers["conv"]["fused_with"] == "pool" and layers["pool"]["fused_into"] == "conv"
+    assert layers["conv"]["fused_with"] == "norm, pool" and layers["pool"]["fused_into"] == "conv"
+    assert layers["norm"]["fused_into"] == "conv"
+    assert layers["conv1"]["fused_with"] == "pool1"
     assert "fused_with" not in layers["conv2"]  # its output also feeds the global average pool
-    assert [p["ms"] for p in fused.profile(x[:1], runs=2) if p["name"] == "pool"] == [0.0]
+    assert [p["ms"] for p in fused.profile(x[:1], runs=2) if p["name"] in ("norm", "pool", "pool1")] == [0.0] * 3
     monkeypatch.setattr(Model, "_fuse_pools", staticmethod(lambda model, steps: None))
     unfused = Model(path, lut=lut)
     assert "fused_with" not in unfused.layers[0]

@@ -188,17 +188,19 @@ int qcnn_iconv_run_maxpool(const qcnn_iconv_params *p, int fast, const float *x,
                            const qcnn_lrn_params *lrn, const qcnn_pool_params *pool, float *y, int poh,
                            int pow_, void *scratch);
 
-/* The same for a product-quantized conv (qcnn_kernels.h) run by rows (qcnn_qconv_runs_by_rows)
- * and the MaxPool reading it (qconv_pool.c): its rows go to a band of one pool window in the
- * scratch and are pooled as their windows complete. oh, ow, cout: the conv's output. Returns 0
- * without running when the layer is not run by rows (the caller then runs conv and pool apart),
- * else 1 with the values of qcnn_qconv_run then qcnn_maxpool; lut_step as for qcnn_qconv_run. */
+/* The same for a product-quantized conv (qcnn_kernels.h) run by rows (qcnn_qconv_runs_by_rows),
+ * optionally an LRN (lrn != NULL; AlexNet's conv2), and the MaxPool reading the result
+ * (qconv_pool.c): the conv's rows go to a band of one pool window in the scratch, are normalised
+ * as they arrive and pooled as their windows complete. oh, ow, cout: the conv's output; isa:
+ * qcnn_lrn's and qcnn_maxpool's. Returns 0 without running when the layer is not run by rows
+ * (the caller then runs the steps apart), else 1 with the values of qcnn_qconv_run, qcnn_lrn,
+ * qcnn_maxpool; lut_step as for qcnn_qconv_run. */
 struct qcnn_qconv_prepared;
 size_t qcnn_qconv_pool_scratch_bytes(const struct qcnn_qconv_prepared *q, const qcnn_pool_params *pool, int h,
                                      int w, int ow, int cout);
 int qcnn_qconv_run_maxpool(const struct qcnn_qconv_prepared *q, const float *x, int h, int w, int oh, int ow,
-                           int cout, const qcnn_pool_params *pool, float *y, int poh, int pow_, int pool_isa,
-                           void *scratch, float *lut_step);
+                           int cout, const qcnn_lrn_params *lrn, const qcnn_pool_params *pool, float *y, int poh,
+                           int pow_, int isa, void *scratch, float *lut_step);
 
 /* ------------------------------------------------------------------ internal (ops_conv*.c) */
 /* One output row of one group of a dense conv, as handed to the per-ISA row kernels. The input
