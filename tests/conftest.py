@@ -67,3 +67,21 @@ def shared_dir():
 @pytest.fixture
 def tiny_model_factory():
     return make_tiny_model
+
+
+def _check_fused_pool_run_refuses(fused, x, y_shape, wrong_y_shape):
+    """A fused conv + pool kernel (ConvMaxPoolKernel, QConvMaxPoolKernel) refuses, naming what is
+    wrong, a y of the wrong shape, an x of the wrong channel count and a scratch too small."""
+    h, w, c = x.shape
+    scratch = np.empty(fused.scratch_nbytes(h, w), np.uint8)
+    with pytest.raises(ValueError, match="y: expected shape"):
+        fused.run(x, np.empty(wrong_y_shape, np.float32), scratch)
+    with pytest.raises(ValueError, match="channels"):
+        fused.run(np.ones((h, w, c + 1), np.float32), np.empty(y_shape, np.float32), scratch)
+    with pytest.raises(ValueError, match="scratch"):
+        fused.run(x, np.empty(y_shape, np.float32), scratch[:10])
+
+
+@pytest.fixture
+def check_fused_pool_run_refuses():
+    return _check_fused_pool_run_refuses

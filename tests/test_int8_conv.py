@@ -178,20 +178,13 @@ def test_conv_maxpool_fused_equals_conv_then_maxpool(isa):
             np.testing.assert_allclose(y, want, rtol=2e-6, atol=1e-30, err_msg=msg)
 
 
-def test_conv_maxpool_validation():
+def test_conv_maxpool_validation(check_fused_pool_run_refuses):
     conv = _core.DenseConvKernel(np.ones((4, 2, 3, 3), np.float32), precision="int8")
     with pytest.raises(ValueError, match="pooling"):
         _core.ConvMaxPoolKernel(conv, (0, 2), (2, 2))
     fused = _core.ConvMaxPoolKernel(conv, (2, 2), (2, 2))
     assert fused.out_shape(9, 9) == (3, 3, 4) and fused.precision == "int8"
-    x = np.ones((9, 9, 2), np.float32)
-    scratch = np.empty(fused.scratch_nbytes(9, 9), np.uint8)
-    with pytest.raises(ValueError, match="y: expected shape"):
-        fused.run(x, np.empty((7, 7, 4), np.float32), scratch)
-    with pytest.raises(ValueError, match="channels"):
-        fused.run(np.ones((9, 9, 3), np.float32), np.empty((3, 3, 4), np.float32), scratch)
-    with pytest.raises(ValueError, match="scratch"):
-        fused.run(x, np.empty((3, 3, 4), np.float32), scratch[:10])
+    check_fused_pool_run_refuses(fused, np.ones((9, 9, 2), np.float32), (3, 3, 4), (7, 7, 4))
     with pytest.raises(ValueError, match="does not fit"):
         _core.ConvMaxPoolKernel(conv, (5, 5), (1, 1)).out_shape(5, 5)
 

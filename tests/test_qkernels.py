@@ -447,7 +447,7 @@ def test_qconv_maxpool_fused_equals_conv_then_maxpool(case, isa, lut):
         assert step == want_step or (np.isnan(step) and np.isnan(want_step)), msg
 
 
-def test_qconv_maxpool_validation():
+def test_qconv_maxpool_validation(check_fused_pool_run_refuses):
     rng = np.random.default_rng(3)
     cb, idx, M = make_conv(rng, 4, 8, 1, 3, 3, 2, 16)
     conv = _core.QConvKernel(4, 8, 1, 3, 3, (1, 1), (1, 1, 1, 1), 2, M, 16, cb, idx)
@@ -460,13 +460,7 @@ def test_qconv_maxpool_validation():
     fused = _core.QConvMaxPoolKernel(conv, (2, 2), (2, 2))
     assert fused.out_shape(9, 9) == (4, 4, 8) and fused.conv is conv
     x = np.ones((9, 9, 4), np.float32)
-    scratch = np.empty(fused.scratch_nbytes(9, 9), np.uint8)
-    with pytest.raises(ValueError, match="y: expected shape"):
-        fused.run(x, np.empty((9, 9, 8), np.float32), scratch)
-    with pytest.raises(ValueError, match="channels"):
-        fused.run(np.ones((9, 9, 3), np.float32), np.empty((4, 4, 8), np.float32), scratch)
-    with pytest.raises(ValueError, match="scratch"):
-        fused.run(x, np.empty((4, 4, 8), np.float32), scratch[:100])
+    check_fused_pool_run_refuses(fused, x, (4, 4, 8), (9, 9, 8))
     with pytest.raises(ValueError, match="scratch"):
         fused.run(x, np.empty((4, 4, 8), np.float32), None)
     with pytest.raises(ValueError, match="does not fit"):
