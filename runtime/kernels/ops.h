@@ -83,6 +83,10 @@ typedef struct {
     const int8_t *wq_amx; /* the same values in the AMX kernel's layout (qcnn_iconv_pack_amx), or NULL */
     const float *wscale;  /* [groups][ceil(cout_g/16)*16]: sw per channel, 0 past cout_g */
     const int32_t *wsum;  /* same layout: sum of the channel's int8 weights */
+    /* Winograd F(4x4, 3x3) instead of the direct kernels (see qcnn_wino_row), or NULL: */
+    const int16_t *wino_u;     /* qcnn_wino_pack's transformed weights */
+    const float *wino_uscale;  /* and their scales */
+    int wino_always;           /* 1: Winograd at every image size; 0: where qcnn_wino_pays */
 } qcnn_iconv_params;
 
 /* Fills nseg/seglen/nquad from geom; returns the number of packed weight bytes. */
@@ -113,6 +117,56 @@ size_t qcnn_iconv_scratch_bytes(const qcnn_iconv_params *p, int h, int w);
 int qcnn_iconv_run(const qcnn_iconv_params *p, int fast, const float *x, int h, int w, float *y,
                    int ystride, void *scratch);
 
+
+/* ------------------------------------------------------------------ int8 conv, Winograd */
+/* Winograd F(4x4, 3x3) for 3x3 stride-1 ungrouped int8 convs (ops_wino.c): the same uint8
+ * input as qcnn_iconv_params (per image scale sx, zero point zp), transformed per 6x6 window
+ * and 32 channels exactly in int16 (V = B^T (q - zp) B, |V| <= 25500); the weights transformed
+ * once in double (U = G w G^T) and rounded per (tile position, output channel) to int16 with the
+ * largest range for which no int32 sum over 64 channels can overflow (11-12 bits); 36 int32
+ * sums per tile, output channel and 64 input channels, added in float (vpdpwssd: 32 products per instruction, 4x fewer
+ * products than direct), scaled to float by sx * uscale, then Y = A^T M A + bias in float.
+ * Every ISA computes the same integers and the same floats. */
+#define QCNN_WINO_POS 36        /* 6x6 positions of a tile */
+#define QCNN_WINO_CIN_BLOCK 32  /* input channels per int16 vector */
+#define QCNN_WINO_CIN_CHUNK 64  /* input channels summed exactly in int32, then in float */
+#define QCNN_WINO_COUT_BLOCK 64 /* output channels per chunk of sums */
+#define QCNN_WINO_COUT_CHUNK 64 /* output channels summed at once (4 vectors) */
+#define QCNN_WINO_TILES 6       /* tiles summed at once */
+int qcnn_wino_applies(const qcnn_dconv_params *g);
+/* 1 if Winograd is expected to beat the direct VNNI kernel for an output ow columns wide: it
+ * streams its transformed weights (72*cin*cout bytes, 8x the direct int8 weights) once per row
+ * of tiles, so it pays when they come to under 1 MB per tile of the row (measured on Zen 4:
+ * 64->64 at 224x224 1.4x faster, 256->256 at 56x56 1.45x; 256->512 at 28x28 even; 512->512 at
+ * 14x14 2.3x slower). */
+int qcnn_wino_pays(const qcnn_dconv_params *g, int ow);
+size_t qcnn_wino_weight_count(const qcnn_dconv_params *g); /* int16 values of U */
+/* u: [36][cin/2][cout][2] int16; uscale: [36][cout] */
+void qcnn_wino_pack(const qcnn_dconv_params *g, const float *w_onnx, int16_t *u, float *uscale);
+
+/* One row of 4x4 tiles: output rows oy .. oy+nrows-1 (4 computed), every column. */
+typedef struct {
+    const uint8_t *x;  /* padded quantized input at row oy, column 0 */
+    size_t xrow;       /* bytes between input rows */
+    int rows_avail;    /* padded input rows from oy on (windows past them read zp) */
+    int cols;          /* padded input columns */
+    int cin, cout, zp;
+    const int16_t *u;
+    const float *mul;  /* [36][cout]: sx * uscale */
+    const float *bias; /* [cout] or NULL */
+    int relu, ow, nrows;
+    float *y;          /* output row oy, column 0, channel 0 */
+    size_t ypix, yrow; /* floats between output pixels / rows */
+    void *work;        /* qcnn_wino_work_bytes(cin, cout) bytes, 64-aligned */
+} qcnn_wino_row;
+size_t qcnn_wino_work_bytes(int cin, int cout);
+/* byte offset in the work buffer of 0: the edge window copy, 1: inputs, 2: sums, 3: end */
+size_t qcnn_wino_work_offset(int cin, int what);
+const uint8_t *qcnn_wino_window(const qcnn_wino_row *r, int tx, size_t *row_stride);
+void qcnn_wino_row_generic(const qcnn_wino_row *r);
+#if defined(__x86_64__)
+void qcnn_wino_row_avx512(const qcnn_wino_row *r);
+#endif
 
 /* ------------------------------------------------------------------ dense fully connected */
 /* y[o] = bias[o] + sum_i W[o][i] x[i]  (ONNX Gemm with transB=1), W float32 [out][in]. */

@@ -38,6 +38,9 @@ size_t qcnn_iconv_init(qcnn_iconv_params *p, const qcnn_dconv_params *geom)
     p->wq_amx = NULL;
     p->wscale = NULL;
     p->wsum = NULL;
+    p->wino_u = NULL;
+    p->wino_uscale = NULL;
+    p->wino_always = 0;
     return (size_t)geom->groups * nblocks(p) * geom->kh * p->nseg * p->nquad * NB * 4;
 }
 
@@ -118,7 +121,7 @@ int qcnn_iconv_fast_available(void)
  * the last pixel; their weights are 0), then the per-channel mul/add arrays, then (only with
  * wq16, for the AVX2 kernel) the input again as 16-bit words. */
 typedef struct {
-    size_t xq, mul, add, xq16, total;
+    size_t xq, mul, add, xq16, wino_mul, wino_work, total;
 } iconv_layout;
 
 #define ALIGN64(n) (((n) + 63) & ~(size_t)63)
@@ -136,6 +139,9 @@ static iconv_layout layout(const qcnn_iconv_params *p, int h, int w)
     l.mul = o; o += ALIGN64(qcnn_iconv_channels(p) * sizeof(float));
     l.add = o; o += ALIGN64(qcnn_iconv_channels(p) * sizeof(float));
     l.xq16 = o; o += p->wq16 ? ALIGN64(ph * pw * g->cin + 64) * 2 : 0;
+    /* Winograd: sx * uscale per (tile position, channel), and the tile kernel's work buffer */
+    l.wino_mul = o; o += p->wino_u ? ALIGN64((size_t)QCNN_WINO_POS * g->cout * sizeof(float)) : 0;
+    l.wino_work = o; o += p->wino_u ? ALIGN64(qcnn_wino_work_bytes(g->cin, g->cout)) : 0;
     l.total = o + 64; /* room to align the base */
     return l;
 }
@@ -209,6 +215,8 @@ void qcnn_iconv_row_generic(const qcnn_iconv_row *r)
  * quantized input and per-channel factors sit in the scratch. */
 typedef struct {
     void (*row_fn)(const qcnn_iconv_row *);
+    void (*wino_fn)(const qcnn_wino_row *); /* set: Winograd tile rows instead of row_fn */
+    qcnn_wino_row wr;  /* the fields shared by every tile row */
     qcnn_iconv_row r; /* the fields shared by every row */
     int widen, amx, pool_isa;
     const uint8_t *xq;
@@ -257,6 +265,15 @@ static int iconv_prepare(const qcnn_iconv_params *p, int fast, const float *x, i
 #else
     (void)fast;
 #endif
+    c->wino_fn = NULL;
+    if (p->wino_u && (p->wino_always || qcnn_wino_pays(g_, c->OW))) {
+        /* same quantized input; its own kernels (the portable one off x86) */
+        c->wino_fn = qcnn_wino_row_generic;
+#if defined(__x86_64__)
+        if (c->row_fn == qcnn_iconv_row_vnni)
+            c->wino_fn = qcnn_wino_row_avx512;
+#endif
+    }
     float lo, hi;
     if (!range_fn(x, n, &lo, &hi))
         return 0;
@@ -299,6 +316,25 @@ static int iconv_prepare(const qcnn_iconv_params *p, int fast, const float *x, i
             add[ch] = b - (float)zp * (float)p->wsum[ch] * mul[ch];
         }
 
+    if (c->wino_fn) {
+        float *wmul = (float *)(base + l.wino_mul);
+        for (size_t i = 0; i < (size_t)QCNN_WINO_POS * g_->cout; i++)
+            wmul[i] = sx * p->wino_uscale[i];
+        qcnn_wino_row *wr = &c->wr;
+        memset(wr, 0, sizeof *wr);
+        wr->xrow = prow;
+        wr->cols = PW;
+        wr->cin = C;
+        wr->cout = g_->cout;
+        wr->zp = zp;
+        wr->u = p->wino_u;
+        wr->mul = wmul;
+        wr->bias = g_->bias;
+        wr->relu = g_->relu;
+        wr->ow = c->OW;
+        wr->work = base + l.wino_work;
+    }
+
     qcnn_iconv_row *r = &c->r;
     r->xpix = (size_t)g_->stride_w * C;
     r->xrow = prow;
@@ -324,6 +360,20 @@ static void iconv_rows(const qcnn_iconv_params *p, iconv_ctx *c, int r0, int r1,
 {
     const qcnn_dconv_params *g_ = &p->geom;
     const int G = g_->groups, cin_g = g_->cin / G, cout_g = g_->cout / G, nb = nblocks(p);
+    if (c->wino_fn) { /* 4 rows per tile row; a last partial one computes 4 and keeps its share */
+        const int PH = c->OH + 2; /* padded input rows (3x3, stride 1) */
+        qcnn_wino_row wr = c->wr;
+        wr.ypix = (size_t)ystride;
+        wr.yrow = (size_t)c->OW * ystride;
+        for (int oy = r0; oy < r1; oy += 4) {
+            wr.x = c->xq + (size_t)oy * c->prow;
+            wr.rows_avail = PH - oy;
+            wr.nrows = r1 - oy < 4 ? r1 - oy : 4;
+            wr.y = y + (size_t)(oy - r0) * wr.yrow;
+            c->wino_fn(&wr);
+        }
+        return;
+    }
     qcnn_iconv_row r = c->r;
     r.ypix = (size_t)ystride;
     const size_t wgroup = (size_t)nb * g_->kh * p->nseg * p->nquad * NB * 4;
@@ -377,6 +427,8 @@ static int band_rows(const qcnn_iconv_params *p, const qcnn_pool_params *pool, i
     const size_t row_bytes = (size_t)OW * p->geom.cout * sizeof(float);
     int rows = (int)(256 * 1024 / (row_bytes ? row_bytes : 1));
     rows = rows < 1 ? 1 : rows;
+    if (p->wino_u) /* whole tile rows of 4 when the windows do not overlap */
+        return (rows + pool->kh + 3) / 4 * 4;
     return rows + pool->kh;
 }
 

@@ -1,0 +1,178 @@
+/* Winograd F(4x4, 3x3) tile-row kernel for AVX-512 VNNI (vpdpwssd). Same integers and floats
+ * as qcnn_wino_row_generic (ops_wino.c), which defines the arithmetic; see qcnn_wino_row in ops.h.
+ *
+ * Per block of QCNN_WINO_TILES tiles: each tile's 6x6 window is transformed 32 channels at a
+ * time in int16 registers into the work buffer; then, per 64 output channels and per tile
+ * position, a tiles x 4-vector block of int32 sums runs over the input channels in pairs (one
+ * 32-bit broadcast of a tile's channel pair, one vpdpwssd per vector: 2 products per lane);
+ * the sums are scaled to float and the output transform writes 4x4 pixels per tile.
+ * Only called after qcnn_iconv_fast_available() said the CPU and OS support it.
+ */
+#include <string.h>
+
+#include "ops.h"
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+
+#define TV __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
+#define AI __attribute__((always_inline))
+#define T 6
+#define NT QCNN_WINO_TILES
+#define NV (QCNN_WINO_COUT_CHUNK / 16)
+
+/* acc += lo16(x)*lo16(w) + hi16(x)*hi16(w) per int32 lane. Inline asm for the reason given in
+ * vnni_x86.h: with the intrinsic gcc copies and spills the accumulators. */
+#define DPWSSD(acc, x, w) __asm__("vpdpwssd %[wv], %[xv], %[av]" : [av] "+v"(acc) : [xv] "v"(x), [wv] "v"(w))
+
+/* r = B^T d of six int16 vectors (exact: |values| stay <= 25500), as bt6 in ops_wino.c. */
+static inline AI TV void bt6v(const __m512i *d, int ds, __m512i *r, int rs)
+{
+    const __m512i d0 = d[0], d1 = d[ds], d2 = d[2 * ds], d3 = d[3 * ds], d4 = d[4 * ds], d5 = d[5 * ds];
+    const __m512i d4m2 = _mm512_sub_epi16(d4, d2), d3m1 = _mm512_sub_epi16(d3, d1);
+    const __m512i d3m1x2 = _mm512_add_epi16(d3m1, d3m1);
+    r[0] = _mm512_add_epi16(_mm512_sub_epi16(_mm512_slli_epi16(_mm512_sub_epi16(d0, d2), 2), d2), d4);
+    r[rs] = _mm512_sub_epi16(_mm512_add_epi16(d3, d4), _mm512_slli_epi16(_mm512_add_epi16(d1, d2), 2));
+    r[2 * rs] = _mm512_add_epi16(_mm512_sub_epi16(d4, d3), _mm512_slli_epi16(_mm512_sub_epi16(d1, d2), 2));
+    r[3 * rs] = _mm512_add_epi16(d4m2, d3m1x2);
+    r[4 * rs] = _mm512_sub_epi16(d4m2, d3m1x2);
+    r[5 * rs] = _mm512_add_epi16(_mm512_sub_epi16(_mm512_slli_epi16(_mm512_sub_epi16(d1, d3), 2), d3), d5);
+}
+
+/* v[36][cin] = B^T (window - zp) B, 32 channels at a time. */
+static inline AI TV void input_tile(const uint8_t *x, size_t rs, int cin, __m512i zpv, int16_t *v)
+{
+    for (int c = 0; c < cin; c += 32) {
+        __m512i t[T * T];
+        for (int j = 0; j < T; j++) {
+            __m512i d[T];
+            for (int i = 0; i < T; i++)
+                d[i] = _mm512_sub_epi16(
+                    _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(x + i * rs + (size_t)j * cin + c))), zpv);
+            bt6v(d, 1, t + j, T); /* columns */
+        }
+        for (int i = 0; i < T; i++) {
+            __m512i o[T];
+            bt6v(t + i * T, 1, o, 1); /* rows */
+            for (int j = 0; j < T; j++)
+                _mm512_store_si512((void *)(v + (size_t)(i * T + j) * cin + c), o[j]);
+        }
+    }
+}
+
+/* m[t][pos][64] = sx*uscale * sum over cin of v[t][pos][ci] * u[pos][ci][co0 + ...]. */
+static inline AI TV void sums(const int16_t *v, int cin, const int16_t *u, int cout, int co0, const float *mul,
+                              float *m, const int nt)
+{
+    const int npair = cin / 2;
+    for (int pos = 0; pos < QCNN_WINO_POS; pos++)
+      for (int c0 = 0; c0 < cin; c0 += QCNN_WINO_CIN_CHUNK) {
+        __m512i acc[NT][NV];
+#pragma GCC unroll 6
+        for (int t = 0; t < nt; t++)
+#pragma GCC unroll 4
+            for (int k = 0; k < NV; k++)
+                acc[t][k] = _mm512_setzero_si512();
+        const int16_t *up = u + (((size_t)pos * npair + c0 / 2) * cout + co0) * 2;
+        const int16_t *vp = v + (size_t)pos * cin + c0;
+        const int p1 = (c0 + QCNN_WINO_CIN_CHUNK < cin ? c0 + QCNN_WINO_CIN_CHUNK : cin) / 2;
+        for (int p = c0 / 2; p < p1; p++, up += (size_t)cout * 2, vp += 2) {
+            __m512i w[NV];
+#pragma GCC unroll 4
+            for (int k = 0; k < NV; k++)
+                w[k] = _mm512_loadu_si512((const void *)(up + k * 32));
+#pragma GCC unroll 6
+            for (int t = 0; t < nt; t++) {
+                int32_t pair;
+                memcpy(&pair, vp + (size_t)t * QCNN_WINO_POS * cin, 4);
+                const __m512i b = _mm512_set1_epi32(pair);
+#pragma GCC unroll 4
+                for (int k = 0; k < NV; k++)
+                    DPWSSD(acc[t][k], b, w[k]);
+            }
+        }
+#pragma GCC unroll 4
+        for (int k = 0; k < NV; k++) {
+            const __m512 s = _mm512_loadu_ps(mul + (size_t)pos * cout + co0 + k * 16);
+#pragma GCC unroll 6
+            for (int t = 0; t < nt; t++) {
+                float *mp = m + ((size_t)t * QCNN_WINO_POS + pos) * QCNN_WINO_COUT_CHUNK + k * 16;
+                __m512 part = _mm512_mul_ps(_mm512_cvtepi32_ps(acc[t][k]), s);
+                if (c0) /* a separate add, not an FMA: the portable kernel's rounding */
+                    part = _mm512_add_ps(_mm512_load_ps(mp), part);
+                _mm512_store_ps(mp, part);
+            }
+        }
+      }
+}
+
+/* y = A^T m of six vectors, in at6's order (ops_wino.c). */
+static inline AI TV void at6v(const __m512 *m, int ms, __m512 *y, int ys)
+{
+    const __m512 s12 = _mm512_add_ps(m[ms], m[2 * ms]), d12 = _mm512_sub_ps(m[ms], m[2 * ms]);
+    const __m512 s34 = _mm512_add_ps(m[3 * ms], m[4 * ms]), d34 = _mm512_sub_ps(m[3 * ms], m[4 * ms]);
+    y[0] = _mm512_add_ps(_mm512_add_ps(m[0], s12), s34);
+    y[ys] = _mm512_fmadd_ps(d34, _mm512_set1_ps(2.0f), d12);
+    y[2 * ys] = _mm512_fmadd_ps(s34, _mm512_set1_ps(4.0f), s12);
+    y[3 * ys] = _mm512_add_ps(_mm512_fmadd_ps(d34, _mm512_set1_ps(8.0f), d12), m[5 * ms]);
+}
+
+/* The 4x4 outputs of tile tx for channels co0 .. co0+63 from its sums m[36][64]. */
+static inline AI TV void output_tile(const qcnn_wino_row *r, const float *m, int tx, int co0)
+{
+    const int ncols = r->ow - tx * 4 < 4 ? r->ow - tx * 4 : 4;
+    for (int k = 0; k < NV; k++) {
+        const __m512 b = r->bias ? _mm512_loadu_ps(r->bias + co0 + k * 16) : _mm512_setzero_ps();
+        __m512 col[T], t[4 * T];
+        for (int j = 0; j < T; j++) {
+            for (int i = 0; i < T; i++)
+                col[i] = _mm512_load_ps(m + (size_t)(i * T + j) * QCNN_WINO_COUT_CHUNK + k * 16);
+            at6v(col, 1, t + j, T); /* columns */
+        }
+        for (int i = 0; i < r->nrows; i++) {
+            __m512 o[4];
+            at6v(t + i * T, 1, o, 1); /* rows */
+            float *y = r->y + i * r->yrow + (size_t)tx * 4 * r->ypix + co0 + k * 16;
+            for (int j = 0; j < ncols; j++) {
+                __m512 val = _mm512_add_ps(o[j], b);
+                if (r->relu)
+                    val = _mm512_max_ps(val, _mm512_setzero_ps());
+                _mm512_storeu_ps(y + (size_t)j * r->ypix, val);
+            }
+        }
+    }
+}
+
+static inline AI TV void tile_block(const qcnn_wino_row *r, int16_t *v, float *m, int tx0, const int nt)
+{
+    const __m512i zpv = _mm512_set1_epi16((short)r->zp);
+    for (int t = 0; t < nt; t++) {
+        size_t rs;
+        const uint8_t *x = qcnn_wino_window(r, tx0 + t, &rs);
+        input_tile(x, rs, r->cin, zpv, v + (size_t)t * QCNN_WINO_POS * r->cin);
+    }
+    for (int co0 = 0; co0 < r->cout; co0 += QCNN_WINO_COUT_CHUNK) {
+        sums(v, r->cin, r->u, r->cout, co0, r->mul, m, nt);
+        for (int t = 0; t < nt; t++)
+            output_tile(r, m + (size_t)t * QCNN_WINO_POS * QCNN_WINO_COUT_CHUNK, tx0 + t, co0);
+    }
+}
+
+TV void qcnn_wino_row_avx512(const qcnn_wino_row *r)
+{
+    int16_t *v = (int16_t *)((uint8_t *)r->work + qcnn_wino_work_offset(r->cin, 1));
+    float *m = (float *)((uint8_t *)r->work + qcnn_wino_work_offset(r->cin, 2));
+    const int ntiles = (r->ow + 3) / 4;
+    for (int tx0 = 0; tx0 < ntiles; tx0 += NT) {
+        switch (ntiles - tx0 < NT ? ntiles - tx0 : NT) {
+        case 1: tile_block(r, v, m, tx0, 1); break;
+        case 2: tile_block(r, v, m, tx0, 2); break;
+        case 3: tile_block(r, v, m, tx0, 3); break;
+        case 4: tile_block(r, v, m, tx0, 4); break;
+        case 5: tile_block(r, v, m, tx0, 5); break;
+        default: tile_block(r, v, m, tx0, 6); break;
+        }
+    }
+}
+
+#endif
