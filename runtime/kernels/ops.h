@@ -132,7 +132,7 @@ int qcnn_iconv_run(const qcnn_iconv_params *p, int fast, const float *x, int h, 
 #define QCNN_WINO_CIN_CHUNK 64  /* input channels summed exactly in int32, then in float */
 #define QCNN_WINO_COUT_BLOCK 64 /* output channels per chunk of sums */
 #define QCNN_WINO_COUT_CHUNK 64 /* output channels summed at once (4 vectors) */
-#define QCNN_WINO_TILES 6       /* tiles summed at once */
+#define QCNN_WINO_TILES 6       /* tiles whose sums are in registers at once */
 int qcnn_wino_applies(const qcnn_dconv_params *g);
 /* 1 if Winograd is expected to beat the direct VNNI kernel for an output ow columns wide: it
  * streams its transformed weights (72*cin*cout bytes, 8x the direct int8 weights) once per row
@@ -160,6 +160,8 @@ typedef struct {
     void *work;        /* qcnn_wino_work_bytes(cin, cout) bytes, 64-aligned */
 } qcnn_wino_row;
 size_t qcnn_wino_work_bytes(int cin, int cout);
+/* tiles the SIMD kernel transforms and sums at once (inputs and sums within ~512 KB) */
+int qcnn_wino_superblock(int cin);
 /* byte offset in the work buffer of 0: the edge window copy, 1: inputs, 2: sums, 3: end */
 size_t qcnn_wino_work_offset(int cin, int what);
 const uint8_t *qcnn_wino_window(const qcnn_wino_row *r, int tx, size_t *row_stride);

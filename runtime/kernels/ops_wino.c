@@ -93,14 +93,22 @@ void qcnn_wino_pack(const qcnn_dconv_params *g, const float *w_onnx, int16_t *u,
 }
 
 /* The work buffer: a zp-padded copy of a window that runs past the input (tiles at the right
- * and bottom edges), then the SIMD kernel's transformed inputs of QCNN_WINO_TILES tiles
+ * and bottom edges), then the SIMD kernel's transformed inputs of a superblock of tiles
  * ([tile][36][cin] int16), then their sums ([tile][36][64] float). */
 #define ALIGN64(n) (((n) + 63) & ~(size_t)63)
+int qcnn_wino_superblock(int cin)
+{
+    const size_t per_tile = (size_t)QCNN_WINO_POS * (cin * sizeof(int16_t) + QCNN_WINO_COUT_CHUNK * sizeof(float));
+    const size_t n = (512u << 10) / per_tile;
+    return n < QCNN_WINO_TILES ? QCNN_WINO_TILES : n > 64 ? 64 : (int)n;
+}
+
 size_t qcnn_wino_work_offset(int cin, int what)
 {
+    const size_t sb = (size_t)qcnn_wino_superblock(cin);
     const size_t patch = ALIGN64((size_t)T * T * cin);
-    const size_t v = ALIGN64((size_t)QCNN_WINO_TILES * QCNN_WINO_POS * cin * sizeof(int16_t));
-    const size_t m = (size_t)QCNN_WINO_TILES * QCNN_WINO_POS * QCNN_WINO_COUT_CHUNK * sizeof(float);
+    const size_t v = ALIGN64(sb * QCNN_WINO_POS * cin * sizeof(int16_t));
+    const size_t m = sb * QCNN_WINO_POS * QCNN_WINO_COUT_CHUNK * sizeof(float);
     return what == 0 ? 0 : what == 1 ? patch : what == 2 ? patch + v : patch + v + m;
 }
 
