@@ -58,7 +58,7 @@ cdef extern from "ops.h" nogil:
     void qcnn_iconv_widen(const qcnn_iconv_params *p, short *wq16)
     int qcnn_iconv_fast_available()
     int qcnn_wino_applies(const qcnn_dconv_params *g)
-    int qcnn_wino_pays(const qcnn_dconv_params *g, int ow)
+    int qcnn_wino_pays(const qcnn_dconv_params *g, int oh, int ow)
     size_t qcnn_wino_weight_count(const qcnn_dconv_params *g)
     void qcnn_wino_pack(const qcnn_dconv_params *g, const float *w_onnx, short *u, float *uscale)
     int qcnn_iconv_avx2_available()
@@ -371,7 +371,7 @@ cdef class DenseConvKernel:
         if not self.winograd:
             return False
         oh, ow, _ = self.out_shape(h, w)
-        return bool(self.ip.wino_always or qcnn_wino_pays(&self.p, ow))
+        return bool(self.ip.wino_always or qcnn_wino_pays(&self.p, oh, ow))
 
     @property
     def int8_isa(self):

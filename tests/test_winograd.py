@@ -215,6 +215,7 @@ def test_winograd_by_default_only_where_it_pays(monkeypatch):
     direct = _core.DenseConvKernel(big, isa="avx512", precision="int8", pads=(1, 1, 1, 1), winograd=False)
     assert not direct.winograd
     np.testing.assert_array_equal(run(auto_big, x), run(direct, x))
+    assert not auto.winograd_for(19, 21)  # under 400 output pixels
     monkeypatch.setenv("QCNN_WINOGRAD", "0")
     assert not _core.DenseConvKernel(small, isa="avx512", precision="int8").winograd
     # the portable kernel never picks it on its own (it is slower there than the direct one)

@@ -134,12 +134,14 @@ int qcnn_iconv_run(const qcnn_iconv_params *p, int fast, const float *x, int h, 
 #define QCNN_WINO_COUT_CHUNK 64 /* output channels summed at once (4 vectors) */
 #define QCNN_WINO_TILES 6       /* tiles whose sums are in registers at once */
 int qcnn_wino_applies(const qcnn_dconv_params *g);
-/* 1 if Winograd is expected to beat the direct VNNI kernel for an output ow columns wide: it
- * streams its transformed weights (72*cin*cout bytes, 8x the direct int8 weights) once per row
- * of tiles, so it pays when they come to under 1 MB per tile of the row (measured on Zen 4:
- * 64->64 at 224x224 1.4x faster, 256->256 at 56x56 1.45x; 256->512 at 28x28 even; 512->512 at
- * 14x14 2.3x slower). */
-int qcnn_wino_pays(const qcnn_dconv_params *g, int ow);
+/* 1 if Winograd is expected to beat the direct VNNI kernel for an oh x ow output. Its
+ * transformed weights (72*cin*cout bytes, 8x the direct int8 weights) are read once per
+ * superblock of a row of tiles, so it pays when they come to under 1 MB per tile of the row
+ * (measured on Zen 4: 64->64 at 224x224 1.4x faster, 256->256 at 56x56 1.5x; 256->512 at
+ * 28x28 even; 512->512 at 14x14 2.3x slower), and on at least 400 output pixels: in a whole
+ * network they come from memory once per image, which small outputs do not repay (SqueezeNet's
+ * 64->256 at 13x13: 0.13 ms direct, 0.19 Winograd). */
+int qcnn_wino_pays(const qcnn_dconv_params *g, int oh, int ow);
 size_t qcnn_wino_weight_count(const qcnn_dconv_params *g); /* int16 values of U */
 /* u: [36][cin/2][cout][2] int16; uscale: [36][cout] */
 void qcnn_wino_pack(const qcnn_dconv_params *g, const float *w_onnx, int16_t *u, float *uscale);

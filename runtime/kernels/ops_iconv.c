@@ -266,7 +266,7 @@ static int iconv_prepare(const qcnn_iconv_params *p, int fast, const float *x, i
     (void)fast;
 #endif
     c->wino_fn = NULL;
-    if (p->wino_u && (p->wino_always || qcnn_wino_pays(g_, c->OW))) {
+    if (p->wino_u && (p->wino_always || qcnn_wino_pays(g_, c->OH, c->OW))) {
         /* same quantized input; its own kernels (the portable one off x86) */
         c->wino_fn = qcnn_wino_row_generic;
 #if defined(__x86_64__)
