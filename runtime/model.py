@@ -191,6 +191,9 @@ class Model:
                     d.update(precision=step.kernel.precision)
                     if step.kernel.precision == "int8":  # amx, avx512vnni, avx2 or generic
                         d.update(int8_kernel=step.kernel.int8_isa)
+                        conv = getattr(step.kernel, "conv", step.kernel)
+                        if isinstance(conv, _core.DenseConvKernel) and conv.winograd_for(*step.in_shapes[0][1:]):
+                            d.update(winograd=True)  # runs as Winograd F(4x4, 3x3) on this input
             if step.pool_into is not None:
                 d.update(fused_with=", ".join(st.op.name for st in (step.lrn_into, step.pool_into) if st is not None))
             elif step.kind in ("MaxPool", "LRN") and step.fused:

@@ -7,8 +7,6 @@ portable one (identical), against the fp32 reference (the error its roundings ad
 than the direct int8 kernel's), and on inputs built to make the int32 sums as large as they
 can get (no overflow).
 """
-import os
-
 import numpy as np
 import pytest
 
@@ -234,3 +232,34 @@ def test_winograd_validation():
             _core.DenseConvKernel(bad, precision="int8", winograd=True, **args)
     # where it does not apply, the default quietly runs the direct kernel
     assert not _core.DenseConvKernel(np.ones((64, 48, 3, 3), np.float32), precision="int8").winograd
+
+
+@pytest.mark.skipif(not FAST, reason="the default only takes Winograd where the VNNI kernel runs")
+def test_model_runs_a_dense_3x3_conv_as_winograd_and_says_so(tmp_path, monkeypatch):
+    """Model.layers names the dense convs that run as Winograd (qcnn-bench reports them), the
+    outputs stay within the int8 error of fp32, and QCNN_WINOGRAD=0 gives the direct kernel."""
+    from qcnn.runtime import Model
+    from qcnn.schema import ir, writer
+
+    rng = np.random.default_rng(8)
+    ops = [ir.Conv("conv_a", ["x"], ["a"], cin=3, cout=32, kernel=(3, 3), pads=(1, 1, 1, 1), relu=True,
+                   weights=rng.standard_normal((32, 3, 3, 3)).astype(np.float32) * 0.3, bias=None),
+           ir.Conv("conv_b", ["a"], ["b"], cin=32, cout=64, kernel=(3, 3), pads=(1, 1, 1, 1), relu=True,
+                   weights=rng.standard_normal((64, 32, 3, 3)).astype(np.float32) * 0.1,
+                   bias=rng.standard_normal(64).astype(np.float32) * 0.1)]
+    tensors = [ir.TensorInfo("x", (3, 24, 24)), ir.TensorInfo("a", (32, 24, 24)), ir.TensorInfo("b", (64, 24, 24))]
+    writer.write_model(ir.Model("x", (3, 24, 24), tensors, ops, ["b"], producer="qcnn-tests"), tmp_path / "w.qcnn")
+    x = rng.standard_normal((1, 3, 24, 24)).astype(np.float32)
+    with Model(tmp_path / "w.qcnn") as m:
+        layers = {d["name"]: d for d in m.layers}
+        assert layers["conv_b"].get("winograd") and not layers["conv_a"].get("winograd")
+        y = m.run(x)
+    with Model(tmp_path / "w.qcnn", lut="float") as m:
+        ref = m.run(x)
+    assert np.linalg.norm(y - ref) <= 0.02 * np.linalg.norm(ref)
+    monkeypatch.setenv("QCNN_WINOGRAD", "0")
+    with Model(tmp_path / "w.qcnn") as m:
+        assert not any(d.get("winograd") for d in m.layers)
+        y_direct = m.run(x)
+    assert not np.array_equal(y, y_direct)
+    assert np.linalg.norm(y_direct - ref) <= 0.02 * np.linalg.norm(ref)

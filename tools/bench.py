@@ -291,6 +291,7 @@ def bench_model(name: str, path: Optional[str], args, out_dir: Path, log) -> dic
     model = Model(qpath, lut=args.lut, isa=args.isa, dense=args.dense)
     res["qcnn_dense_precision"] = model.dense  # what its dense layers ran in (int8, fp32, or int8+fp32 when chosen per layer)
     res["qcnn_int8_kernels"] = sorted({d["int8_kernel"] for d in model.layers if "int8_kernel" in d})
+    res["qcnn_winograd_layers"] = [d["name"] for d in model.layers if d.get("winograd")]
     try:
         runners = {
             "onnx_fp32": common.ort_runner(common.ort_session(str(src), threads=args.threads)),
@@ -342,7 +343,12 @@ def _precision_text(dense: str) -> str:
 
 def _kernels_text(report: dict) -> str:
     kernels = sorted({k for m in report["models"] for k in m.get("qcnn_int8_kernels", [])})
-    return f" (int8 kernel: {', '.join(kernels)})" if kernels else ""
+    wino = [f"{m['model']}: {', '.join(m['qcnn_winograd_layers'])}" for m in report["models"]
+            if m.get("qcnn_winograd_layers")]
+    text = f" (int8 kernel: {', '.join(kernels)})" if kernels else ""
+    if wino:
+        text += f"; as Winograd F(4x4, 3x3) in 16-bit integers: {'; '.join(wino)}"
+    return text
 
 
 def format_markdown(report: dict) -> str:
