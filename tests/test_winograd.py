@@ -213,7 +213,7 @@ def test_winograd_by_default_only_where_it_pays(monkeypatch):
     direct = _core.DenseConvKernel(big, isa="avx512", precision="int8", pads=(1, 1, 1, 1), winograd=False)
     assert not direct.winograd
     np.testing.assert_array_equal(run(auto_big, x), run(direct, x))
-    assert not auto.winograd_for(19, 21)  # under 400 output pixels
+    assert not auto.winograd_for(31, 33) and auto.winograd_for(32, 32)  # from 32x32 output pixels on
     monkeypatch.setenv("QCNN_WINOGRAD", "0")
     assert not _core.DenseConvKernel(small, isa="avx512", precision="int8").winograd
     # the portable kernel never picks it on its own (it is slower there than the direct one)
@@ -247,9 +247,9 @@ def test_model_runs_a_dense_3x3_conv_as_winograd_and_says_so(tmp_path, monkeypat
            ir.Conv("conv_b", ["a"], ["b"], cin=32, cout=64, kernel=(3, 3), pads=(1, 1, 1, 1), relu=True,
                    weights=rng.standard_normal((64, 32, 3, 3)).astype(np.float32) * 0.1,
                    bias=rng.standard_normal(64).astype(np.float32) * 0.1)]
-    tensors = [ir.TensorInfo("x", (3, 24, 24)), ir.TensorInfo("a", (32, 24, 24)), ir.TensorInfo("b", (64, 24, 24))]
-    writer.write_model(ir.Model("x", (3, 24, 24), tensors, ops, ["b"], producer="qcnn-tests"), tmp_path / "w.qcnn")
-    x = rng.standard_normal((1, 3, 24, 24)).astype(np.float32)
+    tensors = [ir.TensorInfo("x", (3, 32, 32)), ir.TensorInfo("a", (32, 32, 32)), ir.TensorInfo("b", (64, 32, 32))]
+    writer.write_model(ir.Model("x", (3, 32, 32), tensors, ops, ["b"], producer="qcnn-tests"), tmp_path / "w.qcnn")
+    x = rng.standard_normal((1, 3, 32, 32)).astype(np.float32)
     with Model(tmp_path / "w.qcnn") as m:
         layers = {d["name"]: d for d in m.layers}
         assert layers["conv_b"].get("winograd") and not layers["conv_a"].get("winograd")

@@ -138,9 +138,10 @@ int qcnn_wino_applies(const qcnn_dconv_params *g);
  * transformed weights (72*cin*cout bytes, 8x the direct int8 weights) are read once per
  * superblock of a row of tiles, so it pays when they come to under 1 MB per tile of the row
  * (measured on Zen 4: 64->64 at 224x224 1.4x faster, 256->256 at 56x56 1.5x; 256->512 at
- * 28x28 even; 512->512 at 14x14 2.3x slower), and on at least 400 output pixels: in a whole
+ * 28x28 even; 512->512 at 14x14 2.3x slower), and on at least 32x32 output pixels: in a whole
  * network they come from memory once per image, which small outputs do not repay (SqueezeNet's
- * 64->256 at 13x13: 0.13 ms direct, 0.19 Winograd). */
+ * 64->256 at 13x13: 0.13 ms direct, 0.19 Winograd; its 32->128 at 27x27: 0.15 and 0.13, a gain
+ * within run-to-run noise, so direct too). */
 int qcnn_wino_pays(const qcnn_dconv_params *g, int oh, int ow);
 size_t qcnn_wino_weight_count(const qcnn_dconv_params *g); /* int16 values of U */
 /* u: [36][cin/2][cout][2] int16; uscale: [36][cout] */

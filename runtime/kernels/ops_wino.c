@@ -38,7 +38,7 @@ int qcnn_wino_applies(const qcnn_dconv_params *g)
 int qcnn_wino_pays(const qcnn_dconv_params *g, int oh, int ow)
 {
     const size_t ubytes = (size_t)QCNN_WINO_POS * g->cin * g->cout * sizeof(int16_t);
-    return ubytes <= (size_t)((ow + 3) / 4) * (1u << 20) && (size_t)oh * ow >= 400;
+    return ubytes <= (size_t)((ow + 3) / 4) * (1u << 20) && (size_t)oh * ow >= 32 * 32;
 }
 
 size_t qcnn_wino_weight_count(const qcnn_dconv_params *g)
