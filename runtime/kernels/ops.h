@@ -160,6 +160,9 @@ typedef struct {
     int relu, ow, nrows;
     float *y;          /* output row oy, column 0, channel 0 */
     size_t ypix, yrow; /* floats between output pixels / rows */
+    /* 1: y takes the 2x2 stride-2 max pool of the outputs instead (each tile's 4x4 pooled to
+     * 2x2 in registers): y at pooled row oy/2, nrows pooled rows (1..2), pw pooled columns */
+    int pool2, pw;
     void *work;        /* qcnn_wino_work_bytes(cin, cout) bytes, 64-aligned */
 } qcnn_wino_row;
 size_t qcnn_wino_work_bytes(int cin, int cout);

@@ -361,13 +361,12 @@ static void iconv_rows(const qcnn_iconv_params *p, iconv_ctx *c, int r0, int r1,
     const qcnn_dconv_params *g_ = &p->geom;
     const int G = g_->groups, cin_g = g_->cin / G, cout_g = g_->cout / G, nb = nblocks(p);
     if (c->wino_fn) { /* 4 rows per tile row; a last partial one computes 4 and keeps its share */
-        const int PH = c->OH + 2; /* padded input rows (3x3, stride 1) */
         qcnn_wino_row wr = c->wr;
         wr.ypix = (size_t)ystride;
         wr.yrow = (size_t)c->OW * ystride;
         for (int oy = r0; oy < r1; oy += 4) {
             wr.x = c->xq + (size_t)oy * c->prow;
-            wr.rows_avail = PH - oy;
+            wr.rows_avail = c->OH + 2 - oy; /* padded input rows from oy (3x3, stride 1) */
             wr.nrows = r1 - oy < 4 ? r1 - oy : 4;
             wr.y = y + (size_t)(oy - r0) * wr.yrow;
             c->wino_fn(&wr);
@@ -451,6 +450,24 @@ int qcnn_iconv_run_maxpool(const qcnn_iconv_params *p, int fast, const float *x,
     if (ready <= 0)
         return ready < 0; /* 1: nothing to compute; 0: non-finite input */
     const int OH = c.OH, OW = c.OW, C = p->geom.cout, cap = band_rows(p, pool, OW);
+    if (c.wino_fn && !lrn && pool->kh == 2 && pool->kw == 2 && pool->stride_h == 2 && pool->stride_w == 2 &&
+        !pool->pad_top && !pool->pad_left && !pool->pad_bottom && !pool->pad_right && poh == OH / 2 &&
+        pow_ == OW / 2) {
+        /* VGG's pools: every 2x2 window lies inside one 4x4 tile, pooled in registers */
+        qcnn_wino_row wr = c.wr;
+        wr.pool2 = 1;
+        wr.pw = pow_;
+        wr.ypix = (size_t)C;
+        wr.yrow = (size_t)pow_ * C;
+        for (int oy = 0; oy < 2 * poh; oy += 4) {
+            wr.x = c.xq + (size_t)oy * c.prow;
+            wr.rows_avail = OH + 2 - oy;
+            wr.nrows = poh - oy / 2 < 2 ? poh - oy / 2 : 2;
+            wr.y = y + (size_t)(oy / 2) * wr.yrow;
+            c.wino_fn(&wr);
+        }
+        return 1;
+    }
     const size_t rowf = (size_t)OW * C;
     float *band = (float *)(((uintptr_t)scratch + ALIGN64(qcnn_iconv_scratch_bytes(p, h, w)) + 63) & ~(uintptr_t)63);
     float *lrn_row = band + (size_t)cap * rowf;

@@ -200,12 +200,22 @@ void qcnn_wino_row_generic(const qcnn_wino_row *r)
             for (int i = 0; i < 4; i++)
                 at6(t + i * T, 1, y4 + i * 4, 1); /* rows: (A^T m) A */
             const float b = r->bias ? r->bias[co] : 0.0f;
+            for (int i = 0; i < 16; i++) {
+                const float val = y4[i] + b;
+                y4[i] = (r->relu && val < 0.0f) ? 0.0f : val;
+            }
+            if (r->pool2) {
+                for (int i = 0; i < r->nrows; i++)
+                    for (int j = 0; j < 2 && tx * 2 + j < r->pw; j++) {
+                        const float *q = y4 + 2 * i * 4 + 2 * j;
+                        const float a = q[0] > q[1] ? q[0] : q[1], c = q[4] > q[5] ? q[4] : q[5];
+                        r->y[i * r->yrow + (size_t)(tx * 2 + j) * r->ypix + co] = a > c ? a : c;
+                    }
+                continue;
+            }
             for (int i = 0; i < r->nrows; i++)
-                for (int j = 0; j < 4 && tx * 4 + j < r->ow; j++) {
-                    float val = y4[i * 4 + j] + b;
-                    val = (r->relu && val < 0.0f) ? 0.0f : val;
-                    r->y[i * r->yrow + (size_t)(tx * 4 + j) * r->ypix + co] = val;
-                }
+                for (int j = 0; j < 4 && tx * 4 + j < r->ow; j++)
+                    r->y[i * r->yrow + (size_t)(tx * 4 + j) * r->ypix + co] = y4[i * 4 + j];
         }
     }
 }

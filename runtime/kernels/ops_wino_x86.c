@@ -130,6 +130,26 @@ static inline AI TV void output_tile(const qcnn_wino_row *r, const float *m, int
                 col[i] = _mm512_load_ps(m + (size_t)(i * T + j) * QCNN_WINO_COUT_CHUNK + k * 16);
             at6v(col, 1, t + j, T); /* columns */
         }
+        if (r->pool2) { /* 2x2 max of the outputs (bias and ReLU first, as unfused) */
+            const int pcols = r->pw - tx * 2 < 2 ? r->pw - tx * 2 : 2;
+            for (int i = 0; i < r->nrows; i++) {
+                __m512 o[2][4];
+                for (int h = 0; h < 2; h++) {
+                    at6v(t + (2 * i + h) * T, 1, o[h], 1); /* rows */
+                    for (int j = 0; j < 4; j++) {
+                        o[h][j] = _mm512_add_ps(o[h][j], b);
+                        if (r->relu)
+                            o[h][j] = _mm512_max_ps(o[h][j], _mm512_setzero_ps());
+                    }
+                }
+                float *y = r->y + i * r->yrow + (size_t)tx * 2 * r->ypix + co0 + k * 16;
+                for (int j = 0; j < pcols; j++)
+                    _mm512_storeu_ps(y + (size_t)j * r->ypix,
+                                     _mm512_max_ps(_mm512_max_ps(o[0][2 * j], o[0][2 * j + 1]),
+                                                   _mm512_max_ps(o[1][2 * j], o[1][2 * j + 1])));
+            }
+            continue;
+        }
         for (int i = 0; i < r->nrows; i++) {
             __m512 o[4];
             at6v(t + i * T, 1, o, 1); /* rows */
