@@ -294,7 +294,7 @@ cdef class DenseConvKernel:
 
     winograd (int8 only): run a 3x3 stride-1 ungrouped conv (cin a multiple of 32, cout of 64) as
     Winograd F(4x4, 3x3) in 16-bit integers (ops.h, qcnn_wino_row): same input rounding, the
-    transformed weights rounded to 11-12 bits, about 1.5x the VNNI kernel's speed. None (default):
+    transformed weights rounded to 11-13 bits, about 1.5x the VNNI kernel's speed. None (default):
     where it applies and the VNNI kernel would run, unless QCNN_WINOGRAD=0; True: wherever it
     applies, on any isa (portable C off AVX-512); False: never.
     """

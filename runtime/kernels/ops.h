@@ -123,7 +123,7 @@ int qcnn_iconv_run(const qcnn_iconv_params *p, int fast, const float *x, int h, 
  * input as qcnn_iconv_params (per image scale sx, zero point zp), transformed per 6x6 window
  * and 32 channels exactly in int16 (V = B^T (q - zp) B, |V| <= 25500); the weights transformed
  * once in double (U = G w G^T) and rounded per (tile position, output channel) to int16 with the
- * largest range for which no int32 sum over 64 channels can overflow (11-12 bits); 36 int32
+ * largest range for which no int32 sum over 64 channels can overflow (11-13 bits); 36 int32
  * sums per tile, output channel and 64 input channels, added in float (vpdpwssd: 32 products per instruction, 4x fewer
  * products than direct), scaled to float by sx * uscale, then Y = A^T M A + bias in float.
  * Every ISA computes the same integers and the same floats. */

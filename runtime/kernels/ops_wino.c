@@ -6,7 +6,7 @@
  * dense and is bound by vpdpbusd's 64 multiply-adds per cycle. Winograd's F(4x4, 3x3) needs 36
  * products per 4x4 outputs instead of 144; done in 16-bit integers (vpdpwssd, 32 per cycle) that
  * is still twice the rate, and the input transform is exact (integer coefficients), so the only
- * new rounding is that of the transformed weights, at 10-12 bits instead of the direct kernel's 8.
+ * new rounding is that of the transformed weights, at 11-13 bits instead of the direct kernel's 8.
  *
  * Transforms (Lavin & Gray 2015): Y = A^T [ (G g G^T) .* (B^T d B) ] A, d a 6x6 input tile,
  * g a 3x3 kernel, Y the 4x4 outputs.
