@@ -13,7 +13,9 @@ import pytest
 from qcnn.runtime import _core
 
 FAST = _core.int8_conv_fast_available()
-ISAS = ["generic"] + (["avx512"] if FAST else [])
+AVX2 = "avx2" in _core.isa_available()
+# isa="avx2" runs the AVX2 int8 kernels (ops_wino_avx2.c) even on an AVX-512 CPU
+ISAS = ["generic"] + (["avx2"] if AVX2 else []) + (["avx512"] if FAST else [])
 
 f32 = np.float32
 BT = np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
@@ -124,16 +126,22 @@ def test_winograd_is_its_numpy_statement(isa):
                                       winograd_numpy(x, weight, bias, **args), err_msg=str((x.shape, weight.shape, args)))
 
 
-@pytest.mark.skipif(not FAST, reason="CPU lacks AVX-512 VNNI")
-def test_avx512_winograd_equals_portable_on_vgg_like_layers():
+@pytest.mark.parametrize("isa", [i for i in ISAS if i != "generic"] or
+                         [pytest.param("avx2", marks=pytest.mark.skip(reason="CPU lacks AVX2"))])
+def test_simd_winograd_equals_portable_on_vgg_like_layers(isa):
     rng = np.random.default_rng(2)
-    for xs, ws in (((37, 58, 64), (64, 64)), ((23, 21, 128), (128, 128)), ((15, 13, 256), (64, 256))):
+    # 32..256 input channels, rows of up to 20 tiles (blocks of tiles in registers with every
+    # remainder; at 256 channels two superblocks of 18 and 2), partial tiles at the edges
+    for xs, ws in (((37, 58, 64), (64, 64)), ((23, 21, 128), (128, 128)), ((15, 13, 256), (64, 256)),
+                   ((7, 78, 256), (64, 256)), ((9, 62, 32), (128, 32)), ((6, 27, 96), (64, 96))):
         x = np.maximum(rng.standard_normal(xs), 0).astype(np.float32)
         weight = (rng.standard_normal(ws + (3, 3)) * 0.05).astype(np.float32)
         bias = rng.standard_normal(ws[0]).astype(np.float32)
         args = dict(pads=(1, 1, 1, 1), relu=True)
-        np.testing.assert_array_equal(run(kernel(weight, bias, "avx512", **args), x),
-                                      run(kernel(weight, bias, "generic", **args), x))
+        got = kernel(weight, bias, isa, **args)
+        assert got.int8_isa == {"avx2": "avx2", "avx512": "avx512vnni"}[isa]
+        np.testing.assert_array_equal(run(got, x), run(kernel(weight, bias, "generic", **args), x),
+                                      err_msg=str((xs, ws)))
 
 
 @pytest.mark.parametrize("isa", ISAS)

@@ -174,6 +174,7 @@ const uint8_t *qcnn_wino_window(const qcnn_wino_row *r, int tx, size_t *row_stri
 void qcnn_wino_row_generic(const qcnn_wino_row *r);
 #if defined(__x86_64__)
 void qcnn_wino_row_avx512(const qcnn_wino_row *r);
+void qcnn_wino_row_avx2(const qcnn_wino_row *r); /* ops_wino_avx2.c: vpmaddwd, 16 ymm */
 #endif
 
 /* ------------------------------------------------------------------ dense fully connected */

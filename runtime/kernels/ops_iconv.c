@@ -272,7 +272,10 @@ static int iconv_prepare(const qcnn_iconv_params *p, int fast, const float *x, i
 #if defined(__x86_64__)
         if (c->row_fn == qcnn_iconv_row_vnni)
             c->wino_fn = qcnn_wino_row_avx512;
+        else if (c->row_fn == qcnn_iconv_row_avx2)
+            c->wino_fn = qcnn_wino_row_avx2;
 #endif
+        c->widen = 0; /* Winograd reads the bytes, not the AVX2 direct kernel's 16-bit copy */
     }
     float lo, hi;
     if (!range_fn(x, n, &lo, &hi))
