@@ -28,6 +28,17 @@
 #define NK 4                             /* accumulator vectors per tile: 32 output channels */
 #define HALVES (QCNN_WINO_COUT_CHUNK / 32) /* 32-channel blocks per chunk of sums */
 
+/* acc += lo16(b)*lo16(w) + hi16(b)*hi16(w) per int32 lane, w read from memory. Inline asm:
+ * with intrinsics gcc keeps 3 of the 4 weight vectors in registers and spills accumulators
+ * instead (12 accumulators + 4 weights + broadcast + product > 16 ymm). */
+#define MADDADD(acc, b, wp)                                                                 \
+    do {                                                                                   \
+        __m256i prod_;                                                                     \
+        __asm__("vpmaddwd %[w], %[bv], %[p]\n\tvpaddd %[p], %[a], %[a]"                     \
+                : [a] "+x"(acc), [p] "=&x"(prod_)                                          \
+                : [bv] "x"(b), [w] "m"(*(const __m256i *)(wp)));                           \
+    } while (0)
+
 /* r = B^T d of six int16 vectors (exact: |values| stay <= 25500), as bt6 in ops_wino.c. */
 static inline AI T2 void bt6v(const __m256i *d, int ds, __m256i *r, int rs)
 {
@@ -89,8 +100,7 @@ static inline AI T2 void sums(const int16_t *v, int cin, const int16_t *u, int c
                 const __m256i b = _mm256_set1_epi32(pair);
 #pragma GCC unroll 4
                 for (int k = 0; k < NK; k++)
-                    acc[t][k] = _mm256_add_epi32(
-                        acc[t][k], _mm256_madd_epi16(b, _mm256_loadu_si256((const __m256i *)(up + k * 16))));
+                    MADDADD(acc[t][k], b, up + k * 16);
             }
         }
 #pragma GCC unroll 4
