@@ -59,6 +59,7 @@ cdef extern from "ops.h" nogil:
     int qcnn_iconv_fast_available()
     int qcnn_wino_applies(const qcnn_dconv_params *g)
     int qcnn_wino_pays(const qcnn_dconv_params *g, int oh, int ow)
+    int qcnn_wino_pays_avx2(const qcnn_dconv_params *g, int oh, int ow)
     size_t qcnn_wino_weight_count(const qcnn_dconv_params *g)
     void qcnn_wino_pack(const qcnn_dconv_params *g, const float *w_onnx, short *u, float *uscale)
     int qcnn_iconv_avx2_available()
@@ -255,9 +256,9 @@ cdef class _Int8Weights:
             qcnn_iconv_widen(ip, &wq16_v[0])
             ip.wq16 = &wq16_v[0]
             self.fast = True
-        auto = winograd is None  # where its only fast kernel (AVX-512 VNNI) runs, and then only
-        if auto:                 # on images where it pays (qcnn_wino_pays, per run)
-            winograd = self.fast and self.wq16 is None and self.wq_amx is None and _winograd_enabled()
+        auto = winograd is None  # where its fast kernels (AVX-512 VNNI, AVX2) run, and then only
+        if auto:                 # on images where it pays (qcnn_wino_pays(_avx2), per run)
+            winograd = self.fast and self.wq_amx is None and _winograd_enabled()
         if winograd and qcnn_wino_applies(geom):
             self.wino_u = _ops_np.empty(qcnn_wino_weight_count(geom), dtype=_ops_np.int16)
             self.wino_uscale = _ops_np.empty(36 * geom.cout, dtype=_ops_np.float32)
@@ -294,9 +295,10 @@ cdef class DenseConvKernel:
 
     winograd (int8 only): run a 3x3 stride-1 ungrouped conv (cin a multiple of 32, cout of 64) as
     Winograd F(4x4, 3x3) in 16-bit integers (ops.h, qcnn_wino_row): same input rounding, the
-    transformed weights rounded to 11-13 bits, about 1.5x the VNNI kernel's speed. None (default):
-    where it applies and the VNNI kernel would run, unless QCNN_WINOGRAD=0; True: wherever it
-    applies, on any isa (portable C off AVX-512); False: never.
+    transformed weights rounded to 11-13 bits, about 1.5x the VNNI kernel's speed and 2x the AVX2
+    one's. None (default): where it applies and the VNNI or AVX2 kernel would run (not AMX),
+    unless QCNN_WINOGRAD=0; True: wherever it applies, on any isa (portable C without AVX2);
+    False: never.
     """
     cdef qcnn_dconv_params p
     cdef qcnn_iconv_params ip
@@ -371,7 +373,11 @@ cdef class DenseConvKernel:
         if not self.winograd:
             return False
         oh, ow, _ = self.out_shape(h, w)
-        return bool(self.ip.wino_always or qcnn_wino_pays(&self.p, oh, ow))
+        if self.ip.wino_always:
+            return True
+        if self.int8.wq16 is not None:  # against the direct AVX2 kernel
+            return bool(qcnn_wino_pays_avx2(&self.p, oh, ow))
+        return bool(qcnn_wino_pays(&self.p, oh, ow))
 
     @property
     def int8_isa(self):

@@ -233,6 +233,35 @@ def test_winograd_by_default_only_where_it_pays(monkeypatch):
     assert not _core.DenseConvKernel(small, isa="generic", precision="int8").winograd
 
 
+@pytest.mark.skipif(not AVX2, reason="CPU lacks AVX2")
+def test_winograd_by_default_on_avx2_where_it_pays_against_the_direct_avx2_kernel(monkeypatch):
+    """qcnn_wino_pays_avx2: up to 1.5 MB of transformed weights per tile of a row and from 20x20
+    output pixels on (more often than against VNNI: ops.h)."""
+    rng = np.random.default_rng(7)
+    w = lambda cin, cout: (rng.standard_normal((cout, cin, 3, 3)) * 0.05).astype(np.float32)
+    auto = _core.DenseConvKernel(w(64, 64), isa="avx2", precision="int8", pads=(1, 1, 1, 1))
+    assert auto.int8_isa == "avx2" and auto.winograd
+    assert auto.winograd_for(20, 20) and not auto.winograd_for(19, 21) and auto.winograd_for(27, 27)
+    # 256 -> 512: 9.4 MB, so from 6 tiles per row on (VGG's conv4_1 at 28x28; the VNNI rule says no)
+    wide = _core.DenseConvKernel(w(256, 512), isa="avx2", precision="int8", pads=(1, 1, 1, 1))
+    assert wide.winograd_for(28, 28) and wide.winograd_for(24, 24) and not wide.winograd_for(20, 20)
+    big = w(512, 512)
+    auto_big = _core.DenseConvKernel(big, isa="avx2", precision="int8", pads=(1, 1, 1, 1))
+    assert not auto_big.winograd_for(28, 28) and auto_big.winograd_for(56, 56)
+    # where it does not pay, the direct AVX2 kernel runs: its floats
+    x = rng.standard_normal((14, 14, 512)).astype(np.float32)
+    direct = _core.DenseConvKernel(big, isa="avx2", precision="int8", pads=(1, 1, 1, 1), winograd=False)
+    assert not direct.winograd
+    np.testing.assert_array_equal(run(auto_big, x), run(direct, x))
+    # and where it pays, the Winograd kernel's
+    x = rng.standard_normal((22, 21, 64)).astype(np.float32)
+    forced = _core.DenseConvKernel(w(64, 64), isa="avx2", precision="int8", pads=(1, 1, 1, 1), winograd=True)
+    np.testing.assert_array_equal(run(_core.DenseConvKernel(forced.weight, isa="avx2", precision="int8",
+                                                            pads=(1, 1, 1, 1)), x), run(forced, x))
+    monkeypatch.setenv("QCNN_WINOGRAD", "0")
+    assert not _core.DenseConvKernel(w(64, 64), isa="avx2", precision="int8").winograd
+
+
 def test_winograd_validation():
     w = np.ones((64, 32, 3, 3), np.float32)
     with pytest.raises(ValueError, match="only with precision 'int8'"):
@@ -246,7 +275,7 @@ def test_winograd_validation():
     assert not _core.DenseConvKernel(np.ones((64, 48, 3, 3), np.float32), precision="int8").winograd
 
 
-@pytest.mark.skipif(not FAST, reason="the default only takes Winograd where the VNNI kernel runs")
+@pytest.mark.skipif(not FAST, reason="checks a Model on the VNNI kernel (the default isa there)")
 def test_model_runs_a_dense_3x3_conv_as_winograd_and_says_so(tmp_path, monkeypatch):
     """Model.layers names the dense convs that run as Winograd (qcnn-bench reports them), the
     outputs stay within the int8 error of fp32, and QCNN_WINOGRAD=0 gives the direct kernel."""

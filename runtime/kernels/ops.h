@@ -86,7 +86,7 @@ typedef struct {
     /* Winograd F(4x4, 3x3) instead of the direct kernels (see qcnn_wino_row), or NULL: */
     const int16_t *wino_u;     /* qcnn_wino_pack's transformed weights */
     const float *wino_uscale;  /* and their scales */
-    int wino_always;           /* 1: Winograd at every image size; 0: where qcnn_wino_pays */
+    int wino_always;           /* 1: Winograd at every image size; 0: where qcnn_wino_pays(_avx2) */
 } qcnn_iconv_params;
 
 /* Fills nseg/seglen/nquad from geom; returns the number of packed weight bytes. */
@@ -143,6 +143,14 @@ int qcnn_wino_applies(const qcnn_dconv_params *g);
  * 64->256 at 13x13: 0.13 ms direct, 0.19 Winograd; its 32->128 at 27x27: 0.15 and 0.13, a gain
  * within run-to-run noise, so direct too). */
 int qcnn_wino_pays(const qcnn_dconv_params *g, int oh, int ow);
+/* The same against the direct AVX2 kernel: there Winograd's 4x fewer products run at the same
+ * rate (vpmaddwd both) instead of half of vpdpbusd's, so it pays more often: to 1.5 MB of weights per tile of the row
+ * and from 20x20 output pixels on. Measured on Zen 4 with isa="avx2" (medians, weights evicted
+ * from the caches before each run as in a network): 256->512 at 28x28 (1.35 MB per tile) 12.1 ms
+ * direct, 7.7 Winograd; 512->512 at 28x28 (2.7 MB) 23.8 and 20.6, at 40x40 47.7 and 48.7, at 14x14
+ * 5.7 and 11.4; 256->256 at 20x20 3.3 and 2.6, at 16x16 1.9 and 2.1, at 14x14 1.4 and 2.2;
+ * 128->128 at 16x16 0.77 and 0.51, 64->256 at 13x13 0.43 and 0.41. */
+int qcnn_wino_pays_avx2(const qcnn_dconv_params *g, int oh, int ow);
 size_t qcnn_wino_weight_count(const qcnn_dconv_params *g); /* int16 values of U */
 /* u: [36][cin/2][cout][2] int16; uscale: [36][cout] */
 void qcnn_wino_pack(const qcnn_dconv_params *g, const float *w_onnx, int16_t *u, float *uscale);

@@ -266,7 +266,13 @@ static int iconv_prepare(const qcnn_iconv_params *p, int fast, const float *x, i
     (void)fast;
 #endif
     c->wino_fn = NULL;
-    if (p->wino_u && (p->wino_always || qcnn_wino_pays(g_, c->OH, c->OW))) {
+#if defined(__x86_64__)
+    const int wino_pays = c->row_fn == qcnn_iconv_row_avx2 ? qcnn_wino_pays_avx2(g_, c->OH, c->OW)
+                                                           : qcnn_wino_pays(g_, c->OH, c->OW);
+#else
+    const int wino_pays = qcnn_wino_pays(g_, c->OH, c->OW);
+#endif
+    if (p->wino_u && (p->wino_always || wino_pays)) {
         /* same quantized input; its own kernels (the portable one off x86) */
         c->wino_fn = qcnn_wino_row_generic;
 #if defined(__x86_64__)

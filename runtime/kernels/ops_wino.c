@@ -35,10 +35,23 @@ int qcnn_wino_applies(const qcnn_dconv_params *g)
            g->cin % QCNN_WINO_CIN_BLOCK == 0 && g->cout % QCNN_WINO_COUT_BLOCK == 0;
 }
 
-int qcnn_wino_pays(const qcnn_dconv_params *g, int oh, int ow)
+/* Winograd pays when its transformed weights come to at most per_tile bytes per tile of a row
+ * (they are read once per superblock of a row) and the output has at least min_pixels pixels
+ * (they are read from memory once per image in a whole network). */
+static int pays(const qcnn_dconv_params *g, int oh, int ow, size_t per_tile, size_t min_pixels)
 {
     const size_t ubytes = (size_t)QCNN_WINO_POS * g->cin * g->cout * sizeof(int16_t);
-    return ubytes <= (size_t)((ow + 3) / 4) * (1u << 20) && (size_t)oh * ow >= 32 * 32;
+    return ubytes <= (size_t)((ow + 3) / 4) * per_tile && (size_t)oh * ow >= min_pixels;
+}
+
+int qcnn_wino_pays(const qcnn_dconv_params *g, int oh, int ow)
+{
+    return pays(g, oh, ow, 1u << 20, 32 * 32);
+}
+
+int qcnn_wino_pays_avx2(const qcnn_dconv_params *g, int oh, int ow)
+{
+    return pays(g, oh, ow, 3u << 19, 20 * 20);
 }
 
 size_t qcnn_wino_weight_count(const qcnn_dconv_params *g)
