@@ -2,8 +2,8 @@
 
 Checked against a numpy re-statement of its arithmetic (the same uint8 input as the direct int8
 kernel, the transformed weights rounded per tile position and output channel, exact integer
-sums per 64 input channels: the same floats bit for bit), the AVX-512 kernel against the
-portable one (identical), against the fp32 reference (the error its roundings add, no larger
+sums per 64 input channels: the same floats bit for bit), the AVX-512 and AVX2 kernels against
+the portable one (identical), against the fp32 reference (the error its roundings add, no larger
 than the direct int8 kernel's), and on inputs built to make the int32 sums as large as they
 can get (no overflow).
 """

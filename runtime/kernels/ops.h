@@ -125,7 +125,7 @@ int qcnn_iconv_run(const qcnn_iconv_params *p, int fast, const float *x, int h, 
  * once in double (U = G w G^T) and rounded per (tile position, output channel) to int16 with the
  * largest range for which no int32 sum over 64 channels can overflow (11-13 bits); 36 int32
  * sums per tile, output channel and 64 input channels, added in float (vpdpwssd: 32 products per instruction, 4x fewer
- * products than direct), scaled to float by sx * uscale, then Y = A^T M A + bias in float.
+ * products than direct; on AVX2 vpmaddwd, 16), scaled to float by sx * uscale, then Y = A^T M A + bias in float.
  * Every ISA computes the same integers and the same floats. */
 #define QCNN_WINO_POS 36        /* 6x6 positions of a tile */
 #define QCNN_WINO_CIN_BLOCK 32  /* input channels per int16 vector */

@@ -1,6 +1,7 @@
 /* Winograd F(4x4, 3x3) for the int8 dense conv (qcnn_iconv_params.wino_u): weight transform,
- * the portable tile-row kernel (the reference the AVX-512 one in ops_wino_x86.c is tested
- * against) and the shared transforms. The scheme is described at qcnn_wino_row in ops.h.
+ * the portable tile-row kernel (the reference the AVX-512 one in ops_wino_x86.c and the AVX2 one
+ * in ops_wino_avx2.c are tested against) and the shared transforms. The scheme is described at
+ * qcnn_wino_row in ops.h.
  *
  * Why it exists: VGG-16's conv1_2 (64 -> 64 channels at 224x224, 1.85 G multiply-adds) stays
  * dense and is bound by vpdpbusd's 64 multiply-adds per cycle. Winograd's F(4x4, 3x3) needs 36
