@@ -275,8 +275,9 @@ def test_winograd_validation():
     assert not _core.DenseConvKernel(np.ones((64, 48, 3, 3), np.float32), precision="int8").winograd
 
 
-@pytest.mark.skipif(not FAST, reason="checks a Model on the VNNI kernel (the default isa there)")
-def test_model_runs_a_dense_3x3_conv_as_winograd_and_says_so(tmp_path, monkeypatch):
+@pytest.mark.parametrize("isa", (["auto"] if FAST else []) + (["avx2"] if AVX2 else []) or
+                         [pytest.param("auto", marks=pytest.mark.skip(reason="CPU lacks AVX2"))])
+def test_model_runs_a_dense_3x3_conv_as_winograd_and_says_so(tmp_path, monkeypatch, isa):
     """Model.layers names the dense convs that run as Winograd (qcnn-bench reports them), the
     outputs stay within the int8 error of fp32, and QCNN_WINOGRAD=0 gives the direct kernel."""
     from qcnn.runtime import Model
@@ -291,15 +292,16 @@ def test_model_runs_a_dense_3x3_conv_as_winograd_and_says_so(tmp_path, monkeypat
     tensors = [ir.TensorInfo("x", (3, 32, 32)), ir.TensorInfo("a", (32, 32, 32)), ir.TensorInfo("b", (64, 32, 32))]
     writer.write_model(ir.Model("x", (3, 32, 32), tensors, ops, ["b"], producer="qcnn-tests"), tmp_path / "w.qcnn")
     x = rng.standard_normal((1, 3, 32, 32)).astype(np.float32)
-    with Model(tmp_path / "w.qcnn") as m:
+    with Model(tmp_path / "w.qcnn", isa=isa) as m:
         layers = {d["name"]: d for d in m.layers}
         assert layers["conv_b"].get("winograd") and not layers["conv_a"].get("winograd")
+        assert isa != "avx2" or layers["conv_b"].get("int8_kernel") == "avx2"
         y = m.run(x)
-    with Model(tmp_path / "w.qcnn", lut="float") as m:
+    with Model(tmp_path / "w.qcnn", lut="float", isa=isa) as m:
         ref = m.run(x)
     assert np.linalg.norm(y - ref) <= 0.02 * np.linalg.norm(ref)
     monkeypatch.setenv("QCNN_WINOGRAD", "0")
-    with Model(tmp_path / "w.qcnn") as m:
+    with Model(tmp_path / "w.qcnn", isa=isa) as m:
         assert not any(d.get("winograd") for d in m.layers)
         y_direct = m.run(x)
     assert not np.array_equal(y, y_direct)
