@@ -10,6 +10,8 @@ import pytest
 
 from qcnn.runtime import _core
 
+from int8_reference import quantize_input, run
+
 FAST = _core.int8_conv_fast_available()
 AMX = _core.int8_conv_amx_available()
 HAVE = _core.isa_available()
@@ -28,11 +30,7 @@ SIMD = [i for i in ISAS if i != "generic"]
 def int8_conv_numpy(x, weight, bias, strides, pads, groups, relu):
     """What the int8 kernel computes, in numpy: x [h][w][cin] float32 -> [oh][ow][cout]."""
     f32 = np.float32
-    lo, hi = min(f32(x.min()), f32(0)), max(f32(x.max()), f32(0))
-    sx = f32((hi - lo) / f32(255)) if hi > lo else f32(1)
-    inv = f32(f32(1) / sx)
-    zp = int(np.clip(np.rint(-lo * inv), 0, 255))
-    q = np.clip(x * inv + f32(zp) + f32(0.5), f32(0), f32(255)).astype(np.int64)
+    q, sx, zp = quantize_input(x)
     cout, cin_g, kh, kw = weight.shape
     amax = np.abs(weight.reshape(cout, -1)).max(axis=1).astype(f32)
     sw = (amax / f32(127)).astype(f32)
@@ -71,13 +69,6 @@ def random_case(rng):
     # inputs of either sign, only positive (ReLU output) or only negative: zp 0..255
     x = rng.standard_normal((h, w, cin)).astype(np.float32) + np.float32(rng.choice([0.0, 3.0, -3.0]))
     return x, weight, bias, dict(strides=(sh, sw), pads=pads, groups=groups, relu=bool(rng.random() < 0.5))
-
-
-def run(kern, x):
-    h, w, _ = x.shape
-    y = np.full(kern.out_shape(h, w), np.nan, np.float32)
-    kern.run(x, y, np.empty(kern.scratch_nbytes(h, w), np.uint8))
-    return y
 
 
 @pytest.mark.parametrize("isa", ISAS)

@@ -12,6 +12,8 @@ import pytest
 
 from qcnn.runtime import _core
 
+from int8_reference import quantize_input, run
+
 FAST = _core.int8_conv_fast_available()
 AVX2 = "avx2" in _core.isa_available()
 # isa="avx2" runs the AVX2 int8 kernels (ops_wino_avx2.c) even on an AVX-512 CPU
@@ -23,16 +25,6 @@ BT = np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
 G = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
               [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]])
 CHUNK = 64  # input channels summed exactly in int32
-
-
-def quantize_input(x):
-    """The int8 kernels' uint8 input: per image scale sx and zero point zp (test_int8_conv.py)."""
-    lo, hi = min(f32(x.min()), f32(0)), max(f32(x.max()), f32(0))
-    sx = f32((hi - lo) / f32(255)) if hi > lo else f32(1)
-    inv = f32(f32(1) / sx)
-    zp = int(np.clip(np.rint(-lo * inv), 0, 255))
-    q = np.clip(x * inv + f32(zp) + f32(0.5), f32(0), f32(255)).astype(np.int64)
-    return q, sx, zp
 
 
 def transformed_weights(weight):
@@ -90,13 +82,6 @@ def winograd_numpy(x, weight, bias, pads, relu):
     y = y.transpose(2, 1, 3, 0, 4).reshape(4 * th, 4 * tw, cout)[:oh, :ow]
     y = y + (np.zeros(cout, f32) if bias is None else bias)
     return np.maximum(y, f32(0)) if relu else y
-
-
-def run(kern, x):
-    h, w, _ = x.shape
-    y = np.full(kern.out_shape(h, w), np.nan, np.float32)
-    kern.run(x, y, np.empty(kern.scratch_nbytes(h, w), np.uint8))
-    return y
 
 
 def random_case(rng):
